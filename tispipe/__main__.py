@@ -1,0 +1,3 @@
+from tispipe.cli import main
+
+main()
