@@ -24,6 +24,23 @@ app = typer.Typer(
 
 CONFIG = typer.Option(None, "--config", help="TOML or YAML file of options; flags given on the command line win.")
 
+# Options shared by every command that reads preference data (fields of tispipe.data.DataOptions).
+DATA = typer.Option(None, help="Preference data: .jsonl/.json/.parquet/.csv file, folder of them, save_to_disk folder, or hub name.")
+SPLIT = typer.Option("train", help="Split to read (for folders with splits and hub data sets).")
+LIMIT = typer.Option(None, help="Use only the first N rows.")
+FORMAT = typer.Option("auto", help="auto, standard, implicit, conversational or pairwise.")
+PROMPT_COLUMN = typer.Option("prompt", help="Column holding the prompt.")
+CHOSEN_COLUMN = typer.Option("chosen", help="Column holding the chosen response.")
+REJECTED_COLUMN = typer.Option("rejected", help="Column holding the rejected response.")
+PREFERENCE_COLUMN = typer.Option(None, help="Pairwise data: column naming the better response (e.g. safer_response_id).")
+STRICT = typer.Option(False, help="Fail on the first bad row instead of dropping and counting it.")
+MAX_LENGTH = typer.Option(512, help="Longest prompt + response in tokens (responses are cut from the right).")
+MAX_PROMPT_LENGTH = typer.Option(256, help="Longest prompt in tokens (cut from the left).")
+CHAT_TEMPLATE = typer.Option(True, help="Render string prompts with the tokenizer's chat template when it has one.")
+DEVICE = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+DTYPE = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16.")
+TRUST_REMOTE_CODE = typer.Option(False, help="Allow model repositories to run their own code.")
+
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:

@@ -1,0 +1,187 @@
+"""Weight shards on disk: Parquet files of per-token weights plus a JSON manifest.
+
+Layout of an estimate output folder:
+    DIR/shards/part-00000.parquet   one row per pair (see SCHEMA)
+    DIR/manifest.json               written last; its presence means the run is complete
+
+I/O only: no model code here. Stage one writes with `write_shard`/`write_manifest`; stage two reads with
+`read_manifest` and streams rows with `stream_rows`, which never holds more than one record batch
+per shard plus the shuffle buffer in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tispipe.errors import TispipeError
+from tispipe.io import atomic_path, atomic_write_json
+
+SCHEMA_VERSION = 1
+
+_ids = pa.list_(pa.int32())
+_floats = pa.list_(pa.float32())
+# Element t of every per-token column belongs to token t of that response (EOS included).
+SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("prompt", pa.string()),  # conversational prompts are stored as their JSON message list
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("prompt_ids", _ids),
+        ("chosen_ids", _ids),
+        ("rejected_ids", _ids),
+        ("chosen_logratio", _floats),  # r_t = log pi+(y_t) - log pi-(y_t)
+        ("rejected_logratio", _floats),
+        ("chosen_weights", _floats),  # w_t = k * exp(mu * clamp(r_t, L, U)) (or the chosen transform)
+        ("rejected_weights", _floats),
+        ("chosen_ref_logps", _floats),  # log pi_ref(y_t), so dpo/ipo training can skip the reference model
+        ("rejected_ref_logps", _floats),
+        ("chosen_labels", pa.list_(pa.int8())),  # ground-truth token labels (+1/-1/0) where the data has them
+        ("rejected_labels", pa.list_(pa.int8())),
+    ]
+)
+TOKEN_COLUMNS = [n for n in SCHEMA.names if n.startswith(("chosen_", "rejected_")) and n not in ("chosen_ids", "rejected_ids")]
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shard(path: str | Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write rows atomically as one Parquet file; return its manifest entry (name, rows, sha256).
+
+    Missing optional columns (labels) are written as nulls. Same rows give the same bytes.
+    """
+    columns = {name: [row.get(name) for row in rows] for name in SCHEMA.names}
+    table = pa.table(columns, schema=SCHEMA)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return {"file": path.name, "rows": len(rows), "sha256": file_sha256(path)}
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """Load DIR/manifest.json, checking it exists, parses and has a schema version this code reads."""
+    path = Path(out_dir) / "manifest.json"
+    if not Path(out_dir).is_dir():
+        raise TispipeError(f"shards folder {out_dir} does not exist", hint="run `tispipe estimate --out DIR` first")
+    if not path.is_file():
+        raise TispipeError(
+            f"{path} is missing: {out_dir} is not a finished estimate run",
+            hint="run (or resume) `tispipe estimate` with this --out",
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TispipeError(f"{path} is not valid JSON: {e}")
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int):
+        raise TispipeError(f"{path} has no schema_version: not a tispipe manifest")
+    if version > SCHEMA_VERSION:
+        raise TispipeError(
+            f"{path} has schema version {version}, newer than this tispipe reads ({SCHEMA_VERSION})",
+            hint="upgrade tispipe",
+        )
+    return manifest
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
+    atomic_write_json(Path(out_dir) / "manifest.json", {"schema_version": SCHEMA_VERSION, **manifest})
+
+
+def shard_paths(out_dir: str | Path, manifest: dict[str, Any]) -> list[Path]:
+    return [Path(out_dir) / "shards" / entry["file"] for entry in manifest["shards"]]
+
+
+def open_shard(path: Path, expected_rows: int | None = None) -> pq.ParquetFile:
+    """Open a shard, turning a missing, truncated or non-Parquet file into an error that names it."""
+    if not path.is_file():
+        raise TispipeError(f"shard {path} is missing", hint="re-run `tispipe estimate` with the same --out to rebuild it")
+    try:
+        shard = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise TispipeError(f"shard {path} is not a readable Parquet file ({str(e).splitlines()[0]})")
+    if expected_rows is not None and shard.metadata.num_rows != expected_rows:
+        raise TispipeError(f"shard {path} has {shard.metadata.num_rows} rows, the manifest says {expected_rows}")
+    return shard
+
+
+def _check_finite(row: dict[str, Any], path: Path) -> None:
+    for name in ("chosen_logratio", "rejected_logratio", "chosen_weights", "rejected_weights"):
+        values = row.get(name)
+        if values is not None and not all(math.isfinite(v) for v in values):
+            raise TispipeError(f"shard {path}, pair {row['pair_id']!r}: column {name} holds NaN or infinite values")
+
+
+def iter_shard_rows(path: Path, columns: list[str] | None = None, expected_rows: int | None = None, batch_size: int = 256) -> Iterator[dict[str, Any]]:
+    """Yield the rows of one shard as dicts, one record batch in memory at a time."""
+    shard = open_shard(path, expected_rows)
+    try:
+        for batch in shard.iter_batches(batch_size=batch_size, columns=columns):
+            for row in batch.to_pylist():
+                _check_finite(row, path)
+                yield row
+    except (pa.ArrowInvalid, OSError) as e:
+        raise TispipeError(f"shard {path} is corrupt ({str(e).splitlines()[0]})")
+
+
+def stream_rows(
+    out_dir: str | Path,
+    manifest: dict[str, Any],
+    *,
+    seed: int,
+    epoch: int = 0,
+    shuffle_buffer: int = 1000,
+    columns: list[str] | None = None,
+    skip: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """Yield the rows of all shards in a seeded, approximately shuffled order.
+
+    Shards are visited in an order permuted by (seed, epoch); rows pass through a bounded shuffle
+    buffer of `shuffle_buffer` rows, so memory does not grow with the data. The order is a pure
+    function of (seed, epoch, manifest), so a resumed run replays it and drops the first `skip` rows
+    to land on the exact position it stopped at. With world_size > 1 each rank keeps every
+    world_size-th row of the same global order, so ranks see disjoint parts.
+    """
+    rng = random.Random(f"{seed}-{epoch}")
+    entries = list(zip(shard_paths(out_dir, manifest), manifest["shards"]))
+    rng.shuffle(entries)
+
+    def global_order() -> Iterator[dict[str, Any]]:
+        buffer: list[dict[str, Any]] = []
+        for path, entry in entries:
+            for row in iter_shard_rows(path, columns, entry["rows"]):
+                if len(buffer) < shuffle_buffer:
+                    buffer.append(row)
+                    continue
+                i = rng.randrange(len(buffer))
+                buffer[i], row = row, buffer[i]
+                yield row
+        rng.shuffle(buffer)
+        yield from buffer
+
+    for position, row in enumerate(global_order()):
+        if position % world_size != rank:
+            continue
+        if skip > 0:
+            skip -= 1
+            continue
+        yield row
