@@ -1,0 +1,89 @@
+"""Shared test fixtures: a tiny byte-level BPE tokenizer built offline in a fraction of a second."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+# Roles become plain-text markers; each turn ends with "<|end|>\n". The rendering of
+# prompt + assistant turn starts with the rendering of the prompt + generation prompt.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+_WORDS = (
+    "the a an how can I you we make bake bread cake safe help please tell me about why what is are "
+    "human assistant sorry cannot do that here steps first then water flour oven heat minutes "
+    "Human: Assistant: system user <|user|> <|assistant|> <|end|> 123 4.5 ? ! , ."
+)
+
+
+def _training_texts() -> list[str]:
+    rng = random.Random(0)
+    words = _WORDS.split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 20))) for _ in range(400)]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_json() -> str:
+    """The serialized `tokenizers` model (byte-level BPE, ~400 tokens), trained once per session."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_texts(), trainer=trainer)
+    return tok.to_str()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_tokenizer(tiny_tokenizer_json):
+    """Factory for fresh `PreTrainedTokenizerFast` wrappers (safe to mutate): make(chat_template=True, pad=True)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    def make(chat_template: bool = True, pad: bool = True) -> PreTrainedTokenizerFast:
+        kwargs = {"eos_token": EOS}
+        if pad:
+            kwargs["pad_token"] = PAD
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tiny_tokenizer_json), **kwargs)
+        if chat_template:
+            tokenizer.chat_template = CHAT_TEMPLATE
+        return tokenizer
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(make_tiny_tokenizer):
+    """Byte-level BPE with eos `<|endoftext|>`, pad `<|pad|>` and a system/user/assistant chat template.
+
+    Shared by the whole session: do not mutate it (use `make_tiny_tokenizer()` for a private copy).
+    """
+    return make_tiny_tokenizer(chat_template=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_no_template(make_tiny_tokenizer):
+    """The same tokenizer without a chat template (prompts are used as plain text)."""
+    return make_tiny_tokenizer(chat_template=False)
+
+
+def write_jsonl(path, rows) -> None:
+    """Write rows as JSON lines (helper for data tests)."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
