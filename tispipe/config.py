@@ -11,7 +11,6 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-import click
 import yaml
 
 from tispipe.errors import TispipeError
@@ -38,7 +37,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in values.items()}
 
 
-def resolve(ctx: click.Context, cls: type[T], config_file: str | Path | None) -> T:
+def resolve(ctx: Any, cls: type[T], config_file: str | Path | None) -> T:
     """Build `cls` from the command's parameters, with values from `config_file` where a flag was not given.
 
     Keys in the file are the option names (`max-length` or `max_length`). Unknown keys are an error,
@@ -57,15 +56,17 @@ def resolve(ctx: click.Context, cls: type[T], config_file: str | Path | None) ->
     for name, field in fields.items():
         given = ctx.params.get(name)
         source = ctx.get_parameter_source(name) if name in ctx.params else None
-        if source not in (None, click.core.ParameterSource.DEFAULT) or name not in from_file:
+        # typer vendors its own click, so compare the source by name, not by enum identity
+        from_command_line = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        if from_command_line or name not in from_file:
             value = given
         else:
             value = from_file[name]
             if name in params:
                 try:
-                    value = params[name].type_cast_value(ctx, value)
-                except click.BadParameter as e:
-                    raise TispipeError(f"config file {config_file}: bad value for {name!r}: {e.message}")
+                    value = params[name].process_value(ctx, value)
+                except Exception as e:  # click's BadParameter, from typer's vendored copy
+                    raise TispipeError(f"config file {config_file}: bad value for {name!r}: {getattr(e, 'message', e)}")
         if value is None and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise TispipeError(f"missing option --{name.replace('_', '-')}", hint="give it on the command line or in --config")
         if value is None and field.default is not dataclasses.MISSING:
