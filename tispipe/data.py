@@ -1,0 +1,539 @@
+"""Preference data in (`--data` on every command): read, detect the format, normalise, validate, tokenize.
+
+Sources: a .jsonl/.json/.parquet/.csv file, a folder of them (files named after `split` are picked
+when there are any), a `datasets.save_to_disk` folder, or a hub data set `owner/name`.
+
+Formats, detected from the columns of the first row or forced with `format`:
+- standard:       prompt, chosen, rejected strings;
+- implicit:       only chosen/rejected full transcripts (Anthropic HH); the prompt is their shared prefix;
+- conversational: prompt (string or messages), chosen/rejected assistant messages, or whole
+                  conversations that begin with the prompt messages (UltraFeedback-binarized);
+- pairwise:       prompt, response_0, response_1 and a column naming the better one (PKU-SafeRLHF).
+
+Every source becomes rows {pair_id, prompt, chosen, rejected, **other columns}, in source order.
+Rows that cannot be used are dropped and counted by reason (`strict` makes the first one an error).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tispipe.errors import TispipeError
+from tispipe.tokenize import (
+    encode_prompt,
+    encode_response,
+    response_text,
+    truncate_pair,
+)
+
+FORMATS = ("standard", "implicit", "conversational", "pairwise")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "eval")
+# The prompt of an implicit pair ends with the last of these that both transcripts share.
+ASSISTANT_MARKERS = ("Assistant:", "<|assistant|>", "<|im_start|>assistant\n", "[/INST]")
+PAIRWISE_RESPONSES = ("response_0", "response_1")
+
+# Drop reasons (keys of DataReport.dropped).
+MISSING = "missing field"
+WRONG_TYPE = "wrong type"
+EMPTY = "empty response"
+IDENTICAL = "chosen identical to rejected"
+NO_PROMPT = "no shared prompt"
+BAD_PREFERENCE = "bad preference value"
+DUPLICATE = "duplicate pair_id"
+NO_ROOM = "prompt leaves no room for a response"
+EMPTY_PROMPT = "prompt has no tokens"
+
+
+@dataclass
+class DataOptions:
+    data: str
+    split: str = "train"
+    limit: int | None = None
+    format: str = "auto"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    preference_column: str | None = None
+    strict: bool = False
+    max_length: int = 512
+    max_prompt_length: int = 256
+    chat_template: bool = True
+
+
+@dataclass
+class DataReport:
+    source: str
+    format: str
+    read: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+    detected: bool = True  # False when `format` was forced
+    preference_column: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+@dataclass
+class TokenizedPair:
+    """One usable pair: its texts as normalised, the other columns, and the exact token ids.
+
+    `prompt_ids + chosen_ids` is the sequence scored and trained on (see tispipe.tokenize).
+    """
+
+    pair_id: str
+    prompt: str | list[dict]
+    chosen: str | list[dict]
+    rejected: str | list[dict]
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    truncated: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BadRow(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def as_text(value: str | list[dict]) -> str:
+    """A prompt or response as one string: itself, or its message list as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.endswith(DATA_SUFFIXES)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+                if not line:
+                    continue
+                record = json.loads(line)
+            except UnicodeDecodeError:
+                raise TispipeError(f"{path}, line {number}: not UTF-8 text")
+            except json.JSONDecodeError as e:
+                raise TispipeError(f"{path}, line {number}: not valid JSON ({e.msg}, column {e.colno})")
+            if not isinstance(record, dict):
+                raise TispipeError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+            yield f"{path}, line {number}", record
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TispipeError(f"{path}: not UTF-8 text")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON lines in a .json file, as `datasets` also accepts
+            yield from _read_jsonl(path)
+            return
+        raise TispipeError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno})")
+    if isinstance(value, dict):  # {"data": [...]}: one list of records under a key
+        lists = [v for v in value.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise TispipeError(f"{path}: expected a list of objects (or one key holding such a list)")
+        value = lists[0]
+    if not isinstance(value, list):
+        raise TispipeError(f"{path}: expected a list of objects, got {type(value).__name__}")
+    for index, record in enumerate(value):
+        if not isinstance(record, dict):
+            raise TispipeError(f"{path}, item {index}: expected a JSON object, got {type(record).__name__}")
+        yield f"{path}, item {index}", record
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise TispipeError(f"{path}: not a readable Parquet file ({e})".splitlines()[0])
+    index = 0
+    try:
+        for batch in reader.iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                yield f"{path}, row {index}", record
+                index += 1
+    except (pa.ArrowException, OSError) as e:
+        raise TispipeError(f"{path}, row {index}: Parquet data is damaged ({e})".splitlines()[0])
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, strict=True)
+            try:
+                header = reader.fieldnames
+            except csv.Error as e:
+                raise TispipeError(f"{path}, line 1: bad CSV header ({e})")
+            if not header:
+                return
+            row_start = reader.line_num + 1
+            try:
+                for index, record in enumerate(reader):
+                    if None in record or any(v is None for v in record.values()):
+                        raise TispipeError(f"{path}, line {row_start}: row has a different number of fields than the header ({len(header)})")
+                    yield f"{path}, line {row_start}", record
+                    row_start = reader.line_num + 1
+            except csv.Error as e:
+                raise TispipeError(f"{path}, line {reader.line_num}: bad CSV ({e})")
+    except UnicodeDecodeError:
+        raise TispipeError(f"{path}: not UTF-8 text")
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    """The data files of `split` in a folder: those named after it (train.jsonl, train-0000.parquet, train/...), else all."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise TispipeError(f"folder {folder} holds no {'/'.join(DATA_SUFFIXES)} files")
+
+    def names(p: Path) -> list[str]:
+        rel = p.relative_to(folder)
+        return [*rel.parts[:-1], rel.name.split(".")[0]]
+
+    def is_split(p: Path, s: str) -> bool:
+        return any(n == s or n.startswith((f"{s}-", f"{s}_")) for n in names(p))
+
+    chosen = [p for p in files if is_split(p, split)]
+    if chosen:
+        return chosen
+    others = sorted({s for s in SPLIT_NAMES for p in files if is_split(p, s)})
+    if others:
+        raise TispipeError(f"folder {folder} has no split {split!r}", hint=f"splits found: {', '.join(others)} (use --split)")
+    return files
+
+
+def _read_saved(folder: Path, split: str) -> Iterator[tuple[str, dict]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise TispipeError(f"{folder}: not a readable save_to_disk folder ({e})".splitlines()[0])
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise TispipeError(f"{folder} has no split {split!r}", hint=f"splits: {', '.join(loaded)} (use --split)")
+        loaded = loaded[split]
+    for index, record in enumerate(loaded):
+        yield f"{folder}, row {index}", record
+
+
+def _read_hub(name: str, split: str, limit: int | None) -> Iterator[tuple[str, dict]]:
+    if _hub_offline():
+        raise TispipeError(f"{name!r} is not a local file or folder, and the hub cannot be reached offline (HF_HUB_OFFLINE=1)", hint="give a local path, or unset HF_HUB_OFFLINE")
+    import datasets
+
+    try:
+        # Streaming when a limit is set, so only the first rows are downloaded.
+        loaded = datasets.load_dataset(name, split=split, streaming=limit is not None)
+        for index, record in enumerate(loaded):
+            yield f"{name} ({split}), row {index}", record
+    except TispipeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the hub stack raises many types (HTTP, not found, bad split); all are user errors here
+        raise TispipeError(f"could not load {name!r} split {split!r} from the hub: {e}".splitlines()[0])
+
+
+def read_records(opts: DataOptions) -> tuple[str, Iterator[tuple[str, dict]]]:
+    """(source description, iterator of (where, record)) for `opts.data`, in a fixed order."""
+    path = Path(opts.data).expanduser()
+    if path.is_file():
+        if path.suffix not in READERS:
+            raise TispipeError(f"{path}: unsupported file type {path.suffix!r}", hint=f"use one of {', '.join(DATA_SUFFIXES)}")
+        return str(path), READERS[path.suffix](path)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return str(path), _read_saved(path, opts.split)
+        files = _split_files(path, opts.split)
+        return str(path), (item for p in files for item in READERS[p.suffix](p))
+    if _looks_like_hub_name(opts.data):
+        return f"hub:{opts.data}", _read_hub(opts.data, opts.split, opts.limit)
+    raise TispipeError(f"data {opts.data!r} does not exist", hint="give a .jsonl/.json/.parquet/.csv file, a folder, or a hub data set as owner/name")
+
+
+# ---------------------------------------------------------------- formats
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+
+def _get(record: dict, column: str) -> Any:
+    value = record.get(column)
+    if value is None:
+        raise BadRow(MISSING, f"{column!r} is missing")
+    return value
+
+
+def _string(record: dict, column: str) -> str:
+    value = _get(record, column)
+    if not isinstance(value, str):
+        raise BadRow(WRONG_TYPE, f"{column!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def _messages(record: dict, column: str) -> list[dict]:
+    value = _get(record, column)
+    if not _is_messages(value):
+        raise BadRow(WRONG_TYPE, f"{column!r} is not a list of {{role, content}} messages")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def detect_format(columns: list[str], first: dict, opts: DataOptions) -> str:
+    cols = set(columns)
+    p, c, r = opts.prompt_column, opts.chosen_column, opts.rejected_column
+    if {p, c, r} <= cols:
+        return "conversational" if any(isinstance(first.get(k), list) for k in (p, c, r)) else "standard"
+    if {c, r} <= cols:
+        return "implicit"
+    if {p, *PAIRWISE_RESPONSES} <= cols:
+        return "pairwise"
+    raise TispipeError(
+        f"cannot tell the data format from its columns: {', '.join(columns)}",
+        hint="expected prompt/chosen/rejected, chosen/rejected, or prompt/response_0/response_1; "
+        "rename with --prompt-column/--chosen-column/--rejected-column or set --format",
+    )
+
+
+def _required_columns(fmt: str, opts: DataOptions) -> list[str]:
+    return {
+        "standard": [opts.prompt_column, opts.chosen_column, opts.rejected_column],
+        "conversational": [opts.prompt_column, opts.chosen_column, opts.rejected_column],
+        "implicit": [opts.chosen_column, opts.rejected_column],
+        "pairwise": [opts.prompt_column, *PAIRWISE_RESPONSES],
+    }[fmt]
+
+
+def find_preference_column(columns: list[str], opts: DataOptions) -> str:
+    if opts.preference_column:
+        if opts.preference_column not in columns:
+            raise TispipeError(f"preference column {opts.preference_column!r} not found; columns: {', '.join(columns)}")
+        return opts.preference_column
+    candidates = [c for c in columns if c.endswith("response_id") or c in ("preference", "preferred", "label", "choice")]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise TispipeError("pairwise data needs a column naming the better response (0 or 1)", hint="give it with --preference-column")
+    raise TispipeError(f"pairwise data has several preference columns: {', '.join(candidates)}", hint="choose one with --preference-column")
+
+
+def split_implicit(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """(prompt, chosen response, rejected response) of two transcripts that share their beginning.
+
+    The prompt runs up to and including the last assistant-turn marker inside the shared prefix
+    (`\\n\\nHuman: ...\\n\\nAssistant:`); without one, the shared prefix cut back to end just before a
+    whitespace, so both responses start at a word (" Paris." / " Rome.").
+    """
+    k = len(os.path.commonprefix([chosen, rejected]))
+    shared = chosen[:k]
+    end = max((shared.rfind(m) + len(m) for m in ASSISTANT_MARKERS if m in shared), default=-1)
+    if end < 0:
+        # Largest j <= k where both transcripts continue with whitespace (at j < k they agree).
+        both_space_at_k = k < min(len(chosen), len(rejected)) and chosen[k].isspace() and rejected[k].isspace()
+        end = k if both_space_at_k else max((j for j in range(k) if shared[j].isspace()), default=0)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def _implicit_messages(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    while n > 0 and not (n < len(chosen) and n < len(rejected) and chosen[n]["role"] == rejected[n]["role"] == "assistant"):
+        n -= 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _strip_prompt_turns(prompt: list[dict], response: list[dict]) -> list[dict]:
+    if len(response) > len(prompt) and response[: len(prompt)] == prompt:
+        return response[len(prompt) :]
+    return response
+
+
+def _response(record: dict, column: str, prompt: list[dict]) -> str | list[dict]:
+    """A conversational response: assistant messages (a leading copy of the prompt turns removed) or plain text."""
+    if isinstance(record.get(column), str):
+        return record[column]
+    return _strip_prompt_turns(prompt, _messages(record, column))
+
+
+def _preference(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value.strip())
+    raise BadRow(BAD_PREFERENCE, f"preference value {value!r} is not 0 or 1")
+
+
+def normalise(record: dict, fmt: str, opts: DataOptions, preference_column: str | None) -> dict:
+    """{prompt, chosen, rejected} of one record in `fmt`; raises BadRow with the reason it is unusable."""
+    p, c, r = opts.prompt_column, opts.chosen_column, opts.rejected_column
+    if fmt == "standard":
+        prompt, chosen, rejected = _string(record, p), _string(record, c), _string(record, r)
+    elif fmt == "pairwise":
+        prompt = _string(record, p)
+        responses = [_string(record, k) for k in PAIRWISE_RESPONSES]
+        better = _preference(_get(record, preference_column))
+        chosen, rejected = responses[better], responses[1 - better]
+    elif fmt == "implicit":
+        chosen_full, rejected_full = _get(record, c), _get(record, r)
+        if isinstance(chosen_full, str) and isinstance(rejected_full, str):
+            prompt, chosen, rejected = split_implicit(chosen_full, rejected_full)
+        elif _is_messages(chosen_full) and _is_messages(rejected_full):
+            prompt, chosen, rejected = _implicit_messages(_messages(record, c), _messages(record, r))
+        else:
+            raise BadRow(WRONG_TYPE, f"{c!r} and {r!r} must both be strings or both message lists")
+        if chosen_full == rejected_full:
+            raise BadRow(IDENTICAL, "chosen and rejected are the same")
+        if not prompt:
+            raise BadRow(NO_PROMPT, "chosen and rejected share no prompt")
+    elif fmt == "conversational":
+        raw_prompt = _get(record, p)
+        if isinstance(raw_prompt, str):
+            prompt = [{"role": "user", "content": raw_prompt}]
+        else:
+            prompt = _messages(record, p)
+        chosen, rejected = _response(record, c, prompt), _response(record, r, prompt)
+    else:
+        raise TispipeError(f"unknown data format {fmt!r}", hint=f"use auto or one of {', '.join(FORMATS)}")
+    for name, response in (("chosen", chosen), ("rejected", rejected)):
+        text = response if isinstance(response, str) else "".join(m["content"] for m in response)
+        if not text.strip():
+            raise BadRow(EMPTY, f"{name} response is empty")
+    if chosen == rejected:
+        raise BadRow(IDENTICAL, "chosen and rejected are the same")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _bad(report: DataReport, opts: DataOptions, where: str, reason: str, detail: str) -> None:
+    if opts.strict:
+        raise TispipeError(f"{where}: {detail or reason}", hint="fix the row, or drop --strict to skip bad rows")
+    report.drop(reason)
+
+
+def load_pairs(opts: DataOptions) -> tuple[list[dict], DataReport]:
+    """Read `opts.data` and return its usable rows {pair_id, prompt, chosen, rejected, **extra} and a report.
+
+    `limit` counts rows read from the source (before dropping). Rows without a `pair_id` column get
+    `row-<index>` from their position in the source.
+    """
+    if opts.format not in ("auto", *FORMATS):
+        raise TispipeError(f"unknown data format {opts.format!r}", hint=f"use auto or one of {', '.join(FORMATS)}")
+    if opts.limit is not None and opts.limit < 1:
+        raise TispipeError(f"limit must be at least 1, got {opts.limit}")
+    source, records = read_records(opts)
+    report = DataReport(source=source, format=opts.format, detected=opts.format == "auto")
+    rows: list[dict] = []
+    seen: set[str] = set()
+    fmt = consumed = preference_column = None
+    for index, (where, record) in enumerate(records):
+        if opts.limit is not None and index >= opts.limit:
+            break
+        if fmt is None:
+            columns = list(record)
+            fmt = detect_format(columns, record, opts) if opts.format == "auto" else opts.format
+            missing = [col for col in _required_columns(fmt, opts) if col not in record]
+            if missing:
+                raise TispipeError(f"{source}: {fmt} data needs column(s) {', '.join(missing)}; columns are {', '.join(columns)}", hint="rename with --prompt-column/--chosen-column/--rejected-column")
+            if fmt == "pairwise":
+                preference_column = find_preference_column(columns, opts)
+            report.format, report.preference_column = fmt, preference_column
+            consumed = {*_required_columns(fmt, opts), preference_column, "pair_id"}
+        report.read += 1
+        try:
+            row = normalise(record, fmt, opts, preference_column)
+        except BadRow as bad:
+            _bad(report, opts, where, bad.reason, bad.detail)
+            continue
+        pair_id = str(record["pair_id"]) if record.get("pair_id") is not None else f"row-{index}"
+        if pair_id in seen:
+            _bad(report, opts, where, DUPLICATE, f"pair_id {pair_id!r} appears twice")
+            continue
+        seen.add(pair_id)
+        extra = {k: v for k, v in record.items() if k not in consumed and k not in ("prompt", "chosen", "rejected")}
+        rows.append({"pair_id": pair_id, **row, **extra})
+    if fmt is None:
+        raise TispipeError(f"{source} holds no rows")
+    report.kept = len(rows)
+    if not rows:
+        raise TispipeError(f"{source}: no usable row among {report.read} ({_reasons(report)})", hint="check the format and column options")
+    return rows, report
+
+
+def _reasons(report: DataReport) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "none dropped"
+
+
+def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataReport, system: str | None = None) -> list[TokenizedPair]:
+    """Encode every row with tispipe.tokenize; rows whose prompt leaves no room are dropped and counted."""
+    pairs = []
+    for row in rows:
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        prompt_ids = encode_prompt(tokenizer, prompt, system, opts.chat_template)
+        chosen_ids = encode_response(tokenizer, response_text(tokenizer, prompt, chosen, system, opts.chat_template))
+        rejected_ids = encode_response(tokenizer, response_text(tokenizer, prompt, rejected, system, opts.chat_template))
+        encoded = truncate_pair(prompt_ids, chosen_ids, rejected_ids, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length)
+        if encoded is None:
+            reason = EMPTY_PROMPT if not prompt_ids else NO_ROOM
+            _bad(report, opts, f"{report.source}, pair {row['pair_id']!r}", reason, f"{reason} (max_length {opts.max_length}, max_prompt_length {opts.max_prompt_length})")
+            continue
+        report.truncated += encoded.truncated
+        extra = {k: v for k, v in row.items() if k not in ("pair_id", "prompt", "chosen", "rejected")}
+        pairs.append(TokenizedPair(row["pair_id"], prompt, chosen, rejected, encoded.prompt_ids, encoded.chosen_ids, encoded.rejected_ids, encoded.truncated, extra))
+    report.kept = len(pairs)
+    if not pairs:
+        raise TispipeError(f"{report.source}: no pair fits max_length {opts.max_length} ({_reasons(report)})", hint="raise --max-length or lower --max-prompt-length")
+    return pairs
+
+
+def print_report(report: DataReport, console) -> None:
+    """The detected format and a table of rows read, kept, dropped by reason and truncated."""
+    from rich.table import Table
+
+    how = "Detected format" if report.detected else "Format"
+    extra = f" (preference column {report.preference_column})" if report.preference_column else ""
+    console.print(f"{how}: {report.format}{extra}  [dim]{report.source}[/dim]")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("read", str(report.read))
+    table.add_row("kept", str(report.kept))
+    for reason, n in sorted(report.dropped.items()):
+        table.add_row(f"dropped: {reason}", str(n))
+    table.add_row("truncated", str(report.truncated))
+    console.print(table)
