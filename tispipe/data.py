@@ -119,7 +119,8 @@ def as_text(value: str | list[dict]) -> str:
 
 
 def _looks_like_hub_name(name: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.endswith(DATA_SUFFIXES)
+    # `data/toy` with an existing `data/` folder is a missing local path, not a hub data set.
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.endswith(DATA_SUFFIXES) and not Path(name).parent.is_dir()
 
 
 def _hub_offline() -> bool:
@@ -204,7 +205,7 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
                     yield f"{path}, line {row_start}", record
                     row_start = reader.line_num + 1
             except csv.Error as e:
-                raise TispipeError(f"{path}, line {reader.line_num}: bad CSV ({e})")
+                raise TispipeError(f"{path}, line {row_start}: bad CSV ({e})")
     except UnicodeDecodeError:
         raise TispipeError(f"{path}: not UTF-8 text")
 
