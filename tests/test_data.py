@@ -338,3 +338,24 @@ def test_print_report(tmp_path):
     assert "Detected format: standard" in text
     assert "dropped: chosen identical to rejected" in text and "kept" in text
     assert report.to_dict()["dropped"] == {"chosen identical to rejected": 1}
+
+
+def test_hub_names_go_to_load_dataset_streaming_when_limited(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, split=None, streaming=False):
+        calls.append((name, split, streaming))
+        if name == "someone/missing":
+            raise datasets.exceptions.DatasetNotFoundError("Dataset 'someone/missing' doesn't exist on the Hub")
+        return iter(ROWS)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    rows, report = load("someone/prefs", split="test", limit=2)
+    assert [r["pair_id"] for r in rows] == ["a", "b"] and report.source == "hub:someone/prefs"
+    load("someone/prefs")
+    assert calls == [("someone/prefs", "test", True), ("someone/prefs", "train", False)]
+    with pytest.raises(TispipeError, match="could not load 'someone/missing' split 'train' from the hub"):
+        load("someone/missing")
