@@ -1,0 +1,209 @@
+"""Preference losses on per-token inputs: DPO, IPO, TIS-DPO (paper Eq. 18) and TDPO1/2.
+
+Every per-token input is (B, T_w) for the chosen response and (B, T_l) for the rejected one, aligned
+with its mask: 1 on response tokens (EOS included), 0 on prompt and padding. Masked positions never
+contribute, whatever they hold (values are selected with `torch.where`, not multiplied by 0, so a
+NaN or inf there cannot leak into the loss or its gradient).
+
+Notation: lr_t = policy_logps_t - ref_logps_t, sums run over masked-in tokens (sums, not means,
+as in the authors' code with average_log_prob=False).
+
+Every loss returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); the rewards are
+detached metrics in TRL's sense, beta * (summed, possibly weighted, log-ratio).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tispipe.errors import TispipeError
+
+LossOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) -> (B,) float32: sum_t [mask_t] values_t (* weights_t).
+
+    Each factor is masked before the product, so garbage in either one at a masked position
+    gives neither a value nor a NaN gradient (0 * inf) to the other.
+    """
+    keep = mask.bool()
+    values = values.float()
+    values = torch.where(keep, values, torch.zeros_like(values))
+    if weights is not None:
+        weights = weights.float()
+        values = values * torch.where(keep, weights, torch.zeros_like(weights))
+    return values.sum(-1)
+
+
+def _check_beta(beta: float) -> None:
+    if not beta > 0:
+        raise TispipeError(f"--beta must be positive, not {beta}")
+
+
+def _logratio_sums(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_t lr_t(y_w), sum_t lr_t(y_l)), each (B,)."""
+    chosen = masked_sum(policy_chosen_logps.float() - ref_chosen_logps.float(), chosen_mask)
+    rejected = masked_sum(policy_rejected_logps.float() - ref_rejected_logps.float(), rejected_mask)
+    return chosen, rejected
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    beta: float,
+) -> LossOutput:
+    """DPO: loss = -log sigmoid(beta * (sum lr(y_w) - sum lr(y_l))). Rewards: beta * sum lr."""
+    _check_beta(beta)
+    chosen, rejected = _logratio_sums(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_mask, rejected_mask
+    )
+    losses = -F.logsigmoid(beta * (chosen - rejected))
+    return losses, (beta * chosen).detach(), (beta * rejected).detach()
+
+
+def ipo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    beta: float,
+) -> LossOutput:
+    """IPO: loss = (h - 1 / (2 beta))^2 with h = sum lr(y_w) - sum lr(y_l). Rewards: beta * sum lr.
+
+    h uses sums over tokens, like the other losses here. (The IPO paper's h is a sequence log-ratio,
+    which is this sum; TRL's IPO instead averages over tokens, giving a length-dependent target.)
+    At policy == reference the loss is 1 / (4 beta^2).
+    """
+    _check_beta(beta)
+    chosen, rejected = _logratio_sums(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_mask, rejected_mask
+    )
+    losses = (chosen - rejected - 1 / (2 * beta)) ** 2
+    return losses, (beta * chosen).detach(), (beta * rejected).detach()
+
+
+def tisdpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    chosen_weights: torch.Tensor,
+    rejected_weights: torch.Tensor,
+    chosen_kl: torch.Tensor | None,
+    rejected_kl: torch.Tensor | None,
+    beta: float,
+    eta_coef: float = 1.0,
+) -> LossOutput:
+    """TIS-DPO, paper Eqs. 15-18: loss = -log sigmoid(u - eta).
+
+        u   = beta * sum_t w^w_t lr_t(y_w) - beta * sum_t w^l_t lr_t(y_l)                 (Eq. 15)
+        eta = eta_coef * beta * (sum_t w^w_t KL_t(y_w) - sum_t w^l_t KL_t(y_l))           (Eqs. 16-17)
+
+    KL_t = KL(policy || ref) at the position predicting token t (`token_kl(policy_logits, ref_logits)`).
+    A larger chosen KL lowers the logit (raises the loss); a larger rejected KL raises it. This is the
+    opposite sign and KL direction of TDPO's delta, so all-ones weights do not give TDPO1.
+    The weights are fixed data (no gradient flows into them); nothing is detached on the KL path.
+    eta_coef = 1 is the paper; the authors' code uses 0.5 when eta is on, and 0 is the "w/o eta" ablation.
+
+    Args:
+        chosen_weights, rejected_weights: (B, T_w), (B, T_l) token weights w_t.
+        chosen_kl, rejected_kl: (B, T_w), (B, T_l) per-position KL(policy || ref), or both None, which
+            requires eta_coef == 0 (the caller then need not compute full-vocabulary reference logits).
+
+    Rewards: beta * sum_t w_t lr_t per response (the weighted rewards of the paper's Fig. 3).
+    """
+    _check_beta(beta)
+    chosen_logratio = policy_chosen_logps.float() - ref_chosen_logps.float()
+    rejected_logratio = policy_rejected_logps.float() - ref_rejected_logps.float()
+    weighted_chosen = masked_sum(chosen_logratio, chosen_mask, chosen_weights)
+    weighted_rejected = masked_sum(rejected_logratio, rejected_mask, rejected_weights)
+    u = beta * (weighted_chosen - weighted_rejected)
+    if chosen_kl is None or rejected_kl is None:
+        if chosen_kl is not None or rejected_kl is not None:
+            raise ValueError("give both chosen_kl and rejected_kl, or neither")
+        if eta_coef != 0:
+            raise ValueError(f"eta_coef is {eta_coef} but no KL tensors were given; pass eta_coef=0 to turn eta off")
+        eta = torch.zeros_like(u)
+    else:
+        chosen_seq_kl = masked_sum(chosen_kl, chosen_mask, chosen_weights)
+        rejected_seq_kl = masked_sum(rejected_kl, rejected_mask, rejected_weights)
+        eta = eta_coef * beta * (chosen_seq_kl - rejected_seq_kl)
+    losses = -F.logsigmoid(u - eta)
+    return losses, (beta * weighted_chosen).detach(), (beta * weighted_rejected).detach()
+
+
+def tdpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    chosen_kl_fwd: torch.Tensor,
+    rejected_kl_fwd: torch.Tensor,
+    beta: float,
+    alpha: float = 0.5,
+    variant: int = 2,
+) -> LossOutput:
+    """TDPO (Zeng et al. 2024) with the forward sequential KL SeqKL(y) = sum_t KL(ref || policy)_t.
+
+        margin = sum lr(y_w) - sum lr(y_l)
+        TDPO1: loss = -log sigmoid(beta * (margin - (SeqKL_l - SeqKL_w)))
+        TDPO2: loss = -log sigmoid(beta * (margin - alpha * (SeqKL_l - sg(SeqKL_w))))
+
+    sg = stop-gradient, on the chosen KL only; alpha is used by TDPO2 only.
+
+    Args:
+        chosen_kl_fwd, rejected_kl_fwd: (B, T_w), (B, T_l) per-position KL(ref || policy),
+            i.e. `token_kl(ref_logits, policy_logits)`.
+        variant: 1 or 2.
+
+    Rewards: beta * sum lr, as for DPO (the TDPO code logs beta * (sum lr + SeqKL); we keep one
+    definition across losses so the curves compare).
+    """
+    _check_beta(beta)
+    if variant not in (1, 2):
+        raise TispipeError(f"TDPO variant must be 1 or 2, not {variant}")
+    chosen, rejected = _logratio_sums(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_mask, rejected_mask
+    )
+    chosen_seq_kl = masked_sum(chosen_kl_fwd, chosen_mask)
+    rejected_seq_kl = masked_sum(rejected_kl_fwd, rejected_mask)
+    if variant == 1:
+        delta = rejected_seq_kl - chosen_seq_kl
+    else:
+        delta = alpha * (rejected_seq_kl - chosen_seq_kl.detach())
+    losses = -F.logsigmoid(beta * (chosen - rejected - delta))
+    return losses, (beta * chosen).detach(), (beta * rejected).detach()
+
+
+def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
+    """Batch means with TRL's names: rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies.
+
+    Accuracy counts pairs whose chosen reward is strictly larger.
+    """
+    chosen = chosen_rewards.detach().float()
+    rejected = rejected_rewards.detach().float()
+    return {
+        "rewards/chosen": chosen.mean().item(),
+        "rewards/rejected": rejected.mean().item(),
+        "rewards/margins": (chosen - rejected).mean().item(),
+        "rewards/accuracies": (chosen > rejected).float().mean().item(),
+    }
