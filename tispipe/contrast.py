@@ -1,0 +1,262 @@
+"""Build the contrastive pair of models pi+ / pi- that token weights are estimated from (paper section 6.2).
+
+- `sft`: pi+ = base fine-tuned on (prompt, chosen), pi- = base fine-tuned on (prompt, rejected);
+  causal-LM loss on response tokens only (paper App. B.2).
+- `dpo`: pi+ = base trained with DPO on the pairs, pi- = base trained with DPO on the pairs with
+  chosen and rejected swapped ("reverse DPO"), reference = the base (paper App. B.3). The loss is
+  `tispipe.losses.dpo_loss`, the same code `tispipe train` uses.
+
+(`prompt` needs no training: it is the base model under two system prompts; see estimate.py.)
+
+Each model is saved in Hugging Face format with a small `tispipe-contrast.json` holding the settings
+and fingerprints it was built from; `build` reuses a saved model whose file matches exactly.
+Training is deterministic for a seed: the example order comes from a seeded generator and the
+model from the base weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tispipe.errors import TispipeError
+
+FINGERPRINT_FILE = "tispipe-contrast.json"
+
+# Paper App. B.2 (sft) and B.3 (dpo). Neither gives a schedule: the learning rate is constant.
+PAPER_DEFAULTS = {
+    "sft": {"lr": 5e-5, "weight_decay": 0.01, "epochs": 3.0, "batch_size": 32},
+    "dpo": {"lr": 1e-5, "weight_decay": 0.01, "epochs": 1.0, "batch_size": 16},
+}
+
+
+@dataclass(frozen=True)
+class ContrastSettings:
+    """Everything that decides the trained weights (besides the base model and the data)."""
+
+    method: str  # sft | dpo
+    lr: float
+    weight_decay: float
+    epochs: float
+    batch_size: int
+    beta: float
+    seed: int
+
+
+def settings_for(method: str, lr: float | None, epochs: float | None, batch_size: int | None, beta: float, seed: int) -> ContrastSettings:
+    """The method's paper defaults, overridden by whichever of lr/epochs/batch_size is given."""
+    paper = PAPER_DEFAULTS[method]
+    return ContrastSettings(
+        method=method,
+        lr=float(paper["lr"] if lr is None else lr),
+        weight_decay=float(paper["weight_decay"]),
+        epochs=float(paper["epochs"] if epochs is None else epochs),
+        batch_size=int(paper["batch_size"] if batch_size is None else batch_size),
+        beta=float(beta),
+        seed=int(seed),
+    )
+
+
+def _identity(settings: ContrastSettings, side: str, fingerprints: dict[str, str]) -> dict[str, Any]:
+    return {"side": side, "settings": asdict(settings), "fingerprints": dict(sorted(fingerprints.items()))}
+
+
+def saved_matches(folder: Path, identity: dict[str, Any]) -> bool:
+    """True when `folder` holds a finished model built from exactly `identity`."""
+    path = folder / FINGERPRINT_FILE
+    if not path.is_file():
+        return False
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return saved.get("identity") == identity
+
+
+def _batches(n: int, batch_size: int, epochs: float, generator: torch.Generator) -> list[list[int]]:
+    """Index batches over `epochs` passes (a fractional last pass takes a prefix of a fresh permutation)."""
+    total = max(1, math.ceil(n * epochs))
+    order: list[int] = []
+    while len(order) < total:
+        order.extend(torch.randperm(n, generator=generator).tolist())
+    order = order[:total]
+    return [order[i : i + batch_size] for i in range(0, total, batch_size)]
+
+
+def _optimizer(model: torch.nn.Module, settings: ContrastSettings) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def _progress(description: str, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    task = progress.add_task(description, total=total, loss=float("nan"))
+    return progress, task
+
+
+def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad_id: int, description: str) -> dict[str, float]:
+    """Fine-tune `model` in place on (prompt, chosen) or (prompt, rejected): mean NLL over response tokens."""
+    from tispipe.batching import make_batch, sequence_token_logps
+
+    generator = torch.Generator().manual_seed(settings.seed)
+    batches = _batches(len(pairs), settings.batch_size, settings.epochs, generator)
+    optimizer = _optimizer(model, settings)
+    model.train()
+    device = next(model.parameters()).device
+    progress, task = _progress(description, len(batches))
+    losses = []
+    with progress:
+        for indices in batches:
+            prompts = [pairs[i].prompt_ids for i in indices]
+            responses = [getattr(pairs[i], f"{side}_ids") for i in indices]
+            batch = make_batch(prompts, responses, pad_id).to(device)
+            logps = sequence_token_logps(model, batch)
+            loss = -(logps * batch.response_mask).sum() / batch.response_mask.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            progress.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+    model.eval()
+    return {"steps": len(batches), "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+
+
+@torch.inference_mode()
+def reference_logps(model, pairs: Sequence, pad_id: int, batch_size: int) -> list[tuple[list[float], list[float]]]:
+    """Per-token log pi_ref of (chosen, rejected) for every pair, computed once for DPO training."""
+    from tispipe.batching import make_pair_batch, sequence_token_logps
+
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[tuple[list[float], list[float]]] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        batch = make_pair_batch([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk], [p.rejected_ids for p in chunk], pad_id).to(device)
+        values = batch.unplace(sequence_token_logps(model, batch))
+        out.extend(zip(values[: len(chunk)], values[len(chunk) :], strict=True))
+    return out
+
+
+def train_dpo(model, pairs: Sequence, ref: list[tuple[list[float], list[float]]], swap: bool, settings: ContrastSettings, pad_id: int, description: str) -> dict[str, float]:
+    """DPO on the pairs (or on the pairs with chosen/rejected swapped), reference log-probs given."""
+    from tispipe.batching import make_pair_batch, sequence_token_logps
+    from tispipe.losses import dpo_loss
+
+    generator = torch.Generator().manual_seed(settings.seed)
+    batches = _batches(len(pairs), settings.batch_size, settings.epochs, generator)
+    optimizer = _optimizer(model, settings)
+    model.train()
+    device = next(model.parameters()).device
+    progress, task = _progress(description, len(batches))
+    losses, accuracies = [], []
+    with progress:
+        for indices in batches:
+            prompts = [pairs[i].prompt_ids for i in indices]
+            winners = [pairs[i].rejected_ids if swap else pairs[i].chosen_ids for i in indices]
+            losers = [pairs[i].chosen_ids if swap else pairs[i].rejected_ids for i in indices]
+            ref_winners = [ref[i][1] if swap else ref[i][0] for i in indices]
+            ref_losers = [ref[i][0] if swap else ref[i][1] for i in indices]
+            batch = make_pair_batch(prompts, winners, losers, pad_id)
+            ref_logps = batch.place(ref_winners + ref_losers)
+            batch = batch.to(device)
+            ref_logps = ref_logps.to(device)
+            policy = sequence_token_logps(model, batch)
+            b = len(indices)
+            loss, chosen_rewards, rejected_rewards = dpo_loss(
+                policy[:b], policy[b:], ref_logps[:b], ref_logps[b:], batch.response_mask[:b], batch.response_mask[b:], settings.beta
+            )
+            loss = loss.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            accuracies.append((chosen_rewards > rejected_rewards).float().mean().item())
+            progress.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+    model.eval()
+    tail = max(1, len(losses[-20:]))
+    return {"steps": len(batches), "final_loss": sum(losses[-20:]) / tail, "final_accuracy": sum(accuracies[-20:]) / tail}
+
+
+def _save(model, tokenizer, folder: Path, identity: dict[str, Any], stats: dict[str, float]) -> None:
+    """Save into a temporary sibling folder, then rename: a half-saved model is never taken for a finished one."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity, "training": stats}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def build(
+    out_dir: Path,
+    base_model: str,
+    tokenizer,
+    pairs: Sequence,
+    settings: ContrastSettings,
+    fingerprints: dict[str, str],
+    *,
+    device: str,
+    trust_remote_code: bool = False,
+    console=None,
+) -> dict[str, Any]:
+    """Train (or reuse) DIR/contrast/pos and DIR/contrast/neg; return {side: {path, reused, seconds, training}}.
+
+    `pairs` need `prompt_ids`, `chosen_ids`, `rejected_ids`. `fingerprints` (data, tokenizer, base)
+    join `settings` in the identity that decides reuse. Training runs in float32 whatever the
+    scoring dtype: bf16 weights would drop DPO-sized updates.
+    """
+    from tispipe.models import load_model
+
+    if settings.method not in PAPER_DEFAULTS:
+        raise TispipeError(f"--method {settings.method!r} builds no contrastive models")
+    if not pairs:
+        raise TispipeError("no pairs to train the contrastive models on")
+    pad_id = tokenizer.pad_token_id
+    results: dict[str, Any] = {}
+    ref: list | None = None
+    for side in ("pos", "neg"):
+        folder = out_dir / "contrast" / side
+        identity = _identity(settings, side, fingerprints)
+        if saved_matches(folder, identity):
+            results[side] = {"path": str(folder), "reused": True, "seconds": 0.0}
+            if console is not None:
+                console.print(f"Reusing {side} model {folder} (same data, base and settings)")
+            continue
+        start = time.perf_counter()
+        torch.manual_seed(settings.seed)
+        model = load_model(base_model, device=device, dtype="float32", trust_remote_code=trust_remote_code, for_training=True)
+        label = "pi+" if side == "pos" else "pi-"
+        if settings.method == "sft":
+            stats = train_sft(model, pairs, "chosen" if side == "pos" else "rejected", settings, pad_id, f"SFT {label}")
+        else:
+            if ref is None:
+                base = load_model(base_model, device=device, dtype="float32", trust_remote_code=trust_remote_code)
+                ref = reference_logps(base, pairs, pad_id, batch_size=2 * settings.batch_size)
+                del base
+            stats = train_dpo(model, pairs, ref, side == "neg", settings, pad_id, f"DPO {label}" + (" (swapped pairs)" if side == "neg" else ""))
+        seconds = time.perf_counter() - start
+        stats["seconds"] = round(seconds, 3)
+        _save(model, tokenizer, folder, identity, stats)
+        del model
+        results[side] = {"path": str(folder), "reused": False, "seconds": seconds, "training": stats}
+    return results

@@ -1,0 +1,171 @@
+"""`tispipe inspect DIR`: look at the token weights of an estimate run (the paper's weight visualisation).
+
+The terminal view colours one pair's tokens by weight; `--html FILE` writes a standalone page of
+many pairs, chosen and rejected side by side, each token a span with its r_t and w_t in a tooltip.
+Colour is log(w) on a diverging scale: green above 1 (the token counts more), red below 1, white at 1.
+Where the data has ground-truth token labels they are underlined (green helpful, red harmful).
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tispipe.errors import TispipeError
+
+COLUMNS = ["pair_id", "prompt", "chosen_ids", "rejected_ids", "chosen_logratio", "rejected_logratio", "chosen_weights", "rejected_weights", "chosen_labels", "rejected_labels"]
+
+
+@dataclass
+class InspectConfig:
+    folder: str
+    pair: int = 0
+    html: str | None = None
+    pairs: int = 50
+
+
+def run(cfg: InspectConfig) -> None:
+    from rich.console import Console
+
+    from tispipe.shards import read_manifest
+
+    if cfg.pair < 0:
+        raise TispipeError(f"--pair must be at least 0, not {cfg.pair}")
+    if cfg.pairs < 1:
+        raise TispipeError(f"--pairs must be at least 1, not {cfg.pairs}")
+    manifest = read_manifest(cfg.folder)
+    total = sum(entry["rows"] for entry in manifest["shards"])
+    if cfg.pair >= total:
+        raise TispipeError(f"--pair {cfg.pair} is out of range: {cfg.folder} holds {total} pairs (0..{total - 1})")
+    tokenizer = _tokenizer(manifest)
+    rows = list(read_pairs(Path(cfg.folder), manifest, cfg.pair, cfg.pairs if cfg.html else 1))
+    scale = _scale(manifest)
+    console = Console()
+    show_pair(rows[0], tokenizer, scale, console)
+    if cfg.html:
+        page = html_page(rows, tokenizer, scale, manifest)
+        from tispipe.io import atomic_write_text
+
+        atomic_write_text(cfg.html, page)
+        console.print(f"Wrote {len(rows)} pairs to {cfg.html}")
+
+
+def read_pairs(folder: Path, manifest: dict[str, Any], start: int, count: int) -> Iterator[dict[str, Any]]:
+    """Rows start .. start+count-1 in data order, reading only the shards that hold them."""
+    from tispipe.shards import iter_shard_rows, shard_paths
+
+    offset = 0
+    for path, entry in zip(shard_paths(folder, manifest), manifest["shards"], strict=True):
+        end = offset + entry["rows"]
+        if end > start and offset < start + count:
+            for index, row in enumerate(iter_shard_rows(path, COLUMNS, entry["rows"]), start=offset):
+                if start <= index < start + count:
+                    yield row
+        offset = end
+
+
+def _tokenizer(manifest: dict[str, Any]):
+    """The base model's tokenizer, or None (tokens are then shown as ids) when it cannot be loaded here."""
+    try:
+        from tispipe.models import load_tokenizer
+
+        return load_tokenizer(manifest["settings"]["model"], manifest["settings"].get("trust_remote_code", False))
+    except (TispipeError, OSError, KeyError):
+        return None
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's text: the growth of the decoded prefix, so multi-byte characters split across tokens stay readable."""
+    if tokenizer is None:
+        return [f"[{i}]" for i in ids]
+    pieces, previous = [], ""
+    for n in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:n], skip_special_tokens=False)
+        if text.startswith(previous) and "\ufffd" not in text[len(previous) :]:
+            pieces.append(text[len(previous) :])
+            previous = text
+        else:
+            pieces.append("")  # an incomplete character: it appears with the next token
+    return pieces
+
+
+def _scale(manifest: dict[str, Any]) -> float:
+    """|log w| that gets the full colour: the 5%/95% weight quantiles over both sides (at least 0.05)."""
+    bound = 0.05
+    for side in ("chosen", "rejected"):
+        quantiles = manifest.get("weights", {}).get(side, {}).get("quantiles", {})
+        for q in ("0.05", "0.95"):
+            if quantiles.get(q, 0) > 0:
+                bound = max(bound, abs(math.log(quantiles[q])))
+    return bound
+
+
+def weight_rgb(weight: float, scale: float) -> tuple[int, int, int]:
+    """Diverging colour of log(w): white at w = 1, green above, red below, full at |log w| = scale."""
+    x = max(-1.0, min(1.0, math.log(weight) / scale)) if weight > 0 else -1.0
+    fade = int(round(255 * (1 - abs(x) * 0.75)))
+    return (fade, 255, fade) if x >= 0 else (255, fade, fade)
+
+
+def show_pair(row: dict[str, Any], tokenizer, scale: float, console) -> None:
+    from rich.text import Text
+
+    console.print(f"[bold]pair {row['pair_id']}[/bold]  [dim](green: weight > 1, red: weight < 1; underlined: labelled tokens)[/dim]")
+    console.print(Text(row["prompt"], style="dim"))
+    for side in ("chosen", "rejected"):
+        text = Text(f"{side}: ", style="bold")
+        labels = row.get(f"{side}_labels") or [0] * len(row[f"{side}_ids"])
+        for piece, weight, label in zip(token_texts(tokenizer, row[f"{side}_ids"]), row[f"{side}_weights"], labels, strict=True):
+            r, g, b = weight_rgb(weight, scale)
+            style = f"black on rgb({r},{g},{b})" + (" underline" if label else "")
+            text.append(piece.replace("\n", "⏎\n"), style=style)
+        console.print(text)
+        weights = row[f"{side}_weights"]
+        console.print(f"  [dim]{len(weights)} tokens, weight min {min(weights):.3f} mean {sum(weights) / len(weights):.3f} max {max(weights):.3f}[/dim]")
+
+
+def _side_html(row: dict[str, Any], side: str, tokenizer, scale: float) -> str:
+    labels = row.get(f"{side}_labels") or [0] * len(row[f"{side}_ids"])
+    spans = []
+    for piece, r_t, w_t, label in zip(token_texts(tokenizer, row[f"{side}_ids"]), row[f"{side}_logratio"], row[f"{side}_weights"], labels, strict=True):
+        red, green, blue = weight_rgb(w_t, scale)
+        mark = {1: " helpful", -1: " harmful"}.get(label, "")
+        spans.append(
+            f'<span class="t{mark}" style="background:rgb({red},{green},{blue})" title="r_t = {r_t:.4f}&#10;w_t = {w_t:.4f}{mark}">'
+            f"{html_lib.escape(piece) or '&#8203;'}</span>"
+        )
+    return "".join(spans)
+
+
+def html_page(rows: list[dict[str, Any]], tokenizer, scale: float, manifest: dict[str, Any]) -> str:
+    settings = manifest.get("settings", {})
+    title = f"tispipe token weights ({manifest.get('method', '?')}, transform {settings.get('transform', '?')})"
+    body = []
+    for row in rows:
+        body.append(
+            f'<tr><td colspan="2" class="prompt"><b>{html_lib.escape(str(row["pair_id"]))}</b> {html_lib.escape(row["prompt"])}</td></tr>'
+            f'<tr><td>{_side_html(row, "chosen", tokenizer, scale)}</td><td>{_side_html(row, "rejected", tokenizer, scale)}</td></tr>'
+        )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html_lib.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; width: 100%; table-layout: fixed; }}
+td {{ vertical-align: top; padding: 0.4em 0.6em; border-bottom: 1px solid #ddd; font-family: monospace; white-space: pre-wrap; word-wrap: break-word; }}
+td.prompt {{ background: #f4f4f4; font-family: sans-serif; white-space: normal; }}
+th {{ text-align: left; padding: 0.4em 0.6em; }}
+.t {{ color: #000; }}
+.helpful {{ text-decoration: underline 2px green; }}
+.harmful {{ text-decoration: underline 2px red; }}
+</style></head><body>
+<h1>{html_lib.escape(title)}</h1>
+<p>Background: log(w_t) on a diverging scale, green for w &gt; 1, red for w &lt; 1, full colour at |log w| = {scale:.2f}.
+Hover a token for r_t = log &pi;<sup>+</sup> &minus; log &pi;<sup>&minus;</sup> and w_t. Underlined: ground-truth labels (green helpful, red harmful).</p>
+<table><tr><th>chosen</th><th>rejected</th></tr>
+{"".join(body)}
+</table></body></html>
+"""
