@@ -101,6 +101,113 @@ def init_base(
         base.run(resolve(ctx, base.InitBaseConfig, config))
 
 
+@app.command("eval")
+def eval_cmd(
+    ctx: typer.Context,
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Model folder (or hub name) to evaluate; repeat for a comparison table."),
+    data: Optional[str] = DATA,
+    out: Optional[Path] = typer.Option(None, help="Folder for report.json, report.md and samples.jsonl."),
+    ref: Optional[str] = typer.Option(None, help="Reference model for implicit rewards and KL (usually the base); without it rewards are the model's own log-probs."),
+    reward_model: Optional[str] = typer.Option(None, help="Sequence-classification reward model folder to score generations with."),
+    oracle: Optional[str] = typer.Option(None, help="Score generations with a built-in oracle: toy."),
+    baseline: Optional[str] = typer.Option(None, help="Model the win rates compare against (default: the first --model)."),
+    temperatures: str = typer.Option("0,0.5,1.0", help="Comma-separated sampling temperatures (0 = greedy)."),
+    samples_per_prompt: int = typer.Option(1, help="Responses sampled per prompt at each temperature above 0."),
+    max_new_tokens: int = typer.Option(64, help="Longest generated response in tokens."),
+    num_prompts: int = typer.Option(100, help="Distinct held-out prompts to generate for (0: no generation)."),
+    shards: Optional[Path] = typer.Option(None, help="`tispipe estimate` output folder: score its token weights against the data's token labels."),
+    batch_size: int = typer.Option(16, help="Pairs or prompts per forward pass."),
+    seed: int = typer.Option(0, help="Sampling seed (the same for every model)."),
+    beta: float = typer.Option(0.1, help="Scale of the implicit reward beta * (log pi - log ref)."),
+    split: str = typer.Option("test", help="Split to read (for folders with splits and hub data sets)."),
+    limit: Optional[int] = LIMIT,
+    format: str = FORMAT,
+    prompt_column: str = PROMPT_COLUMN,
+    chosen_column: str = CHOSEN_COLUMN,
+    rejected_column: str = REJECTED_COLUMN,
+    preference_column: Optional[str] = PREFERENCE_COLUMN,
+    strict: bool = STRICT,
+    max_length: int = MAX_LENGTH,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+    chat_template: bool = CHAT_TEMPLATE,
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
+    overwrite: bool = typer.Option(False, help="Replace an existing report in --out."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Compare models on held-out pairs: preference accuracy, KL, sampled rewards, win rates, weight AUC."""
+    with user_errors():
+        from tispipe import evaluate
+        from tispipe.config import resolve
+
+        evaluate.run(resolve(ctx, evaluate.EvalConfig, config))
+
+
+@app.command("estimate")
+def estimate_cmd(
+    ctx: typer.Context,
+    data: Optional[str] = DATA,
+    model: Optional[str] = typer.Option(None, help="Base model folder (or hub name): the reference, and what pi+/pi- are built from."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: shards/, manifest.json, contrast/."),
+    method: str = typer.Option("dpo", help="How pi+/pi- are made: prompt (system prompts), sft or dpo (trained on the pairs)."),
+    pos_model: Optional[str] = typer.Option(None, help="Use this existing model as pi+ (with --neg-model) instead of building one."),
+    neg_model: Optional[str] = typer.Option(None, help="Use this existing model as pi- (with --pos-model)."),
+    pos_prompt: Optional[str] = typer.Option(None, help="System prompt of pi+ for --method prompt (default: the paper's harmless prompt)."),
+    neg_prompt: Optional[str] = typer.Option(None, help="System prompt of pi- for --method prompt (default: the paper's harmful prompt)."),
+    transform: str = typer.Option("exp", help="exp (paper Eq. 19), rank (the authors' rank_based, [0.7, 1.3]) or linear (threshold_and_scale)."),
+    k: float = typer.Option(1.0, help="Scale k of the exp transform."),
+    lower: Optional[float] = typer.Option(None, help="Clamp bound L on r_t (default: -0.5 for exp, -1.5 for linear)."),
+    upper: Optional[float] = typer.Option(None, help="Clamp bound U on r_t (default: 1.5)."),
+    shard_size: int = typer.Option(1000, help="Pairs per Parquet shard."),
+    batch_size: int = typer.Option(16, help="Pairs per scoring forward pass."),
+    contrast_lr: Optional[float] = typer.Option(None, help="Learning rate for building pi+/pi- (default: sft 5e-5, dpo 1e-5)."),
+    contrast_epochs: Optional[float] = typer.Option(None, help="Epochs for building pi+/pi- (default: sft 3, dpo 1)."),
+    contrast_batch_size: Optional[int] = typer.Option(None, help="Pairs per step for building pi+/pi- (default: sft 32, dpo 16)."),
+    contrast_beta: float = typer.Option(0.1, help="DPO beta for building pi+/pi- with --method dpo."),
+    split: str = SPLIT,
+    limit: Optional[int] = LIMIT,
+    format: str = FORMAT,
+    prompt_column: str = PROMPT_COLUMN,
+    chosen_column: str = CHOSEN_COLUMN,
+    rejected_column: str = REJECTED_COLUMN,
+    preference_column: Optional[str] = PREFERENCE_COLUMN,
+    strict: bool = STRICT,
+    max_length: int = MAX_LENGTH,
+    max_prompt_length: int = MAX_PROMPT_LENGTH,
+    chat_template: bool = CHAT_TEMPLATE,
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    seed: int = typer.Option(0, help="Random seed for building pi+/pi-."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run in --out made with other settings."),
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Stage one: build pi+/pi-, score every response token once, write token weights to Parquet shards."""
+    with user_errors():
+        from tispipe import estimate
+        from tispipe.config import resolve
+
+        estimate.run(resolve(ctx, estimate.EstimateConfig, config))
+
+
+@app.command("inspect")
+def inspect_cmd(
+    ctx: typer.Context,
+    folder: Path = typer.Argument(..., help="A `tispipe estimate` output folder."),
+    pair: int = typer.Option(0, help="Index (in data order) of the pair to show in the terminal."),
+    html: Optional[Path] = typer.Option(None, help="Also write a standalone HTML page of many pairs to this file."),
+    pairs: int = typer.Option(50, help="Pairs on the HTML page (from --pair on)."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Show token weights: a pair coloured by weight in the terminal, and optionally an HTML page."""
+    with user_errors():
+        from tispipe import inspect
+        from tispipe.config import resolve
+
+        inspect.run(resolve(ctx, inspect.InspectConfig, config))
+
+
 def main() -> None:
     app(prog_name="tispipe")
 
