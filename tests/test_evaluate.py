@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import write_jsonl
 from typer.testing import CliRunner
 
 from tispipe import evaluate, toy
 from tispipe.cli import app
 from tispipe.errors import TispipeError
 from tispipe.tokenize import encode_prompt, encode_response
-
-from conftest import write_jsonl
 
 
 def _llama_config(tokenizer, **extra):

@@ -102,8 +102,8 @@ def test_auc_hand_examples():
 def test_auc_matches_pairwise_count(items):
     scores = [float(s) for s, _ in items]  # small integer range: many ties
     labels = [p for _, p in items]
-    pos = [s for s, p in zip(scores, labels) if p]
-    neg = [s for s, p in zip(scores, labels) if not p]
+    pos = [s for s, p in zip(scores, labels, strict=True) if p]
+    neg = [s for s, p in zip(scores, labels, strict=True) if not p]
     if not pos or not neg:
         assert auc(scores, labels) is None
         return

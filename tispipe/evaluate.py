@@ -85,7 +85,7 @@ def parse_temperatures(text: str) -> list[float]:
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise TispipeError(f"--temperatures {text!r} is not a comma-separated list of numbers", hint="e.g. --temperatures 0,0.5,1.0")
+        raise TispipeError(f"--temperatures {text!r} is not a comma-separated list of numbers", hint="e.g. --temperatures 0,0.5,1.0") from None
     if not values or any(not v >= 0 or v == float("inf") for v in values):
         raise TispipeError(f"--temperatures {text!r}: give one or more finite numbers >= 0 (0 = greedy)")
     if len(set(values)) != len(values):
@@ -172,7 +172,7 @@ def likelihood_metrics(values: dict[str, list[float]], beta: float) -> dict[str,
     return {
         "pairs": len(chosen),
         "pref_accuracy": metrics.preference_accuracy(chosen, rejected),
-        "reward_margin": metrics.mean([c - r for c, r in zip(chosen, rejected)]),
+        "reward_margin": metrics.mean([c - r for c, r in zip(chosen, rejected, strict=True)]),
         "chosen_reward": metrics.mean(chosen),
         "rejected_reward": metrics.mean(rejected),
         "logp_accuracy": metrics.preference_accuracy(values["chosen_logps"], values["rejected_logps"]),
@@ -242,7 +242,7 @@ def load_reward_model(name: str, *, device: str, dtype: str, trust_remote_code: 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(str(path) if path.is_dir() else name, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise TispipeError(f"could not load the reward model {name}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+        raise TispipeError(f"could not load the reward model {name}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     if model.config.num_labels != 1:
         raise TispipeError(f"reward model {name} has {model.config.num_labels} outputs; a reward model has one (num_labels=1)")
     tokenizer = load_tokenizer(str(path) if path.is_dir() else name, trust_remote_code=trust_remote_code)
@@ -264,7 +264,7 @@ def reward_scores(model, tokenizer, prompts: list, responses: list[str], *, chat
     for start in range(0, len(responses), batch_size):
         sequences = [
             encode_prompt(tokenizer, prompt, None, chat_template)[-max_prompt_length:] + encode_text(tokenizer, response)
-            for prompt, response in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
+            for prompt, response in zip(prompts[start : start + batch_size], responses[start : start + batch_size], strict=True)
         ]
         ids, mask = left_pad(sequences, tokenizer.pad_token_id)
         scores += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
@@ -284,7 +284,7 @@ def weight_quality(shards_dir: str) -> dict[str, Any]:
     columns = ["chosen_weights", "rejected_weights", "chosen_labels", "rejected_labels"]
     by_side: dict[str, tuple[list[float], list[int]]] = {"chosen": ([], []), "rejected": ([], [])}
     labelled = rows = 0
-    for path, entry in zip(shard_paths(shards_dir, manifest), manifest["shards"]):
+    for path, entry in zip(shard_paths(shards_dir, manifest), manifest["shards"], strict=True):
         for row in iter_shard_rows(path, columns, entry["rows"]):
             rows += 1
             if row["chosen_labels"] is None or row["rejected_labels"] is None:
@@ -305,7 +305,7 @@ def weight_quality(shards_dir: str) -> dict[str, Any]:
     result["chosen_helpful_auc"] = metrics.auc(chosen_w, [label == 1 for label in chosen_l])
     for side, (weights, labels) in by_side.items():
         for name, value in (("harmful", -1), ("neutral", 0), ("helpful", 1)):
-            picked = [w for w, label in zip(weights, labels) if label == value]
+            picked = [w for w, label in zip(weights, labels, strict=True) if label == value]
             result[f"{side}_{name}_tokens"] = len(picked)
             result[f"{side}_{name}_mean_weight"] = metrics.mean(picked)
     return result
@@ -451,7 +451,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
             task = _Task(progress, "reward model", len(samples))
             scores = reward_scores(rm, rm_tokenizer, [s["prompt"] for s in samples], [s["response"] for s in samples], chat_template=cfg.chat_template,
                                    max_prompt_length=cfg.max_prompt_length, batch_size=cfg.batch_size, device=device, progress=task)
-        for sample, score in zip(samples, scores):
+        for sample, score in zip(samples, scores, strict=True):
             sample["rm_reward"] = score
         del rm
     if samples:

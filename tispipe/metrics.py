@@ -32,14 +32,14 @@ def preference_accuracy(chosen_rewards: Sequence[float], rejected_rewards: Seque
     """
     if len(chosen_rewards) != len(rejected_rewards):
         raise ValueError(f"{len(chosen_rewards)} chosen rewards for {len(rejected_rewards)} rejected ones")
-    return mean([outcome(c, r) for c, r in zip(chosen_rewards, rejected_rewards)])
+    return mean([outcome(c, r) for c, r in zip(chosen_rewards, rejected_rewards, strict=True)])
 
 
 def implicit_rewards(policy_logps: Sequence[float], ref_logps: Sequence[float], beta: float) -> list[float]:
     """DPO's implicit reward of each response: beta * (log pi(y|x) - log ref(y|x)), sequence log-probs."""
     if len(policy_logps) != len(ref_logps):
         raise ValueError(f"{len(policy_logps)} policy log-probs for {len(ref_logps)} reference ones")
-    return [beta * (p - r) for p, r in zip(policy_logps, ref_logps)]
+    return [beta * (p - r) for p, r in zip(policy_logps, ref_logps, strict=True)]
 
 
 @dataclass
@@ -97,7 +97,7 @@ def win_rate(scores: Sequence[float], baseline_scores: Sequence[float]) -> WinRa
     """
     if len(scores) != len(baseline_scores):
         raise ValueError(f"{len(scores)} scores for {len(baseline_scores)} baseline scores")
-    outcomes = [outcome(s, b) for s, b in zip(scores, baseline_scores)]
+    outcomes = [outcome(s, b) for s, b in zip(scores, baseline_scores, strict=True)]
     interval = mean_ci(outcomes, 0.0, 1.0)
     wins = sum(o == 1.0 for o in outcomes)
     ties = sum(o == 0.5 for o in outcomes)
@@ -133,5 +133,5 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     if n_pos == 0 or n_neg == 0:
         return None
     ranks = average_ranks(scores)
-    rank_sum = sum(r for r, p in zip(ranks, positive) if p)
+    rank_sum = sum(r for r, p in zip(ranks, positive, strict=True) if p)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
