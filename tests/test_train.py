@@ -1,0 +1,326 @@
+"""Stage two, `tispipe train`: every loss and weighting end to end on tiny shards, resume, checks, memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+
+from tispipe import shards as shards_module
+from tispipe import train
+from tispipe.errors import TispipeError
+from tispipe.train import TrainConfig
+
+N_PAIRS = 20
+LOG2 = math.log(2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Ops on these tiny tensors take microseconds; a second torch thread only adds waiting on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, make_tiny_tokenizer):
+    """A tiny random Llama saved with the tiny tokenizer, and shards of random pairs scored by that model.
+
+    Returns (model_dir, shards_dir). Reference log-probs in the shards are the model's own, so the
+    policy starts equal to the reference; log-ratios are random and weights follow paper Eq. 19.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tispipe.batching import make_pair_batch, sequence_token_logps
+    from tispipe.models import fingerprint_tokenizer, load_tokenizer
+    from tispipe.weights import compute_weights
+
+    root = tmp_path_factory.mktemp("tiny")
+    model_dir, shards_dir = root / "model", root / "shards"
+    tokenizer = make_tiny_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    gen = torch.Generator().manual_seed(1)
+    eos, vocab = tokenizer.eos_token_id, len(tokenizer)
+
+    def ids(low: int, high: int) -> list[int]:
+        n = int(torch.randint(low, high, (1,), generator=gen))
+        return torch.randint(2, vocab, (n,), generator=gen).tolist()
+
+    rows = []
+    for i in range(N_PAIRS):
+        prompt, chosen, rejected = ids(2, 6), ids(2, 8) + [eos], ids(2, 8) + [eos]
+        batch = make_pair_batch([prompt], [chosen], [rejected], tokenizer.pad_token_id)
+        with torch.no_grad():
+            ref_chosen, ref_rejected = batch.unplace(sequence_token_logps(model, batch))
+        chosen_lr = torch.randn(1, len(chosen), generator=gen)
+        rejected_lr = torch.randn(1, len(rejected), generator=gen)
+        rows.append({
+            "pair_id": f"pair-{i}", "prompt": "p", "chosen": "c", "rejected": "r",
+            "prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
+            "chosen_logratio": chosen_lr[0].tolist(), "rejected_logratio": rejected_lr[0].tolist(),
+            "chosen_weights": compute_weights(chosen_lr, torch.ones_like(chosen_lr), 1.0)[0].tolist(),
+            "rejected_weights": compute_weights(rejected_lr, torch.ones_like(rejected_lr), -1.0)[0].tolist(),
+            "chosen_ref_logps": ref_chosen, "rejected_ref_logps": ref_rejected,
+        })
+    entries = [
+        shards_module.write_shard(shards_dir / "shards" / shards_module.shard_name(j), rows[start:stop])
+        for j, (start, stop) in enumerate([(0, 7), (7, 14), (14, N_PAIRS)])
+    ]
+    shards_module.write_manifest(shards_dir, {
+        "shards": entries,
+        "fingerprints": {"tokenizer": fingerprint_tokenizer(load_tokenizer(str(model_dir)))},
+        "settings": {"model": str(model_dir), "transform": "exp", "k": 1.0, "mu": 1.0, "lower": -0.5, "upper": 1.5},
+    })
+    return model_dir, shards_dir
+
+
+def config(tiny, out, **overrides) -> TrainConfig:
+    model_dir, shards_dir = tiny
+    values = {"shards": str(shards_dir), "model": str(model_dir), "out": str(out), "batch_size": 4, "max_steps": 2,
+              "warmup_steps": 0, "lr": 1e-3, "device": "cpu", "shuffle_buffer": 8}
+    return TrainConfig(**{**values, **overrides})
+
+
+def read_metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def load_weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighting", train.WEIGHTINGS)
+@pytest.mark.parametrize("loss", train.LOSSES)
+def test_every_loss_and_weighting_trains_and_starts_at_log2(tiny, tmp_path, loss, weighting):
+    out = tmp_path / "run"
+    train.run(config(tiny, out, loss=loss, weighting=weighting))
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]
+    first = metrics[0]
+    expected_first = 1 / (4 * 0.1**2) if loss == "ipo" else LOG2  # policy == reference at step 1
+    assert first["loss"] == pytest.approx(expected_first, abs=1e-4)
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected", "logratio/chosen", "logratio/chosen_weighted", "grad_norm", "lr", "pairs_per_s", "epoch"):
+        assert math.isfinite(metrics[-1][key]), key
+    assert ("kl/chosen" in first) == train.needs_ref(config(tiny, out, loss=loss))
+    assert metrics[-1]["loss"] != first["loss"]  # the policy moved
+    if weighting == "equal":
+        assert first["weights/chosen_mean"] == pytest.approx(1.0)
+    if weighting == "random":
+        assert -0.5 <= first["weights/rejected_mean"] <= 1.5 and first["weights/chosen_mean"] != pytest.approx(1.0)
+
+
+def test_cached_ref_losses_never_load_the_reference(tiny, tmp_path, monkeypatch):
+    loaded = []
+    real_load = train.load_model
+    monkeypatch.setattr(train, "load_model", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
+    for i, (loss, eta) in enumerate([("dpo", 1.0), ("ipo", 1.0), ("tisdpo", 0.0)]):
+        train.run(config(tiny, tmp_path / f"r{i}", loss=loss, eta_coef=eta, ref="/nowhere/ref-model"))
+    assert loaded == [str(tiny[0])] * 3
+    loaded.clear()
+    train.run(config(tiny, tmp_path / "kl", loss="tisdpo", eta_coef=1.0))
+    assert loaded == [str(tiny[0])] * 2  # policy and reference
+
+
+def test_tisdpo_with_equal_weights_and_no_eta_is_dpo(tiny, tmp_path):
+    train.run(config(tiny, tmp_path / "dpo", loss="dpo", max_steps=3))
+    train.run(config(tiny, tmp_path / "tis", loss="tisdpo", weighting="equal", eta_coef=0.0, max_steps=3))
+    dpo, tis = read_metrics(tmp_path / "dpo"), read_metrics(tmp_path / "tis")
+    assert [m["loss"] for m in tis] == pytest.approx([m["loss"] for m in dpo], abs=1e-6)
+
+
+def test_dpo_lowers_the_loss_on_a_fixed_batch(tiny, tmp_path):
+    out = tmp_path / "run"
+    train.run(config(tiny, out, loss="dpo", batch_size=N_PAIRS, max_steps=None, epochs=4))
+    losses = [m["loss"] for m in read_metrics(out)]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.01
+    assert read_metrics(out)[-1]["rewards/margins"] > 0
+
+
+def test_rederived_weights_use_the_new_settings(tiny, tmp_path):
+    train.run(config(tiny, tmp_path / "stored", max_steps=1))
+    train.run(config(tiny, tmp_path / "k2", max_steps=1, k=2.0))
+    stored, doubled = read_metrics(tmp_path / "stored")[0], read_metrics(tmp_path / "k2")[0]
+    assert doubled["weights/chosen_mean"] == pytest.approx(2 * stored["weights/chosen_mean"], rel=1e-5)
+    assert doubled["weights/rejected_mean"] == pytest.approx(2 * stored["weights/rejected_mean"], rel=1e-5)
+
+
+def _interrupt_after(monkeypatch, n_steps, how):
+    """Make the n-th train_step be the last: a real SIGINT (Ctrl-C path) or a crash with no checkpoint."""
+    calls = []
+    real_step = train.train_step
+
+    def step(ctx, micro_batches):
+        calls.append(1)
+        if how == "crash" and len(calls) > n_steps:
+            raise RuntimeError("simulated crash")
+        metrics = real_step(ctx, micro_batches)
+        if how == "sigint" and len(calls) == n_steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(train, "train_step", step)
+
+
+@pytest.mark.parametrize("how", ["sigint", "crash"])
+def test_resume_gives_the_same_losses_and_weights(tiny, tmp_path, monkeypatch, how):
+    # tisdpo with eta (runs the reference), random weights, cosine schedule, accumulation and two epochs
+    # with a partial last step: everything that carries state across a checkpoint.
+    settings = dict(loss="tisdpo", weighting="random", scheduler="cosine", warmup_steps=2, batch_size=3, grad_accum=2,
+                    epochs=2, max_steps=None, save_every=2, seed=3)
+    train.run(config(tiny, tmp_path / "straight", **settings))
+    straight = read_metrics(tmp_path / "straight")
+    assert len(straight) == 8  # ceil(20 / 6) = 4 steps per epoch
+
+    interrupted = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 5, how)
+        with pytest.raises(TispipeError if how == "sigint" else RuntimeError) as error:
+            train.run(config(tiny, interrupted, **settings))
+    checkpoints = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
+    if how == "sigint":
+        assert "step-5" in str(error.value.message) and "--resume" in error.value.hint
+        assert checkpoints == ["step-4", "step-5"]
+    else:
+        assert checkpoints == ["step-2", "step-4"]  # periodic only, the newest two
+        assert len(read_metrics(interrupted)) == 5  # step 5 was logged, then lost with the crash
+    train.run(config(tiny, interrupted, resume=True, **settings))
+    resumed = read_metrics(interrupted)
+    assert [m["step"] for m in resumed] == list(range(1, 9))
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], abs=1e-6)
+    a, b = load_weights(tmp_path / "straight"), load_weights(interrupted)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_out_folder_rules(tiny, tmp_path):
+    out = tmp_path / "run"
+    train.run(config(tiny, out))
+    with pytest.raises(TispipeError) as error:
+        train.run(config(tiny, out))
+    assert "already exists" in error.value.message and "--resume" in error.value.hint
+    with pytest.raises(TispipeError) as error:
+        train.run(config(tiny, out, resume=True, beta=0.2, lr=5e-4))
+    assert "beta (0.1 -> 0.2)" in error.value.message and "lr" in error.value.message
+    assert "max_steps" not in error.value.message
+    info = train.run(config(tiny, out, resume=True))  # finished: nothing to do
+    assert info["steps"] == 2 and len(read_metrics(out)) == 2
+    train.run(config(tiny, out, overwrite=True, max_steps=1))
+    assert len(read_metrics(out)) == 1
+    other = tmp_path / "not-a-run"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(TispipeError, match="not a `tispipe train` run"):
+        train.run(config(tiny, other, overwrite=True))
+    assert (other / "notes.txt").exists()
+
+
+def test_bad_options_are_named(tiny, tmp_path):
+    for overrides, fragment in [({"beta": 0.0}, "--beta"), ({"lower": 1.0, "upper": 0.5}, "--lower"), ({"k": -1.0}, "--k"),
+                                ({"loss": "kto"}, "--loss"), ({"weighting": "equal", "k": 2.0}, "--k")]:
+        with pytest.raises(TispipeError, match=fragment):
+            train.run(config(tiny, tmp_path / "x", **overrides))
+    assert not (tmp_path / "x").exists()
+
+
+def test_tokenizer_mismatch_names_both(tiny, tmp_path):
+    model_dir, shards_dir = tiny
+    copy = tmp_path / "shards"
+    shutil.copytree(shards_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["fingerprints"]["tokenizer"] = "0123456789abcdef"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TispipeError) as error:
+        train.run(config((model_dir, copy), tmp_path / "run"))
+    assert "0123456789abcdef" in error.value.message and str(model_dir) in error.value.message
+    actual = json.loads((shards_dir / "manifest.json").read_text())["fingerprints"]["tokenizer"]
+    assert actual in error.value.message
+
+
+def test_final_model_loads_in_transformers(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    train.run(config(tiny, out, max_steps=3))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.eos_token_id == model.config.eos_token_id
+    initial = load_weights(tiny[0])
+    final = load_weights(out)
+    assert any(not torch.equal(initial[k], final[k]) for k in initial)
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["steps"] == 3 and info["pairs_per_s"] > 0 and info["manifest_fingerprints"]["tokenizer"]
+    assert (out / "config.yaml").is_file()
+
+
+def test_step_batches_is_lazy_and_groups_steps():
+    pulled = []
+
+    def endless():
+        i = 0
+        while True:
+            pulled.append(i)
+            yield i
+            i += 1
+
+    steps = train.step_batches(endless(), batch_size=3, grad_accum=2)
+    for _ in range(4):
+        step = next(steps)
+        assert [len(m) for m in step] == [3, 3]
+        assert len(pulled) == sum(len(m) for m in step) * (_ + 1)  # nothing read ahead
+    assert [[len(m) for m in s] for s in train.step_batches(range(10), 3, 2)] == [[3, 3], [3, 1]]
+
+
+def test_streaming_holds_a_bounded_number_of_rows(tiny, tmp_path, monkeypatch):
+    """Rows read from the shards minus rows trained on never exceeds the shuffle buffer."""
+    read = [0]
+    real_iter = shards_module.iter_shard_rows
+
+    def counting(*args, **kwargs):
+        for row in real_iter(*args, **kwargs):
+            read[0] += 1
+            yield row
+
+    outstanding = []
+    consumed = [0]
+    real_step = train.train_step
+
+    def step(ctx, micro_batches):
+        consumed[0] += sum(len(m) for m in micro_batches)
+        outstanding.append(read[0] - consumed[0])
+        return real_step(ctx, micro_batches)
+
+    monkeypatch.setattr(shards_module, "iter_shard_rows", counting)
+    monkeypatch.setattr(train, "train_step", step)
+    train.run(config(tiny, tmp_path / "run", loss="dpo", batch_size=2, shuffle_buffer=3, max_steps=None))
+    assert consumed[0] == N_PAIRS and len(outstanding) == 10
+    assert max(outstanding) <= 3
+
+
+def test_lr_schedule():
+    assert [train.lr_factor(s, 2, 10, "constant") for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    cosine = [train.lr_factor(s, 2, 10, "cosine") for s in range(10)]
+    assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[6] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))

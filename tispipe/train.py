@@ -1,0 +1,678 @@
+"""`tispipe train`: stream weight shards into a weighted-DPO loop (TIS-DPO, DPO, IPO, TDPO1/2).
+
+One optimizer step = `grad_accum` micro-batches of `batch_size` pairs (TRL's convention: the
+effective batch is batch_size * grad_accum). Each micro-batch goes through the policy in one
+forward holding its chosen rows then its rejected rows (`batching.make_pair_batch`). The frozen
+reference model runs only when the loss needs full-vocabulary KL terms (TIS-DPO with eta, TDPO);
+DPO, IPO and TIS-DPO without eta use the reference log-probs cached in the shards.
+
+Rows are streamed from the Parquet shards through a bounded, seeded shuffle buffer
+(`shards.stream_rows`), so memory does not grow with the data. The stream is a pure function of
+(seed, epoch, manifest), so a checkpoint records only (epoch, rows used in that epoch) and a
+resumed run replays the same steps with the same losses.
+
+Defaults are sized for the tiny toy model: lr 1e-4 with AdamW (the paper's 5e-7 with RMSprop is for
+7B models and does not move a 2M-parameter model in a few hundred steps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tispipe import losses as L
+from tispipe.batching import forward_logits, make_pair_batch
+from tispipe.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_training_state,
+    read_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from tispipe.config import config_dict, write_config
+from tispipe.errors import TispipeError
+from tispipe.io import atomic_write_json, atomic_write_text
+from tispipe.logps import token_kl, token_logps
+from tispipe.models import (
+    fingerprint_tokenizer,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from tispipe.shards import file_sha256, read_manifest, stream_rows
+from tispipe.weights import DEFAULT_BOUNDS, TRANSFORMS, compute_weights, random_weights
+
+LOSSES = ("tisdpo", "dpo", "ipo", "tdpo1", "tdpo2")
+WEIGHTINGS = ("estimated", "equal", "random")
+OPTIMIZERS = ("adamw", "rmsprop")
+SCHEDULERS = ("constant", "cosine")
+REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper")
+# Options that may change between a run and its --resume without changing what is trained.
+RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device")
+
+
+@dataclass
+class TrainConfig:
+    shards: str
+    model: str
+    out: str
+    ref: str | None = None
+    loss: str = "tisdpo"
+    weighting: str = "estimated"
+    eta_coef: float = 1.0
+    beta: float = 0.1
+    alpha: float = 0.5
+    transform: str | None = None
+    k: float | None = None
+    mu: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    scheduler: str = "constant"
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_grad_norm: float = 10.0
+    shuffle_buffer: int = 1000
+    save_every: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a policy on the shards in cfg.shards and save it to cfg.out; return train_info."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    validate(cfg)
+    out = Path(cfg.out)
+    manifest = read_manifest(cfg.shards)
+    checkpoint, finished = prepare_out(cfg, out)
+    if finished is not None:
+        console.print(f"{out} already holds the finished run ({finished['steps']} steps); nothing to do")
+        return finished
+
+    device = resolve_device(cfg.device)
+    compute_dtype = resolve_dtype(cfg.dtype, device)
+    if compute_dtype == torch.float16:
+        raise TispipeError("--dtype float16 is not supported for training (no loss scaling)", hint="use bfloat16 or float32")
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    check_tokenizer(tokenizer, manifest, cfg)
+    plan = weight_plan(cfg, manifest)
+
+    # Master weights stay float32; on GPU the forward runs under bf16 autocast.
+    policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
+    policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
+    ref_name = cfg.ref or cfg.model
+    ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
+
+    rows_per_epoch = sum(int(entry["rows"]) for entry in manifest["shards"])
+    total_steps = planned_steps(cfg, rows_per_epoch)
+    optimizer = make_optimizer(cfg, policy)
+    scheduler = make_scheduler(cfg, optimizer, total_steps)
+    state = TrainState(step=0, epoch=0, rows_in_epoch=0)
+    if checkpoint is not None:
+        state, _ = read_state(checkpoint)
+        set_rng_state(load_training_state(checkpoint, optimizer, scheduler, device))
+        keep_metrics_until(out / "metrics.jsonl", state.step)
+        console.print(f"Resuming from {checkpoint} (step {state.step}, epoch {state.epoch}, {state.rows_in_epoch} rows into it)")
+    else:
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, out / "config.yaml")
+
+    ref_note = f"reference {ref_name}" if ref is not None else "cached reference log-probs"
+    console.print(
+        f"Training {cfg.loss} (weights: {plan['describe']}) on {rows_per_epoch} pairs x {cfg.epochs} epoch(s): "
+        f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} pairs; {ref_note}; {device}"
+    )
+    columns = stream_columns(cfg, plan)
+    autocast = torch.autocast("cuda", dtype=compute_dtype) if device.startswith("cuda") and compute_dtype != torch.float32 else nullcontext()
+    context = StepContext(policy, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
+
+    start_step, pairs_seen, started = state.step, 0, time.perf_counter()
+    metrics: dict[str, float] = {}
+    with StopRequest() as stop, MetricsLog(out / "metrics.jsonl") as log, LiveLine(console, total_steps, state.step) as live:
+        for epoch in range(state.epoch, cfg.epochs):
+            if state.step >= total_steps:
+                break
+            skip = state.rows_in_epoch if epoch == state.epoch else 0
+            rows = stream_rows(cfg.shards, manifest, seed=cfg.seed, epoch=epoch, shuffle_buffer=cfg.shuffle_buffer, columns=columns, skip=skip)
+            state = TrainState(state.step, epoch, skip)
+            for micro_batches in step_batches(rows, cfg.batch_size, cfg.grad_accum):
+                metrics = train_step(context, micro_batches)
+                pairs = sum(len(m) for m in micro_batches)
+                pairs_seen += pairs
+                state = TrainState(state.step + 1, epoch, state.rows_in_epoch + pairs)
+                elapsed = time.perf_counter() - started
+                metrics.update(step=state.step, epoch=epoch + state.rows_in_epoch / max(1, rows_per_epoch), pairs_per_s=pairs_seen / elapsed)
+                log.write(metrics)
+                live.update(metrics)
+                if state.step >= total_steps:
+                    break  # the final checkpoint and model are saved below
+                if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or stop.requested:
+                    path = save_checkpoint(out, state, policy, optimizer, scheduler, rng_state(), config_dict(cfg))
+                if stop.requested:
+                    live.stop()
+                    raise TispipeError(
+                        f"stopped at step {state.step} of {total_steps}; checkpoint saved to {path}",
+                        hint=f"continue with the same command plus --resume (tispipe train --out {out} ... --resume)",
+                    )
+            else:
+                state = TrainState(state.step, epoch + 1, 0)
+    wall = time.perf_counter() - started
+
+    save_checkpoint(out, state, policy, optimizer, scheduler, rng_state(), config_dict(cfg))
+    save_final_model(policy, tokenizer, out)
+    info = {
+        "steps": state.step,
+        "epochs_completed": state.epoch,
+        "resumed_from_step": start_step if checkpoint is not None else None,
+        "pairs_this_run": pairs_seen,
+        "wall_seconds": round(wall, 3),
+        "pairs_per_s": round(pairs_seen / wall, 3) if wall > 0 else None,
+        "final_metrics": metrics,
+        "shards": str(cfg.shards),
+        "manifest_sha256": file_sha256(Path(cfg.shards) / "manifest.json"),
+        "manifest_fingerprints": manifest.get("fingerprints", {}),
+    }
+    atomic_write_json(out / "train_info.json", info)
+    console.print(
+        f"Done: {state.step} steps, {pairs_seen} pairs in {wall:.1f} s ({info['pairs_per_s']} pairs/s); "
+        f"final loss {metrics.get('loss', float('nan')):.4f}; model saved to {out}"
+    )
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Options, output folder, manifest checks
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject bad option values before anything is loaded, naming the option."""
+    for name, allowed in (("loss", LOSSES), ("weighting", WEIGHTINGS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):
+        if getattr(cfg, name) not in allowed:
+            raise TispipeError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
+    if cfg.transform is not None and cfg.transform not in TRANSFORMS:
+        raise TispipeError(f"--transform must be one of {', '.join(TRANSFORMS)}, not {cfg.transform!r}")
+    positive = {"beta": cfg.beta, "lr": cfg.lr, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "epochs": cfg.epochs, "shuffle_buffer": cfg.shuffle_buffer}
+    if cfg.k is not None:
+        positive["k"] = cfg.k
+    if cfg.max_steps is not None:
+        positive["max_steps"] = cfg.max_steps
+    for name, value in positive.items():
+        if not value > 0:
+            raise TispipeError(f"--{name.replace('_', '-')} must be positive, not {value}")
+    non_negative = {"eta_coef": cfg.eta_coef, "alpha": cfg.alpha, "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "max_grad_norm": cfg.max_grad_norm, "save_every": cfg.save_every}
+    for name, value in non_negative.items():
+        if not value >= 0:
+            raise TispipeError(f"--{name.replace('_', '-')} must not be negative, not {value}")
+    if cfg.lower is not None and cfg.upper is not None and not cfg.lower < cfg.upper:
+        raise TispipeError(f"--lower ({cfg.lower}) must be smaller than --upper ({cfg.upper})")
+    if cfg.mu is not None and cfg.mu == 0:
+        raise TispipeError("--mu must not be 0 (every weight would be k)")
+    if cfg.weighting != "estimated":
+        allowed = ("lower", "upper") if cfg.weighting == "random" else ()
+        given = [n for n in REDERIVE_OPTIONS if getattr(cfg, n) is not None and n not in allowed]
+        if given:
+            raise TispipeError(
+                f"--{', --'.join(given)} only apply to --weighting estimated (re-deriving weights), not {cfg.weighting}",
+                hint="--weighting random takes --lower/--upper as its range",
+            )
+    if cfg.resume and cfg.overwrite:
+        raise TispipeError("give --resume or --overwrite, not both")
+
+
+def _is_train_folder(out: Path) -> bool:
+    return any((out / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", "train_info.json"))
+
+
+def prepare_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None]:
+    """Apply --overwrite/--resume to an existing OUT; return (checkpoint to resume from, finished train_info)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None, None
+    if not out.is_dir():
+        raise TispipeError(f"--out {out} is a file, not a folder")
+    if not cfg.resume and not cfg.overwrite:
+        raise TispipeError(
+            f"--out {out} already exists",
+            hint="add --resume to continue it, --overwrite to start over, or choose another --out",
+        )
+    if not _is_train_folder(out):
+        raise TispipeError(f"--out {out} holds files that are not a `tispipe train` run; refusing to {'replace' if cfg.overwrite else 'resume'} it")
+    if cfg.overwrite:
+        shutil.rmtree(out)
+        return None, None
+    previous = _previous_config(out)
+    if previous is not None:
+        current = config_dict(cfg)
+        differing = sorted(k for k in set(previous) | set(current) if k not in RESUME_MAY_DIFFER and previous.get(k) != current.get(k))
+        if differing:
+            details = ", ".join(f"{k} ({previous.get(k)!r} -> {current.get(k)!r})" for k in differing)
+            raise TispipeError(
+                f"--resume with settings that differ from the run in {out}: {details}",
+                hint="resume with the original settings, or use --overwrite (or another --out) to start a new run",
+            )
+    info_path = out / "train_info.json"
+    if info_path.is_file():
+        return None, json.loads(info_path.read_text(encoding="utf-8"))
+    return latest_checkpoint(out), None
+
+
+def _previous_config(out: Path) -> dict[str, Any] | None:
+    path = out / "config.yaml"
+    if path.is_file():
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    checkpoint = latest_checkpoint(out)
+    return read_state(checkpoint)[1] if checkpoint else None
+
+
+def check_tokenizer(tokenizer, manifest: dict[str, Any], cfg: TrainConfig) -> None:
+    """The policy must tokenize exactly as the shards were tokenized: same ids, same positions for the weights."""
+    expected = (manifest.get("fingerprints") or {}).get("tokenizer")
+    if expected is None:
+        return
+    actual = fingerprint_tokenizer(tokenizer)
+    if actual != expected:
+        made_with = (manifest.get("settings") or {}).get("model") or "the estimate run's model"
+        raise TispipeError(
+            f"the tokenizer of --model {cfg.model} (fingerprint {actual}) differs from the one the shards in "
+            f"{cfg.shards} were made with ({made_with}, fingerprint {expected})",
+            hint="train the model the shards were estimated with, or re-run `tispipe estimate` with this model",
+        )
+
+
+def needs_ref(cfg: TrainConfig) -> bool:
+    """Only the KL terms need the reference model's full distribution; log-ratios use the cached ref log-probs."""
+    return cfg.loss in ("tdpo1", "tdpo2") or (cfg.loss == "tisdpo" and cfg.eta_coef != 0)
+
+
+def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """How each token's weight is obtained: stored, re-derived from stored log-ratios, all ones, or random.
+
+    Re-derivation starts from the settings the shards were made with and replaces the ones given.
+    `--mu m` means mu = +m on chosen and -m on rejected tokens (the paper's +1/-1).
+    """
+    stored = _manifest_weight_settings(manifest)
+    if cfg.weighting == "equal":
+        return {"kind": "equal", "describe": "all 1"}
+    if cfg.weighting == "random":
+        default_lower, default_upper = DEFAULT_BOUNDS["exp"]
+        lower = cfg.lower if cfg.lower is not None else _first(stored.get("lower"), default_lower)
+        upper = cfg.upper if cfg.upper is not None else _first(stored.get("upper"), default_upper)
+        if not lower < upper:
+            raise TispipeError(f"random weights need --lower < --upper, got [{lower}, {upper}]")
+        return {"kind": "random", "lower": lower, "upper": upper, "seed": cfg.seed, "describe": f"uniform in [{lower}, {upper}]"}
+    if all(getattr(cfg, n) is None for n in REDERIVE_OPTIONS):
+        return {"kind": "stored", "describe": "estimated, as stored"}
+    settings = {
+        "transform": cfg.transform or stored.get("transform") or "exp",
+        "k": _first(cfg.k, stored.get("k"), 1.0),
+        "mu": abs(_first(cfg.mu, stored.get("mu"), 1.0)),
+        "lower": _first(cfg.lower, stored.get("lower")),
+        "upper": _first(cfg.upper, stored.get("upper")),
+        "low": _first(stored.get("low"), 0.7),
+        "high": _first(stored.get("high"), 1.3),
+    }
+    if settings["transform"] != stored.get("transform") and cfg.lower is None and cfg.upper is None:
+        settings["lower"] = settings["upper"] = None  # the new transform's own default bounds
+    # Fail now, not at the first batch, on settings the weight function rejects.
+    compute_weights(torch.zeros(1, 1), torch.ones(1, 1), settings["mu"], settings["transform"], settings["k"], settings["lower"], settings["upper"], settings["low"], settings["high"])
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
+    return {"kind": "rederive", **settings, "describe": f"re-derived from stored log-ratios ({shown})"}
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _manifest_weight_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The weight settings the shards were made with (transform, k, mu, lower, upper, low, high), where recorded."""
+    for key in ("weights", "weight_settings", "settings"):
+        section = manifest.get(key)
+        if isinstance(section, dict) and any(n in section for n in ("transform", "k", "lower", "upper")):
+            return section
+    return {}
+
+
+def stream_columns(cfg: TrainConfig, plan: dict[str, Any]) -> list[str]:
+    """Only the Parquet columns this run uses are read (the texts never are)."""
+    columns = ["pair_id", "prompt_ids", "chosen_ids", "rejected_ids"]
+    if not needs_ref(cfg):
+        columns += ["chosen_ref_logps", "rejected_ref_logps"]
+    if plan["kind"] == "stored":
+        columns += ["chosen_weights", "rejected_weights"]
+    if plan["kind"] == "rederive":
+        columns += ["chosen_logratio", "rejected_logratio"]
+    return columns
+
+
+def planned_steps(cfg: TrainConfig, rows_per_epoch: int) -> int:
+    per_step = cfg.batch_size * cfg.grad_accum
+    total = cfg.epochs * math.ceil(rows_per_epoch / per_step)
+    return min(total, cfg.max_steps) if cfg.max_steps is not None else total
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer, schedule, batching
+
+
+def make_optimizer(cfg: TrainConfig, policy) -> torch.optim.Optimizer:
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str) -> float:
+    """Multiplier of the peak lr at 0-based step `step`: linear warmup (first step already > 0), then constant or cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.scheduler))
+
+
+def step_batches(rows: Iterable[dict], batch_size: int, grad_accum: int) -> Iterator[list[list[dict]]]:
+    """Group a row stream into optimizer steps of up to `grad_accum` micro-batches of up to `batch_size` rows.
+
+    Lazy: it holds at most one step's rows. The last step of an epoch may be smaller.
+    """
+    step: list[list[dict]] = []
+    micro: list[dict] = []
+    for row in rows:
+        micro.append(row)
+        if len(micro) == batch_size:
+            step.append(micro)
+            micro = []
+            if len(step) == grad_accum:
+                yield step
+                step = []
+    if micro:
+        step.append(micro)
+    if step:
+        yield step
+
+
+# ---------------------------------------------------------------------------------------------
+# One step
+
+
+@dataclass
+class StepContext:
+    policy: Any
+    ref: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cfg: TrainConfig
+    plan: dict[str, Any]
+    pad_id: int
+    device: str
+    autocast: Any
+
+
+def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, float]:
+    """Forward/backward every micro-batch, clip, step; return the step's metrics (means over its pairs).
+
+    Each micro-batch's summed loss is divided by the step's pair count, so the accumulated gradient is
+    the gradient of the mean loss over the whole step, whatever the micro-batch sizes.
+    """
+    n_pairs = sum(len(m) for m in micro_batches)
+    sums: dict[str, float] = defaultdict(float)
+    for rows in micro_batches:
+        pair_losses, per_pair = pair_forward(ctx, rows)
+        (pair_losses.sum() / n_pairs).backward()
+        for name, values in per_pair.items():
+            sums[name] += float(values.sum())
+    params = [p for p in ctx.policy.parameters() if p.requires_grad]
+    max_norm = ctx.cfg.max_grad_norm if ctx.cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    ctx.optimizer.step()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    metrics = {name: total / n_pairs for name, total in sums.items()}
+    metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    metrics.update(grad_norm=float(grad_norm), lr=lr, pairs=n_pairs)
+    return metrics
+
+
+def pair_forward(ctx: StepContext, rows: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair losses (B,) with gradient, and detached per-pair metric values (each (B,))."""
+    cfg, b = ctx.cfg, len(rows)
+    batch = make_pair_batch([r["prompt_ids"] for r in rows], [r["chosen_ids"] for r in rows], [r["rejected_ids"] for r in rows], ctx.pad_id).to(ctx.device)
+    labels, mask = batch.input_ids[:, 1:], batch.response_mask
+    with ctx.autocast:
+        policy_logits = forward_logits(ctx.policy, batch)
+    policy_logps = token_logps(policy_logits, labels)
+    kl = None
+    if ctx.ref is not None:
+        with torch.inference_mode(), ctx.autocast:
+            ref_logits = forward_logits(ctx.ref, batch)
+            ref_logps = token_logps(ref_logits, labels)
+        ref_logps, ref_logits = ref_logps.clone(), ref_logits.clone()  # normal tensors, usable in autograd
+        if cfg.loss == "tisdpo":
+            kl = token_kl(policy_logits, ref_logits)  # KL(policy || ref), paper Eqs. 16-17
+        else:
+            kl = token_kl(ref_logits, policy_logits)  # KL(ref || policy), TDPO's SeqKL
+    else:
+        ref_logps = _place(batch, rows, "ref_logps")
+    weights = token_weights(ctx.plan, batch, rows)
+
+    chosen, rejected = slice(0, b), slice(b, 2 * b)
+    args = (policy_logps[chosen], policy_logps[rejected], ref_logps[chosen], ref_logps[rejected], mask[chosen], mask[rejected])
+    if cfg.loss == "dpo":
+        pair_losses, chosen_rewards, rejected_rewards = L.dpo_loss(*args, beta=cfg.beta)
+    elif cfg.loss == "ipo":
+        pair_losses, chosen_rewards, rejected_rewards = L.ipo_loss(*args, beta=cfg.beta)
+    elif cfg.loss == "tisdpo":
+        kl_chosen, kl_rejected = (kl[chosen], kl[rejected]) if kl is not None else (None, None)
+        pair_losses, chosen_rewards, rejected_rewards = L.tisdpo_loss(
+            *args, weights[chosen], weights[rejected], kl_chosen, kl_rejected, beta=cfg.beta, eta_coef=cfg.eta_coef
+        )
+    else:
+        pair_losses, chosen_rewards, rejected_rewards = L.tdpo_loss(
+            *args, kl[chosen], kl[rejected], beta=cfg.beta, alpha=cfg.alpha, variant=int(cfg.loss[-1])
+        )
+
+    with torch.no_grad():
+        logratio = policy_logps.detach() - ref_logps
+        token_counts = mask.sum(-1).clamp(min=1)
+        per_pair = {
+            "loss": pair_losses.detach(),
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        }
+        for side, rows_of_side in (("chosen", chosen), ("rejected", rejected)):
+            side_mask = mask[rows_of_side]
+            per_pair[f"logps/{side}"] = L.masked_sum(policy_logps.detach()[rows_of_side], side_mask)
+            per_pair[f"logratio/{side}"] = L.masked_sum(logratio[rows_of_side], side_mask)
+            per_pair[f"logratio/{side}_weighted"] = L.masked_sum(logratio[rows_of_side], side_mask, weights[rows_of_side])
+            per_pair[f"weights/{side}_mean"] = L.masked_sum(weights[rows_of_side], side_mask) / token_counts[rows_of_side]
+            if kl is not None:
+                per_pair[f"kl/{side}"] = L.masked_sum(kl.detach()[rows_of_side], side_mask)
+    return pair_losses, per_pair
+
+
+def _place(batch, rows: list[dict], column: str) -> torch.Tensor:
+    """The chosen then rejected per-token lists of `column` (e.g. "ref_logps") as a (2B, L-1) tensor."""
+    chosen = [r.get(f"chosen_{column}") for r in rows]
+    rejected = [r.get(f"rejected_{column}") for r in rows]
+    if any(v is None for v in chosen + rejected):
+        raise TispipeError(
+            f"the shards hold no {column} for some pairs",
+            hint="re-run `tispipe estimate`, or pick a loss/weighting that does not need them",
+        )
+    try:
+        return batch.place(chosen + rejected)
+    except ValueError as e:
+        ids = [r.get("pair_id") for r in rows]
+        raise TispipeError(f"shard column {column} does not line up with the token ids in pairs {ids}: {e}")
+
+
+def token_weights(plan: dict[str, Any], batch, rows: list[dict]) -> torch.Tensor:
+    """(2B, L-1) weights, chosen rows first, 0 outside responses."""
+    mask = batch.response_mask
+    b = len(rows)
+    if plan["kind"] == "equal":
+        return mask.clone()
+    if plan["kind"] == "stored":
+        return _place(batch, rows, "weights")
+    if plan["kind"] == "random":
+        values = [_random_row(plan, r, "chosen") for r in rows] + [_random_row(plan, r, "rejected") for r in rows]
+        return batch.place(values)
+    logratio = _place(batch, rows, "logratio")
+    options = {"transform": plan["transform"], "k": plan["k"], "lower": plan["lower"], "upper": plan["upper"], "low": plan["low"], "high": plan["high"]}
+    chosen = compute_weights(logratio[:b], mask[:b], plan["mu"], **options)
+    rejected = compute_weights(logratio[b:], mask[b:], -plan["mu"], **options)
+    return torch.cat([chosen, rejected])
+
+
+def _random_row(plan: dict[str, Any], row: dict, side: str) -> list[float]:
+    """Uniform weights for one response, a pure function of (seed, pair_id, side): the same in every epoch and after resuming."""
+    key = hashlib.sha256(f"{plan['seed']}:{row['pair_id']}:{side}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
+    length = len(row[f"{side}_ids"])
+    return random_weights(torch.ones(1, length), plan["lower"], plan["upper"], generator)[0].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: metrics file, live line, Ctrl-C, final model
+
+
+class MetricsLog:
+    """OUT/metrics.jsonl, one JSON object per step, appended and flushed as it happens."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.file = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def write(self, metrics: dict[str, float]) -> None:
+        self.file.write(json.dumps(metrics, sort_keys=True) + "\n")
+        self.file.flush()
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop logged steps after `step` (and a half-written last line) so a resumed run's log has each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+class LiveLine:
+    """A rich progress bar with the latest metrics on the same line."""
+
+    def __init__(self, console, total_steps: int, done_steps: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("step"), MofNCompleteColumn(), BarColumn(bar_width=20), TimeRemainingColumn(), TextColumn("{task.fields[line]}"),
+            console=console,
+        )
+        self.task = self.progress.add_task("train", total=total_steps, completed=done_steps, line="")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def update(self, m: dict[str, float]) -> None:
+        parts = [f"loss {m['loss']:.4f}", f"acc {m['rewards/accuracies']:.2f}", f"margin {m['rewards/margins']:+.3f}",
+                 f"chosen {m['rewards/chosen']:+.3f}", f"rejected {m['rewards/rejected']:+.3f}"]
+        if "kl/chosen" in m:
+            parts.append(f"kl {m['kl/chosen']:.3f}/{m['kl/rejected']:.3f}")
+        parts += [f"|g| {m['grad_norm']:.2f}", f"lr {m['lr']:.1e}", f"{m['pairs_per_s']:.1f} pairs/s", f"ep {m['epoch']:.2f}"]
+        self.progress.update(self.task, completed=m["step"], line="  ".join(parts))
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+class StopRequest:
+    """First Ctrl-C: finish the current step, save a checkpoint and stop. Second Ctrl-C: stop at once."""
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        os.write(2, b"\nStopping after this step and saving a checkpoint (Ctrl-C again to quit without saving)\n")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def save_final_model(policy, tokenizer, out: Path) -> None:
+    """The policy (safetensors + config) and its tokenizer in OUT, each file moved into place whole."""
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    try:
+        policy.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for path in tmp.iterdir():
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
