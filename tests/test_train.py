@@ -39,7 +39,7 @@ def tiny(tmp_path_factory, make_tiny_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tispipe.batching import make_pair_batch, sequence_token_logps
-    from tispipe.models import fingerprint_tokenizer, load_tokenizer
+    from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer
     from tispipe.weights import compute_weights
 
     root = tmp_path_factory.mktemp("tiny")
@@ -84,7 +84,7 @@ def tiny(tmp_path_factory, make_tiny_tokenizer):
     ]
     shards_module.write_manifest(shards_dir, {
         "shards": entries,
-        "fingerprints": {"tokenizer": fingerprint_tokenizer(load_tokenizer(str(model_dir)))},
+        "fingerprints": {"tokenizer": fingerprint_tokenizer(load_tokenizer(str(model_dir))), "base": fingerprint_model(model_dir)},
         "settings": {"model": str(model_dir), "transform": "exp", "k": 1.0, "mu": 1.0, "lower": -0.5, "upper": 1.5},
     })
     return model_dir, shards_dir
@@ -323,4 +323,22 @@ def test_lr_schedule():
     assert [train.lr_factor(s, 2, 10, "constant") for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
     cosine = [train.lr_factor(s, 2, 10, "cosine") for s in range(10)]
     assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[6] == pytest.approx(0.5)
-    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))
+    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:], strict=False))
+
+
+def test_cli_train_and_user_errors(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from tispipe.cli import app
+
+    model_dir, shards_dir = tiny
+    out = tmp_path / "run"
+    args = ["train", "--shards", str(shards_dir), "--model", str(model_dir), "--out", str(out), "--device", "cpu",
+            "--loss", "dpo", "--batch-size", "4", "--max-steps", "2", "--lr", "1e-3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(read_metrics(out)) == 2
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "Error:" in result.output and "--resume" in result.output
+    result = CliRunner().invoke(app, [*args, "--resume", "--beta", "0.5"])
+    assert result.exit_code == 1 and "beta" in result.output

@@ -208,6 +208,51 @@ def inspect_cmd(
         inspect.run(resolve(ctx, inspect.InspectConfig, config))
 
 
+@app.command("train")
+def train_cmd(
+    ctx: typer.Context,
+    shards: Optional[Path] = typer.Option(None, help="`tispipe estimate` output folder (shards/ + manifest.json)."),
+    model: Optional[str] = typer.Option(None, help="Policy to start from (folder or hub name); also the reference unless --ref."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: the trained model, metrics.jsonl, checkpoints/."),
+    ref: Optional[str] = typer.Option(None, help="Reference model for the KL terms (default: --model). dpo/ipo use the shards' cached reference log-probs."),
+    loss: str = typer.Option("tisdpo", help="tisdpo (paper Eq. 18), dpo, ipo, tdpo1 or tdpo2."),
+    weighting: str = typer.Option("estimated", help="estimated (from the shards), equal (all 1) or random (uniform in [lower, upper])."),
+    eta_coef: float = typer.Option(1.0, help="Coefficient on TIS-DPO's KL term eta (0: the paper's 'without eta' ablation)."),
+    beta: float = typer.Option(0.1, help="Beta of every loss."),
+    alpha: float = typer.Option(0.5, help="Alpha of TDPO2."),
+    transform: Optional[str] = typer.Option(None, help="Re-derive weights from the stored log-ratios with this transform: exp, rank or linear."),
+    k: Optional[float] = typer.Option(None, help="Re-derive weights with this k."),
+    mu: Optional[float] = typer.Option(None, help="Re-derive weights with mu = +MU on chosen and -MU on rejected tokens."),
+    lower: Optional[float] = typer.Option(None, help="Re-derive weights with this clamp bound L (random weighting: lowest weight)."),
+    upper: Optional[float] = typer.Option(None, help="Re-derive weights with this clamp bound U (random weighting: highest weight)."),
+    optimizer: str = typer.Option("adamw", help="adamw or rmsprop."),
+    lr: float = typer.Option(1e-4, help="Peak learning rate (sized for the toy model; the paper uses 5e-7 on 7B models)."),
+    weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    warmup_steps: int = typer.Option(10, help="Steps of linear warmup."),
+    scheduler: str = typer.Option("constant", help="After warmup: constant or cosine (to 0 at the last step)."),
+    epochs: int = typer.Option(1, help="Passes over the shards."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    batch_size: int = typer.Option(16, help="Pairs per micro-batch (one forward of 2x this many sequences)."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
+    max_grad_norm: float = typer.Option(10.0, help="Gradient-norm clip (0: off)."),
+    shuffle_buffer: int = typer.Option(1000, help="Rows in the streaming shuffle buffer (bounds memory)."),
+    save_every: int = typer.Option(0, help="Save a checkpoint every N steps (0: only at the end)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run in --out."),
+    seed: int = typer.Option(0, help="Seed of the data order and random weights."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Stage two: train a policy on the weight shards with TIS-DPO (or DPO, IPO, TDPO)."""
+    with user_errors():
+        from tispipe import train
+        from tispipe.config import resolve
+
+        train.run(resolve(ctx, train.TrainConfig, config))
+
+
 def main() -> None:
     app(prog_name="tispipe")
 

@@ -126,6 +126,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         raise TispipeError("--dtype float16 is not supported for training (no loss scaling)", hint="use bfloat16 or float32")
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     check_tokenizer(tokenizer, manifest, cfg)
+    if checkpoint is None:
+        check_reference(cfg, manifest, console)
     plan = weight_plan(cfg, manifest)
 
     # Master weights stay float32; on GPU the forward runs under bf16 autocast.
@@ -311,6 +313,25 @@ def check_tokenizer(tokenizer, manifest: dict[str, Any], cfg: TrainConfig) -> No
         )
 
 
+def check_reference(cfg: TrainConfig, manifest: dict[str, Any], console) -> None:
+    """Say so when the cached reference log-probs are not those of the model the user may think is the reference."""
+    from tispipe.models import fingerprint_model
+
+    base_name = (manifest.get("settings") or {}).get("model") or "the estimate run's base model"
+    if needs_ref(cfg):
+        return
+    if cfg.ref is not None:
+        console.print(f"[yellow]Note:[/yellow] --ref {cfg.ref} is not used: --loss {cfg.loss} uses the reference log-probs cached in the shards (from {base_name})")
+    base = (manifest.get("fingerprints") or {}).get("base")
+    if base is not None and Path(cfg.model).is_dir():
+        policy = fingerprint_model(cfg.model)
+        if policy != base:
+            console.print(
+                f"[yellow]Warning:[/yellow] --model {cfg.model} (fingerprint {policy}) is not the model the shards' reference "
+                f"log-probs come from ({base_name}, fingerprint {base}): the policy does not start at the reference"
+            )
+
+
 def needs_ref(cfg: TrainConfig) -> bool:
     """Only the KL terms need the reference model's full distribution; log-ratios use the cached ref log-probs."""
     return cfg.loss in ("tdpo1", "tdpo2") or (cfg.loss == "tisdpo" and cfg.eta_coef != 0)
@@ -356,12 +377,9 @@ def _first(*values):
 
 
 def _manifest_weight_settings(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The weight settings the shards were made with (transform, k, mu, lower, upper, low, high), where recorded."""
-    for key in ("weights", "weight_settings", "settings"):
-        section = manifest.get(key)
-        if isinstance(section, dict) and any(n in section for n in ("transform", "k", "lower", "upper")):
-            return section
-    return {}
+    """The estimate run's settings (transform, k, lower, upper; mu is always +1/-1 there)."""
+    settings = manifest.get("settings")
+    return settings if isinstance(settings, dict) else {}
 
 
 def stream_columns(cfg: TrainConfig, plan: dict[str, Any]) -> list[str]:
@@ -542,7 +560,7 @@ def _place(batch, rows: list[dict], column: str) -> torch.Tensor:
         return batch.place(chosen + rejected)
     except ValueError as e:
         ids = [r.get("pair_id") for r in rows]
-        raise TispipeError(f"shard column {column} does not line up with the token ids in pairs {ids}: {e}")
+        raise TispipeError(f"shard column {column} does not line up with the token ids in pairs {ids}: {e}") from None
 
 
 def token_weights(plan: dict[str, Any], batch, rows: list[dict]) -> torch.Tensor:
