@@ -183,7 +183,7 @@ def _interrupt_after(monkeypatch, n_steps, how):
     monkeypatch.setattr(train, "train_step", step)
 
 
-@pytest.mark.parametrize("how", ["sigint", "crash"])
+@pytest.mark.parametrize("how", ["sigint", "crash", "early-crash"])
 def test_resume_gives_the_same_losses_and_weights(tiny, tmp_path, monkeypatch, how):
     # tisdpo with eta (runs the reference), random weights, cosine schedule, accumulation and two epochs
     # with a partial last step: everything that carries state across a checkpoint.
@@ -195,16 +195,19 @@ def test_resume_gives_the_same_losses_and_weights(tiny, tmp_path, monkeypatch, h
 
     interrupted = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 5, how)
+        _interrupt_after(patch, 1 if how == "early-crash" else 5, how.removeprefix("early-"))
         with pytest.raises(TispipeError if how == "sigint" else RuntimeError) as error:
             train.run(config(tiny, interrupted, **settings))
-    checkpoints = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
+    folder = interrupted / "checkpoints"
+    checkpoints = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
     if how == "sigint":
         assert "step-5" in str(error.value.message) and "--resume" in error.value.hint
         assert checkpoints == ["step-4", "step-5"]
-    else:
+    elif how == "crash":
         assert checkpoints == ["step-2", "step-4"]  # periodic only, the newest two
         assert len(read_metrics(interrupted)) == 5  # step 5 was logged, then lost with the crash
+    else:
+        assert checkpoints == [] and len(read_metrics(interrupted)) == 1  # resuming starts over
     train.run(config(tiny, interrupted, resume=True, **settings))
     resumed = read_metrics(interrupted)
     assert [m["step"] for m in resumed] == list(range(1, 9))

@@ -115,20 +115,20 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
     out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
-    checkpoint, finished = prepare_out(cfg, out)
-    if finished is not None:
-        console.print(f"{out} already holds the finished run ({finished['steps']} steps); nothing to do")
-        return finished
-
     device = resolve_device(cfg.device)
     compute_dtype = resolve_dtype(cfg.dtype, device)
     if compute_dtype == torch.float16:
         raise TispipeError("--dtype float16 is not supported for training (no loss scaling)", hint="use bfloat16 or float32")
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     check_tokenizer(tokenizer, manifest, cfg)
+    plan = weight_plan(cfg, manifest)
+    # Only now, with the inputs checked, may an existing OUT be replaced.
+    checkpoint, finished = prepare_out(cfg, out)
+    if finished is not None:
+        console.print(f"{out} already holds the finished run ({finished['steps']} steps); nothing to do")
+        return finished
     if checkpoint is None:
         check_reference(cfg, manifest, console)
-    plan = weight_plan(cfg, manifest)
 
     # Master weights stay float32; on GPU the forward runs under bf16 autocast.
     policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
@@ -144,11 +144,13 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if checkpoint is not None:
         state, _ = read_state(checkpoint)
         set_rng_state(load_training_state(checkpoint, optimizer, scheduler, device))
-        keep_metrics_until(out / "metrics.jsonl", state.step)
         console.print(f"Resuming from {checkpoint} (step {state.step}, epoch {state.epoch}, {state.rows_in_epoch} rows into it)")
     else:
+        if cfg.resume and out.exists():
+            console.print(f"No checkpoint in {out}; starting from the beginning")
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
+    keep_metrics_until(out / "metrics.jsonl", state.step)  # steps logged after the checkpoint are replayed
     out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, out / "config.yaml")
 
