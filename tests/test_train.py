@@ -208,7 +208,16 @@ def test_resume_gives_the_same_losses_and_weights(tiny, tmp_path, monkeypatch, h
         assert len(read_metrics(interrupted)) == 5  # step 5 was logged, then lost with the crash
     else:
         assert checkpoints == [] and len(read_metrics(interrupted)) == 1  # resuming starts over
-    train.run(config(tiny, interrupted, resume=True, **settings))
+    if how == "sigint":  # the command the hint prints
+        from typer.testing import CliRunner
+
+        from tispipe.cli import app
+
+        command = error.value.hint.split("continue with: tispipe ")[1].split()
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+    else:
+        train.run(config(tiny, interrupted, resume=True, **settings))
     resumed = read_metrics(interrupted)
     assert [m["step"] for m in resumed] == list(range(1, 9))
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], abs=1e-6)
@@ -345,3 +354,16 @@ def test_cli_train_and_user_errors(tiny, tmp_path):
     assert result.exit_code == 1 and "Error:" in result.output and "--resume" in result.output
     result = CliRunner().invoke(app, [*args, "--resume", "--beta", "0.5"])
     assert result.exit_code == 1 and "beta" in result.output
+
+
+def test_incomplete_checkpoints_are_never_loaded(tmp_path):
+    from tispipe import checkpoint
+
+    root = tmp_path / "checkpoints"
+    for name in ("step-3", "step-12", ".tmp-step-20-abc", "step-15"):
+        (root / name).mkdir(parents=True)
+    for name in ("step-3", "step-12", ".tmp-step-20-abc"):
+        (root / name / "state.json").write_text("{}")
+    assert checkpoint.latest_checkpoint(tmp_path) == root / "step-12"  # step-15 has no state.json, .tmp-* is unfinished
+    checkpoint.prune(tmp_path, keep=1)
+    assert sorted(p.name for p in root.iterdir()) == ["step-12", "step-15"]

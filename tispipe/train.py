@@ -189,7 +189,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                     live.stop()
                     raise TispipeError(
                         f"stopped at step {state.step} of {total_steps}; checkpoint saved to {path}",
-                        hint=f"continue with the same command plus --resume (tispipe train --out {out} ... --resume)",
+                        hint=f"continue with: tispipe train --config {out / 'config.yaml'} --resume",
                     )
             else:
                 state = TrainState(state.step, epoch + 1, 0)
@@ -199,7 +199,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     save_final_model(policy, tokenizer, out)
     info = {
         "steps": state.step,
-        "epochs_completed": state.epoch,
+        "epochs": round(state.epoch + state.rows_in_epoch / max(1, rows_per_epoch), 4),
         "resumed_from_step": start_step if checkpoint is not None else None,
         "pairs_this_run": pairs_seen,
         "wall_seconds": round(wall, 3),
