@@ -15,6 +15,15 @@ from tispipe.errors import TispipeError
 from tispipe.tokenize import encode_prompt, encode_response
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine run far faster on one torch thread (no thread hand-offs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _llama_config(tokenizer, **extra):
     from transformers import LlamaConfig
 
@@ -181,9 +190,11 @@ def test_eval_cli_end_to_end(models, toy_file, tmp_path):
     out = tmp_path / "report"
     args = ["eval", "--model", models["a"], "--model", models["b"], "--ref", models["a"], "--data", str(toy_file),
             "--out", str(out), "--oracle", "toy", "--reward-model", models["rm"], "--temperatures", "0,1",
-            "--samples-per-prompt", "2", "--max-new-tokens", "8", "--batch-size", "4", "--device", "cpu"]
+            "--samples-per-prompt", "2", "--max-new-tokens", "8", "--batch-size", "4", "--device", "cpu", "--threads", "1"]
+    threads = torch.get_num_threads()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == threads  # --threads applies to the run only
     report = json.loads((out / "report.json").read_text())
     assert report["models"] == [models["a"], models["b"]]
     assert report["baseline"] == models["a"] and report["reference"] == models["a"]

@@ -116,7 +116,7 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(64, help="Longest generated response in tokens."),
     num_prompts: int = typer.Option(100, help="Distinct held-out prompts to generate for (0: no generation)."),
     shards: Optional[Path] = typer.Option(None, help="`tispipe estimate` output folder: score its token weights against the data's token labels."),
-    batch_size: int = typer.Option(16, help="Pairs or prompts per forward pass."),
+    batch_size: int = typer.Option(32, help="Pairs or prompts per forward pass."),
     seed: int = typer.Option(0, help="Sampling seed (the same for every model)."),
     beta: float = typer.Option(0.1, help="Scale of the implicit reward beta * (log pi - log ref)."),
     split: str = typer.Option("test", help="Split to read (for folders with splits and hub data sets)."),
@@ -133,6 +133,7 @@ def eval_cmd(
     device: str = DEVICE,
     dtype: str = DTYPE,
     trust_remote_code: bool = TRUST_REMOTE_CODE,
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)."),
     overwrite: bool = typer.Option(False, help="Replace an existing report in --out."),
     config: Optional[Path] = CONFIG,
 ) -> None:
