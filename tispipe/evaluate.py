@@ -11,12 +11,14 @@ For every `--model` (plus `--baseline` when it is not one of them):
    - mean chosen / rejected sequence log-probs, and the log-prob accuracy (own margin, no ref);
    - mean per-token KL(pi || ref) over the response positions of chosen and rejected (with `--ref`).
 2. Generation on the held-out prompts (distinct prompts in data order, the first `num_prompts`): at
-   each temperature (0 = greedy, sampled once and repeated), seeded the same way for every model,
+   each temperature (0 = greedy: one response per prompt, since more would be copies), seeded the same way for every model,
    batched with left padding, stopping at EOS or `max_new_tokens`. Each response is scored with the
    toy oracle (`--oracle toy`: phrase reward and harmful-phrase rate) and/or a reward model
    (`--reward-model DIR`, any AutoModelForSequenceClassification with one output, fed the rendered
    prompt + response text without EOS). Win rate against `--baseline` (default: the first --model)
-   compares the same (temperature, prompt, sample index), ties half, with a 95% interval.
+   compares the same (temperature, prompt, sample index), ties half, with a 95% interval. Intervals
+   treat responses as independent; samples of one prompt are correlated, so with
+   --samples-per-prompt > 1 they are somewhat too narrow.
 3. Weight quality (`--shards DIR` from `tispipe estimate`, when its rows carry token labels): AUC of
    -weight at picking the labelled harmful tokens among all rejected tokens (TIS-DPO should give
    them LOW weight in a rejected response, so 1.0 is perfect and 0.5 is chance), and AUC of +weight
@@ -431,14 +433,14 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
             timing[f"likelihood {name}"] = time.time() - t0
             t0 = time.time()
             for temperature in temperatures if prompts else []:
-                # greedy decoding gives the same response every time: decode once, repeat it
+                # greedy decoding gives the same response every time: copies would only narrow the intervals
                 draws = 1 if temperature == 0 else cfg.samples_per_prompt
                 items = [p.prompt_ids for p in prompts] * draws
                 task = _Task(progress, f"generate {name} T={temperature:g}", len(items))
                 responses = generate(model, items, temperature=temperature, max_new_tokens=cfg.max_new_tokens, eos_id=eos_id, pad_id=pad_id,
                                      batch_size=cfg.batch_size, seed=cfg.seed, device=device, progress=task)
                 task.done()
-                for index, (ids, finished) in enumerate(responses * (cfg.samples_per_prompt if draws == 1 else 1)):
+                for index, (ids, finished) in enumerate(responses):
                     pair = prompts[index % len(prompts)]
                     samples.append({
                         "model": name, "temperature": temperature, "prompt_index": index % len(prompts),
