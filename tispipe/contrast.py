@@ -95,7 +95,7 @@ def _optimizer(model: torch.nn.Module, settings: ContrastSettings) -> torch.opti
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def _progress(description: str, total: int):
+def _progress(description: str, total: int, console=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -105,13 +105,13 @@ def _progress(description: str, total: int):
         TextColumn("loss {task.fields[loss]:.4f}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        transient=False,
+        console=console,
     )
     task = progress.add_task(description, total=total, loss=float("nan"))
     return progress, task
 
 
-def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad_id: int, description: str) -> dict[str, float]:
+def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad_id: int, description: str, console=None) -> dict[str, float]:
     """Fine-tune `model` in place on (prompt, chosen) or (prompt, rejected): mean NLL over response tokens."""
     from tispipe.batching import make_batch, sequence_token_logps
 
@@ -120,7 +120,7 @@ def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad
     optimizer = _optimizer(model, settings)
     model.train()
     device = next(model.parameters()).device
-    progress, task = _progress(description, len(batches))
+    progress, task = _progress(description, len(batches), console)
     losses = []
     with progress:
         for indices in batches:
@@ -154,7 +154,9 @@ def reference_logps(model, pairs: Sequence, pad_id: int, batch_size: int) -> lis
     return out
 
 
-def train_dpo(model, pairs: Sequence, ref: list[tuple[list[float], list[float]]], swap: bool, settings: ContrastSettings, pad_id: int, description: str) -> dict[str, float]:
+def train_dpo(
+    model, pairs: Sequence, ref: list[tuple[list[float], list[float]]], swap: bool, settings: ContrastSettings, pad_id: int, description: str, console=None
+) -> dict[str, float]:
     """DPO on the pairs (or on the pairs with chosen/rejected swapped), reference log-probs given."""
     from tispipe.batching import make_pair_batch, sequence_token_logps
     from tispipe.losses import dpo_loss
@@ -164,7 +166,7 @@ def train_dpo(model, pairs: Sequence, ref: list[tuple[list[float], list[float]]]
     optimizer = _optimizer(model, settings)
     model.train()
     device = next(model.parameters()).device
-    progress, task = _progress(description, len(batches))
+    progress, task = _progress(description, len(batches), console)
     losses, accuracies = [], []
     with progress:
         for indices in batches:
@@ -247,13 +249,13 @@ def build(
         model = load_model(base_model, device=device, dtype="float32", trust_remote_code=trust_remote_code, for_training=True)
         label = "pi+" if side == "pos" else "pi-"
         if settings.method == "sft":
-            stats = train_sft(model, pairs, "chosen" if side == "pos" else "rejected", settings, pad_id, f"SFT {label}")
+            stats = train_sft(model, pairs, "chosen" if side == "pos" else "rejected", settings, pad_id, f"SFT {label}", console)
         else:
             if ref is None:
                 base = load_model(base_model, device=device, dtype="float32", trust_remote_code=trust_remote_code)
                 ref = reference_logps(base, pairs, pad_id, batch_size=2 * settings.batch_size)
                 del base
-            stats = train_dpo(model, pairs, ref, side == "neg", settings, pad_id, f"DPO {label}" + (" (swapped pairs)" if side == "neg" else ""))
+            stats = train_dpo(model, pairs, ref, side == "neg", settings, pad_id, f"DPO {label}" + (" (swapped pairs)" if side == "neg" else ""), console)
         seconds = time.perf_counter() - start
         stats["seconds"] = round(seconds, 3)
         _save(model, tokenizer, folder, identity, stats)
