@@ -164,12 +164,12 @@ def test_weight_quality_auc_on_hand_made_shards(tmp_path):
     from tispipe.shards import shard_name, write_manifest, write_shard
 
     rows = [
-        # rejected: the harmful tokens (-1) get the lowest weights; chosen: helpful tokens (+1) the highest
+        # the decisive tokens get the highest weights: helpful (+1) in chosen, harmful (-1) in rejected
         {"pair_id": "p0", "chosen_weights": [1.0, 1.5, 1.4], "chosen_labels": [0, 1, 1],
-         "rejected_weights": [1.0, 0.2, 0.3, 1.0], "rejected_labels": [0, -1, -1, 0]},
+         "rejected_weights": [1.0, 1.6, 1.3, 1.0], "rejected_labels": [0, -1, -1, 0]},
         # one chosen helpful token ties with a neutral one: AUC counts it half
         {"pair_id": "p1", "chosen_weights": [1.0, 1.0], "chosen_labels": [1, 0],
-         "rejected_weights": [0.9, 0.1], "rejected_labels": [1, -1]},
+         "rejected_weights": [0.9, 1.2], "rejected_labels": [1, -1]},
         {"pair_id": "p2", "chosen_weights": [1.0], "rejected_weights": [1.0]},  # no labels: skipped
     ]
     (tmp_path / "shards").mkdir()
@@ -180,7 +180,8 @@ def test_weight_quality_auc_on_hand_made_shards(tmp_path):
     assert result["rejected_harmful_auc"] == 1.0
     # helpful weights 1.5, 1.4, 1.0 against neutral 1.0, 1.0: (2 + 2 + 0.5 + 0.5) / 6
     assert result["chosen_helpful_auc"] == pytest.approx(5 / 6)
-    assert result["rejected_harmful_mean_weight"] == pytest.approx(0.2)
+    assert result["rejected_harmful_mean_weight"] == pytest.approx((1.6 + 1.3 + 1.2) / 3)
+    assert result["rejected_neutral_mean_weight"] == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- end to end

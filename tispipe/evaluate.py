@@ -20,9 +20,11 @@ For every `--model` (plus `--baseline` when it is not one of them):
    treat responses as independent; samples of one prompt are correlated, so with
    --samples-per-prompt > 1 they are somewhat too narrow.
 3. Weight quality (`--shards DIR` from `tispipe estimate`, when its rows carry token labels): AUC of
-   -weight at picking the labelled harmful tokens among all rejected tokens (TIS-DPO should give
-   them LOW weight in a rejected response, so 1.0 is perfect and 0.5 is chance), and AUC of +weight
-   at picking labelled helpful tokens among all chosen tokens (they should get HIGH weight).
+   the weight at picking the decisive tokens: labelled helpful tokens among all chosen tokens, and
+   labelled harmful tokens among all rejected tokens. Both should get HIGH weight: w = exp(mu * r)
+   with r = log pi+ - log pi-, mu = +1 on chosen (weight rises with the token's reward) and mu = -1
+   on rejected (weight falls with it, so the worst tokens count most; paper section 6.1 and 7.1).
+   1.0 is a perfect ranking, 0.5 is chance, below 0.5 is the wrong way round.
 
 Outputs in `out`: report.json (every number + the config), report.md, samples.jsonl, config.yaml, and
 PNG plots when matplotlib is importable; the comparison table is printed at the end.
@@ -304,7 +306,7 @@ def weight_quality(shards_dir: str) -> dict[str, Any]:
         return result
     rejected_w, rejected_l = by_side["rejected"]
     chosen_w, chosen_l = by_side["chosen"]
-    result["rejected_harmful_auc"] = metrics.auc([-w for w in rejected_w], [label == -1 for label in rejected_l])
+    result["rejected_harmful_auc"] = metrics.auc(rejected_w, [label == -1 for label in rejected_l])
     result["chosen_helpful_auc"] = metrics.auc(chosen_w, [label == 1 for label in chosen_l])
     for side, (weights, labels) in by_side.items():
         for name, value in (("harmful", -1), ("neutral", 0), ("helpful", 1)):
@@ -609,8 +611,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     weights = report.get("weights")
     if weights and weights.get("labelled_rows"):
         text += ["\n## Weight quality\n\n",
-                 (f"AUC of -weight for harmful tokens among rejected tokens: {_fmt(weights['rejected_harmful_auc'])}; "
-                 f"AUC of +weight for helpful tokens among chosen tokens: {_fmt(weights['chosen_helpful_auc'])} "
+                 (f"AUC of the weight for harmful tokens among rejected tokens: {_fmt(weights['rejected_harmful_auc'])}; "
+                 f"for helpful tokens among chosen tokens: {_fmt(weights['chosen_helpful_auc'])} "
                  f"({weights['labelled_rows']} labelled rows; 0.5 is chance).\n\n"),
                  _md_table(["side", "harmful", "neutral", "helpful"],
                            [[side] + [_fmt(weights[f"{side}_{k}_mean_weight"]) for k in ("harmful", "neutral", "helpful")] for side in ("chosen", "rejected")])]
