@@ -45,6 +45,7 @@ import torch
 
 from tispipe import metrics
 from tispipe.errors import TispipeError
+from tispipe.io import atomic_path, atomic_write_json, atomic_write_text
 
 ORACLES = ("toy",)
 
@@ -387,7 +388,6 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
     from tispipe import toy
     from tispipe.config import config_dict, write_config
     from tispipe.data import DataOptions, load_pairs, print_report, tokenize_pairs
-    from tispipe.io import atomic_write_json, atomic_write_text
     from tispipe.models import load_model, resolve_device
 
     started = time.time()
@@ -492,7 +492,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
     }
     if report["weights"] is not None and not report["weights"]["labelled_rows"]:
         notes.append(f"weight quality skipped: the shards in {cfg.shards} carry no token labels")
-    notes.append(write_plots(report, samples, out))
+    notes.append(write_plots(report, out))
     timing["total"] = time.time() - started
     report["timing_seconds"] = timing
 
@@ -621,7 +621,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "".join(text)
 
 
-def write_plots(report: dict[str, Any], samples: list[dict], out: Path) -> str:
+def write_plots(report: dict[str, Any], out: Path) -> str:
     """Reward and win rate against temperature as PNGs, when matplotlib is importable; returns a note."""
     try:
         import matplotlib
@@ -641,9 +641,10 @@ def write_plots(report: dict[str, Any], samples: list[dict], out: Path) -> str:
             gen = report["results"][name]["generation"]
             ax.plot(temps, [gen[f"{t:g}"][key]["estimate" if what == "mean reward" else "rate"] for t in temps], marker="o", label=_short(name))
         ax.set_xlabel("temperature")
-        ax.set_ylabel(what)
+        ax.set_ylabel(what if what == "mean reward" else f"win rate vs {_short(report['baseline'])}")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / f"{what.replace(' ', '_')}_vs_temperature.png", dpi=100)
+        with atomic_path(out / f"{what.replace(' ', '_')}_vs_temperature.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
     return "plots written: mean_reward_vs_temperature.png, win_rate_vs_temperature.png"
