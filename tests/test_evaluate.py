@@ -245,6 +245,13 @@ def test_eval_cli_errors_and_skips(models, toy_file, tmp_path):
     assert bad_oracle.exit_code == 1 and "unknown oracle 'gpt4'" in bad_oracle.output
     no_model = runner.invoke(app, [*base, "--out", str(tmp_path / "y")])
     assert no_model.exit_code == 1 and "--model" in no_model.output
+    no_rm = runner.invoke(app, [*base, "--model", models["a"], "--out", str(tmp_path / "w"), "--reward-model", str(tmp_path / "nope")])
+    assert no_rm.exit_code == 1 and "does not exist" in no_rm.output and not (tmp_path / "w").exists()
+    no_shards = runner.invoke(app, [*base, "--model", models["a"], "--out", str(tmp_path / "v"), "--shards", str(tmp_path / "nope")])
+    assert no_shards.exit_code == 1 and "does not exist" in no_shards.output
+    # a causal LM is not a reward model: a sequence-classification head on it has two outputs
+    not_rm = runner.invoke(app, [*base, "--model", models["a"], "--out", str(tmp_path / "u"), "--reward-model", models["a"], "--num-prompts", "2", "--temperatures", "0"])
+    assert not_rm.exit_code == 1 and "num_labels=1" in not_rm.output
     # no scorer: likelihood only, with a note; the baseline not among --model is evaluated too
     result = runner.invoke(app, [*base, "--model", models["a"], "--baseline", models["b"], "--out", str(tmp_path / "z")])
     assert result.exit_code == 0, result.output

@@ -236,22 +236,33 @@ def generate(model, prompt_ids: list[list[int]], *, temperature: float, max_new_
     return results
 
 
+def reward_model_folder(name: str) -> Path | None:
+    """The local folder `name` points at, None for a hub name; a missing local path or a file is an error."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise TispipeError(f"reward model path {name} is a file, not a model folder")
+    if name.startswith((".", "/", "~")) or Path(name.split("/")[0]).is_dir():
+        raise TispipeError(f"reward model folder {name} does not exist")
+    return None
+
+
 def load_reward_model(name: str, *, device: str, dtype: str, trust_remote_code: bool):
     """A local or hub AutoModelForSequenceClassification with one output, in eval mode, and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
     from tispipe.models import load_tokenizer, resolve_dtype
 
-    path = Path(name).expanduser()
-    if not path.is_dir() and (name.startswith((".", "/", "~")) or path.exists()):
-        raise TispipeError(f"reward model folder {name} does not exist")
+    folder = reward_model_folder(name)
+    source = str(folder) if folder else name
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path) if path.is_dir() else name, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise TispipeError(f"could not load the reward model {name}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     if model.config.num_labels != 1:
         raise TispipeError(f"reward model {name} has {model.config.num_labels} outputs; a reward model has one (num_labels=1)")
-    tokenizer = load_tokenizer(str(path) if path.is_dir() else name, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # how the model finds the last real token of a padded row
     return model.to(device).eval().requires_grad_(False), tokenizer
@@ -409,6 +420,10 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
     rows, data_report = load_pairs(opts)
     pairs = tokenize_pairs(rows, tokenizer, opts, data_report)
     print_report(data_report, console)
+    # cheap inputs first, so a wrong path fails before minutes of generation
+    weights = weight_quality(cfg.shards) if cfg.shards else None
+    if cfg.reward_model:
+        reward_model_folder(cfg.reward_model)
 
     scorers = (["oracle"] if cfg.oracle else []) + (["reward_model"] if cfg.reward_model else [])
     prompts = distinct_prompts(pairs, cfg.num_prompts) if scorers else []
@@ -487,7 +502,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         "data": data_report.to_dict(),
         "prompts": len(prompts),
         "results": results,
-        "weights": weight_quality(cfg.shards) if cfg.shards else None,
+        "weights": weights,
         "notes": notes,
     }
     if report["weights"] is not None and not report["weights"]["labelled_rows"]:
