@@ -243,6 +243,7 @@ def train_cmd(
     seed: int = typer.Option(0, help="Seed of the data order and random weights."),
     device: str = DEVICE,
     dtype: str = DTYPE,
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is faster for tiny models on a busy machine)."),
     trust_remote_code: bool = TRUST_REMOTE_CODE,
     config: Optional[Path] = CONFIG,
 ) -> None:

@@ -68,7 +68,7 @@ OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant", "cosine")
 REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper")
 # Options that may change between a run and its --resume without changing what is trained.
-RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device")
+RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads")
 
 
 @dataclass
@@ -104,6 +104,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    threads: int = 0
     trust_remote_code: bool = False
 
 
@@ -115,6 +116,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
     out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     compute_dtype = resolve_dtype(cfg.dtype, device)
     if compute_dtype == torch.float16:
@@ -236,7 +239,7 @@ def validate(cfg: TrainConfig) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise TispipeError(f"--{name.replace('_', '-')} must be positive, not {value}")
-    non_negative = {"eta_coef": cfg.eta_coef, "alpha": cfg.alpha, "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "max_grad_norm": cfg.max_grad_norm, "save_every": cfg.save_every}
+    non_negative = {"threads": cfg.threads, "eta_coef": cfg.eta_coef, "alpha": cfg.alpha, "weight_decay": cfg.weight_decay, "warmup_steps": cfg.warmup_steps, "max_grad_norm": cfg.max_grad_norm, "save_every": cfg.save_every}
     for name, value in non_negative.items():
         if not value >= 0:
             raise TispipeError(f"--{name.replace('_', '-')} must not be negative, not {value}")
@@ -628,25 +631,25 @@ def keep_metrics_until(path: Path, step: int) -> None:
 
 
 class LiveLine:
-    """A rich progress bar with the latest metrics on the same line."""
+    """A rich progress bar with the latest metrics on the same line; in a log file (no terminal), a plain
+    line every ~5% of the steps instead of one truncated final frame."""
 
     def __init__(self, console, total_steps: int, done_steps: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(
-            TextColumn("step"), MofNCompleteColumn(), BarColumn(bar_width=20), TimeRemainingColumn(), TextColumn("{task.fields[line]}"),
-            console=console,
-        )
-        self.task = self.progress.add_task("train", total=total_steps, completed=done_steps, line="")
+        self.console, self.total = console, total_steps
+        self.every = max(1, total_steps // 20)
+        self.progress = None
+        if console.is_terminal:
+            self.progress = Progress(
+                TextColumn("step"), MofNCompleteColumn(), BarColumn(bar_width=20), TimeRemainingColumn(), TextColumn("{task.fields[line]}"),
+                console=console,
+            )
+            self.task = self.progress.add_task("train", total=total_steps, completed=done_steps, line="")
 
     def __enter__(self):
-        self.progress.start()
+        if self.progress is not None:
+            self.progress.start()
         return self
 
     def update(self, m: dict[str, float]) -> None:
@@ -655,13 +658,18 @@ class LiveLine:
         if "kl/chosen" in m:
             parts.append(f"kl {m['kl/chosen']:.3f}/{m['kl/rejected']:.3f}")
         parts += [f"|g| {m['grad_norm']:.2f}", f"lr {m['lr']:.1e}", f"{m['pairs_per_s']:.1f} pairs/s", f"ep {m['epoch']:.2f}"]
-        self.progress.update(self.task, completed=m["step"], line="  ".join(parts))
+        line = "  ".join(parts)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=m["step"], line=line)
+        elif m["step"] % self.every == 0 or m["step"] == self.total:
+            self.console.print(f"step {m['step']}/{self.total}  {line}", soft_wrap=True, highlight=False)
 
     def stop(self) -> None:
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        self.stop()
 
 
 class StopRequest:
