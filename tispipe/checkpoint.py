@@ -13,12 +13,14 @@ is always complete; `state.json` is written last inside it as a second guard. On
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,20 @@ class TrainState:
     step: int
     epoch: int
     rows_in_epoch: int
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' per-file loading/saving progress bars (they would break the training line)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def checkpoints_dir(out: str | Path) -> Path:
@@ -85,7 +101,8 @@ def save_checkpoint(
     final = root / f"step-{state.step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{state.step}-", dir=root))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with quiet_transformers():
+            model.save_pretrained(tmp, safe_serialization=True)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")

@@ -11,8 +11,9 @@ Rows are streamed from the Parquet shards through a bounded, seeded shuffle buff
 (seed, epoch, manifest), so a checkpoint records only (epoch, rows used in that epoch) and a
 resumed run replays the same steps with the same losses.
 
-Defaults are sized for the tiny toy model: lr 1e-4 with AdamW (the paper's 5e-7 with RMSprop is for
-7B models and does not move a 2M-parameter model in a few hundred steps).
+Defaults are sized for the tiny toy model: lr 1e-4 with AdamW. The paper's 5e-7 (RMSprop) is for 7B
+models; on the toy base (2M parameters, batch 16) TIS-DPO's loss after 40 steps falls from 0.69 to
+0.53 at 3e-5, 0.32 at 1e-4, 0.12 at 3e-4 and 0.06 at 1e-3 (sequence KL to the reference ~2, 10, 26, 35).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tispipe.checkpoint import (
     TrainState,
     latest_checkpoint,
     load_training_state,
+    quiet_transformers,
     read_state,
     rng_state,
     save_checkpoint,
@@ -134,10 +136,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         check_reference(cfg, manifest, console)
 
     # Master weights stay float32; on GPU the forward runs under bf16 autocast.
-    policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
-    policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
     ref_name = cfg.ref or cfg.model
-    ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
+    with quiet_transformers():
+        policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
+        ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
+    policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
 
     rows_per_epoch = sum(int(entry["rows"]) for entry in manifest["shards"])
     total_steps = planned_steps(cfg, rows_per_epoch)
@@ -697,8 +700,9 @@ def save_final_model(policy, tokenizer, out: Path) -> None:
     """The policy (safetensors + config) and its tokenizer in OUT, each file moved into place whole."""
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
-        policy.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        with quiet_transformers():
+            policy.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         for path in tmp.iterdir():
             os.replace(path, out / path.name)
     finally:
