@@ -188,7 +188,7 @@ def test_resume_gives_the_same_losses_and_weights(tiny, tmp_path, monkeypatch, h
     # tisdpo with eta (runs the reference), random weights, cosine schedule, accumulation and two epochs
     # with a partial last step: everything that carries state across a checkpoint.
     settings = dict(loss="tisdpo", weighting="random", scheduler="cosine", warmup_steps=2, batch_size=3, grad_accum=2,
-                    epochs=2, max_steps=None, save_every=2, seed=3)
+                    epochs=2, max_steps=None, save_every=2, seed=3, overwrite=how == "sigint")
     train.run(config(tiny, tmp_path / "straight", **settings))
     straight = read_metrics(tmp_path / "straight")
     assert len(straight) == 8  # ceil(20 / 6) = 4 steps per epoch
@@ -217,7 +217,7 @@ def test_resume_gives_the_same_losses_and_weights(tiny, tmp_path, monkeypatch, h
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 0, result.output
     else:
-        train.run(config(tiny, interrupted, resume=True, **settings))
+        train.run(config(tiny, interrupted, resume=True, **{**settings, "overwrite": False}))
     resumed = read_metrics(interrupted)
     assert [m["step"] for m in resumed] == list(range(1, 9))
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in straight], abs=1e-6)

@@ -18,6 +18,7 @@ models; on the toy base (2M parameters, batch 16) TIS-DPO's loss after 40 steps 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -158,7 +159,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         random.seed(cfg.seed)
     keep_metrics_until(out / "metrics.jsonl", state.step)  # steps logged after the checkpoint are replayed
     out.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, out / "config.yaml")
+    # --resume/--overwrite are actions, not settings: re-running from config.yaml must not delete this run.
+    write_config(dataclasses.replace(cfg, resume=False, overwrite=False), out / "config.yaml")
 
     ref_note = f"reference {ref_name}" if ref is not None else "cached reference log-probs"
     console.print(
