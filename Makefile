@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TISPIPE := HF_HUB_OFFLINE=1 $(VENV)/bin/tispipe
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup base demo test lint clean
+.PHONY: setup base estimate train eval demo test lint clean
 
 setup: $(VENV)/.installed
 
@@ -29,8 +29,33 @@ base: $(RUNS)/base/model.safetensors
 $(RUNS)/base/model.safetensors: $(VENV)/.installed $(DATA)/train.jsonl
 	$(TISPIPE) init-base --data $(DATA)/train.jsonl --out $(RUNS)/base --overwrite
 
-demo: base
-	@echo "The estimate, train and eval stages are not built yet; 'make demo' currently stops after the base model."
+# Stage one: DPO-built contrastive models (the paper's best method), weights cached in shards.
+WEIGHTS ?= $(RUNS)/weights-dpo
+ESTIMATE_ARGS ?= --method dpo
+estimate: $(WEIGHTS)/manifest.json
+
+$(WEIGHTS)/manifest.json: $(RUNS)/base/model.safetensors
+	$(TISPIPE) estimate --data $(DATA)/train.jsonl --model $(RUNS)/base --out $(WEIGHTS) $(ESTIMATE_ARGS) --overwrite
+
+# Stage two: TIS-DPO on the cached weights, and plain DPO from the same shards as the baseline.
+TRAIN_ARGS ?=
+train: $(RUNS)/tisdpo/model.safetensors $(RUNS)/dpo/model.safetensors
+
+$(RUNS)/tisdpo/model.safetensors: $(WEIGHTS)/manifest.json
+	$(TISPIPE) train --shards $(WEIGHTS) --model $(RUNS)/base --out $(RUNS)/tisdpo --loss tisdpo $(TRAIN_ARGS) --overwrite
+
+$(RUNS)/dpo/model.safetensors: $(WEIGHTS)/manifest.json
+	$(TISPIPE) train --shards $(WEIGHTS) --model $(RUNS)/base --out $(RUNS)/dpo --loss dpo $(TRAIN_ARGS) --overwrite
+
+EVAL_ARGS ?= --temperatures 0,0.5,1.0 --num-prompts 100 --max-new-tokens 96
+eval: $(RUNS)/eval/report.json
+
+$(RUNS)/eval/report.json: $(RUNS)/tisdpo/model.safetensors $(RUNS)/dpo/model.safetensors
+	$(TISPIPE) eval --model $(RUNS)/base --model $(RUNS)/dpo --model $(RUNS)/tisdpo --ref $(RUNS)/base \
+		--baseline $(RUNS)/dpo --data $(DATA)/test.jsonl --oracle toy --shards $(WEIGHTS) --out $(RUNS)/eval $(EVAL_ARGS) --overwrite
+
+demo: $(RUNS)/eval/report.json
+	@cat $(RUNS)/eval/report.md
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
