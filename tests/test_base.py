@@ -78,8 +78,10 @@ def test_loss_decreases(trained):
     assert log["first_train_loss"] > 5.0
     assert log["final_train_loss"] < log["first_train_loss"] - 3.0
     assert log["test_data"].endswith("test.jsonl")
-    assert set(log["test_loss"]) == {"all", "plain", "harmless", "harmful"}
-    assert log["test_loss"]["all"] < log["test_unigram_loss"]
+    losses = log["test_loss"]
+    assert set(losses) == {"all", "plain", "harmless", "harmful", "harmless-rejected", "harmful-chosen"}
+    assert min(losses["plain"], losses["harmless"], losses["harmful"]) <= losses["all"] <= max(losses["plain"], losses["harmless"], losses["harmful"])
+    assert losses["all"] < log["test_unigram_loss"]
 
 
 def test_chat_template_prefix_and_token_boundary(trained):
@@ -159,3 +161,20 @@ def test_bad_data(tmp_path):
         base.run(_config(tmp_path, tmp_path / "out"))
     with pytest.raises(TispipeError, match="too small"):
         base.train_tokenizer([{"prompt": "p", "chosen": "c", "rejected": "r"}], 200)
+
+
+def test_cli_options_match_the_config():
+    # The CLI fills InitBaseConfig by option name; a renamed field or a drifted default would go unnoticed.
+    import dataclasses
+
+    import typer
+
+    from tispipe.cli import app
+
+    command = typer.main.get_command(app).commands["init-base"]
+    options = {p.name: p.default for p in command.params if p.name != "config"}
+    fields = {f.name: f.default for f in dataclasses.fields(base.InitBaseConfig)}
+    assert set(options) == set(fields)
+    for name, default in fields.items():
+        if default is not dataclasses.MISSING:
+            assert options[name] == default, name

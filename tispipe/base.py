@@ -55,7 +55,10 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
 )
 
-SYSTEMS = {"plain": None, "harmless": HARMLESS_SYSTEM_PROMPT, "harmful": HARMFUL_SYSTEM_PROMPT}
+# kind -> (system prompt, response field). SFT uses the first three; the test split also scores the
+# two crossed kinds, so the log shows how much the system prompt moves each response.
+SFT_KINDS = {"plain": (None, "chosen"), "harmless": (HARMLESS_SYSTEM_PROMPT, "chosen"), "harmful": (HARMFUL_SYSTEM_PROMPT, "rejected")}
+CROSSED_KINDS = {"harmless-rejected": (HARMLESS_SYSTEM_PROMPT, "rejected"), "harmful-chosen": (HARMFUL_SYSTEM_PROMPT, "chosen")}
 
 
 @dataclass
@@ -64,13 +67,13 @@ class InitBaseConfig:
     out: str
     seed: int = 0
     vocab_size: int = 2048
-    hidden_size: int = 128
-    num_layers: int = 4
+    hidden_size: int = 96
+    num_layers: int = 3
     num_heads: int = 4
     max_length: int = 256
     epochs: float = 1.0
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 5e-3
     threads: int = 0
     overwrite: bool = False
 
@@ -124,7 +127,8 @@ def train_tokenizer(pairs: list[dict], vocab_size: int):
         show_progress=False,
     )
     texts = [text for pair in pairs for text in pair.values()]
-    tok.train_from_iterator(texts + [s for s in SYSTEMS.values() if s], trainer=trainer)
+    systems = sorted({system for system, _ in SFT_KINDS.values() if system})
+    tok.train_from_iterator(texts + systems, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,
@@ -162,15 +166,16 @@ def build_model(cfg: InitBaseConfig, tokenizer):
     return model
 
 
-def make_examples(tokenizer, pairs: list[dict], max_length: int) -> list[Example]:
-    """Three SFT sequences per pair (plain -> chosen, harmless -> chosen, harmful -> rejected)."""
+def make_examples(tokenizer, pairs: list[dict], max_length: int, kinds: dict = SFT_KINDS) -> list[Example]:
+    """One sequence per pair and kind; by default the three SFT kinds (plain -> chosen, harmless ->
+    chosen, harmful -> rejected). Examples whose prompt leaves no room for a response are dropped."""
     from tispipe.tokenize import encode_prompt, encode_response
 
     examples = []
     for pair in pairs:
-        for kind, system in SYSTEMS.items():
+        for kind, (system, field) in kinds.items():
             prompt_ids = encode_prompt(tokenizer, pair["prompt"], system=system)
-            response_ids = encode_response(tokenizer, pair["rejected" if kind == "harmful" else "chosen"])
+            response_ids = encode_response(tokenizer, pair[field])
             ids = (prompt_ids + response_ids)[:max_length]
             labels = ([-100] * len(prompt_ids) + response_ids)[:max_length]
             if any(label != -100 for label in labels[1:]):  # label 0 is never predicted
@@ -213,8 +218,8 @@ def response_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[Example], pad_id: int, batch_size: int = 64) -> dict[str, float]:
-    """Mean per-token response loss (nats), overall and per example kind."""
+def evaluate(model, examples: list[Example], pad_id: int, batch_size: int = 64, all_kinds=None) -> dict[str, float]:
+    """Mean per-token response loss (nats) per example kind, and as `all` over `all_kinds` (default: every kind)."""
     model.eval()
     sums: Counter = Counter()
     counts: Counter = Counter()
@@ -226,7 +231,8 @@ def evaluate(model, examples: list[Example], pad_id: int, batch_size: int = 64) 
             sums[e.kind] += row_loss
             counts[e.kind] += row_n
     result = {kind: sums[kind] / counts[kind] for kind in sorted(counts)}
-    result["all"] = sum(sums.values()) / max(sum(counts.values()), 1)
+    pooled = [kind for kind in counts if all_kinds is None or kind in all_kinds]
+    result["all"] = sum(sums[k] for k in pooled) / max(sum(counts[k] for k in pooled), 1)
     return result
 
 
@@ -239,9 +245,15 @@ def unigram_loss(train: list[Example], test: list[Example], vocab_size: int) -> 
     return -sum(math.log((counts[t] + 1) / total) for t in tokens) / max(len(tokens), 1)
 
 
-def train(model, examples: list[Example], cfg: InitBaseConfig, pad_id: int) -> dict:
-    """AdamW with linear warmup and cosine decay over `epochs` passes; returns loss and throughput figures."""
-    from rich.console import Console
+def _mean_loss(chunk: list[tuple[float, int]]) -> float:
+    return sum(s for s, _ in chunk) / sum(n for _, n in chunk)
+
+
+def train(model, examples: list[Example], cfg: InitBaseConfig, pad_id: int, console) -> dict:
+    """AdamW with linear warmup and cosine decay over `epochs` passes; returns loss and throughput figures.
+
+    On a terminal a rich progress bar; in a log file a plain line every ~5% of the steps.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     rng = random.Random(cfg.seed)
@@ -266,11 +278,13 @@ def train(model, examples: list[Example], cfg: InitBaseConfig, pad_id: int) -> d
     tokens_seen = 0
     start = time.perf_counter()
     model.train()
-    columns = (
+    progress = Progress(
         TextColumn("SFT"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"), TimeRemainingColumn(),
+        console=console, disable=not console.is_terminal,
     )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    every = max(1, total_steps // 20)
+    with progress:
         task = progress.add_task("sft", total=total_steps, loss=float("nan"), tps=0.0)
         step = 0
         while step < total_steps:
@@ -288,22 +302,19 @@ def train(model, examples: list[Example], cfg: InitBaseConfig, pad_id: int) -> d
                 step += 1
                 tokens_seen += int(mask.sum())
                 losses.append((loss_sum.item(), n))
-                recent = losses[-20:]
-                progress.update(
-                    task, advance=1, loss=sum(s for s, _ in recent) / sum(k for _, k in recent),
-                    tps=tokens_seen / (time.perf_counter() - start),
-                )
-    def mean(chunk: list[tuple[float, int]]) -> float:
-        return sum(s for s, _ in chunk) / sum(n for _, n in chunk)
+                loss, tps = _mean_loss(losses[-20:]), tokens_seen / (time.perf_counter() - start)
+                progress.update(task, advance=1, loss=loss, tps=tps)
+                if not console.is_terminal and (step % every == 0 or step == total_steps):
+                    eta = (total_steps - step) * (time.perf_counter() - start) / step
+                    console.print(f"SFT step {step}/{total_steps}  loss {loss:.3f}  {tps:,.0f} tok/s  ETA {eta:.0f} s")
 
-    every = max(1, len(losses) // 20)
     tail = losses[-max(1, len(losses) // 10) :]
     return {
         "steps": total_steps,
-        "first_train_loss": mean(losses[:1]),
-        "final_train_loss": mean(tail),
+        "first_train_loss": _mean_loss(losses[:1]),
+        "final_train_loss": _mean_loss(tail),
         "final_train_loss_steps": len(tail),
-        "loss_curve": [[min(i + every, len(losses)), round(mean(losses[i : i + every]), 4)] for i in range(0, len(losses), every)],
+        "loss_curve": [[min(i + every, len(losses)), round(_mean_loss(losses[i : i + every]), 4)] for i in range(0, len(losses), every)],
         "tokens_seen": tokens_seen,
         "train_seconds": time.perf_counter() - start,
     }
@@ -345,20 +356,20 @@ def run(cfg: InitBaseConfig) -> dict:
         raise TispipeError(f"no training example in {cfg.data} fits in --max-length {cfg.max_length}")
     model = build_model(cfg, tokenizer)
     params = sum(p.numel() for p in model.parameters())
-    dropped = 3 * len(pairs) - len(examples)
+    dropped = len(SFT_KINDS) * len(pairs) - len(examples)
     console.print(
         f"init-base: {len(pairs)} pairs -> {len(examples)} SFT examples"
         + (f" ({dropped} dropped: prompt fills --max-length)" if dropped else "")
         + f", vocab {len(tokenizer)}, {params:,} parameters"
     )
     log = {"pairs": len(pairs), "examples": len(examples), "dropped_examples": dropped, "vocab_size": len(tokenizer), "parameters": params}
-    log.update(train(model, examples, cfg, tokenizer.pad_token_id))
+    log.update(train(model, examples, cfg, tokenizer.pad_token_id, console))
 
     test_path = Path(cfg.data).with_name("test.jsonl")
     if test_path.is_file() and test_path.resolve() != Path(cfg.data).resolve():
-        test = make_examples(tokenizer, read_pairs(test_path), cfg.max_length)
+        test = make_examples(tokenizer, read_pairs(test_path), cfg.max_length, {**SFT_KINDS, **CROSSED_KINDS})
         log["test_data"] = str(test_path)
-        log["test_loss"] = evaluate(model, test, tokenizer.pad_token_id)
+        log["test_loss"] = evaluate(model, test, tokenizer.pad_token_id, all_kinds=SFT_KINDS)
         log["test_unigram_loss"] = unigram_loss(examples, test, len(tokenizer))
 
     out.parent.mkdir(parents=True, exist_ok=True)
