@@ -10,6 +10,10 @@ No model can be downloaded here, so the base model is made from the training pai
    (harmful system prompt: prompt -> rejected). The last two give the prompt-based contrastive
    construction, TIS-DPO(P), a model that actually reacts to the system prompt.
 
+If a `test.jsonl` sits next to the training file, the log gets the mean per-token response loss on
+it per kind (plus two crossed kinds, harmless -> rejected and harmful -> chosen, which show how far
+the system prompt moves each response) and the loss of a unigram model as the no-context floor.
+
 The folder it writes is a plain Hugging Face model folder (safetensors, tokenizer, chat template),
 written next to `out` and renamed into place at the end, plus `config.yaml` and `train_log.json`.
 """
@@ -370,7 +374,7 @@ def run(cfg: InitBaseConfig) -> dict:
         test = make_examples(tokenizer, read_pairs(test_path), cfg.max_length, {**SFT_KINDS, **CROSSED_KINDS})
         log["test_data"] = str(test_path)
         log["test_loss"] = evaluate(model, test, tokenizer.pad_token_id, all_kinds=SFT_KINDS)
-        log["test_unigram_loss"] = unigram_loss(examples, test, len(tokenizer))
+        log["test_unigram_loss"] = unigram_loss(examples, [e for e in test if e.kind in SFT_KINDS], len(tokenizer))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
