@@ -11,8 +11,8 @@ B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -36,7 +36,7 @@ class SequenceBatch:
     prompt_lens: torch.Tensor
     response_lens: torch.Tensor
 
-    def to(self, device: str | torch.device) -> "SequenceBatch":
+    def to(self, device: str | torch.device) -> SequenceBatch:
         return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask, self.prompt_lens, self.response_lens)))
 
     def place(self, values: Sequence[Sequence[float]], dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 

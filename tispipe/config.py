@@ -7,10 +7,10 @@ next to its outputs with `write_config`, so a run can be repeated from its own f
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tomllib
 import yaml
 
 from tispipe.errors import TispipeError

@@ -199,7 +199,7 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
                 return
             row_start = reader.line_num + 1
             try:
-                for index, record in enumerate(reader):
+                for record in reader:
                     if None in record or any(v is None for v in record.values()):
                         raise TispipeError(f"{path}, line {row_start}: row has a different number of fields than the header ({len(header)})")
                     yield f"{path}, line {row_start}", record
