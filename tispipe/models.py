@@ -14,8 +14,12 @@ import re
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from tispipe.errors import TispipeError
+
+# tispipe draws its own progress bars; transformers' per-file "Loading weights" bars would break them.
+hf_logging.disable_progress_bar()
 
 # App. B.1 of the paper, verbatim. The base model is taught both, so the prompt-based contrastive
 # pair (TIS-DPO(P)) is the same model with one or the other system prompt.
