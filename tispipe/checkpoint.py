@@ -94,19 +94,32 @@ def save_checkpoint(
     scheduler,
     rng: dict[str, Any],
     config: dict[str, Any],
+    *,
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    parallel: dict[str, Any] | None = None,
 ) -> Path:
-    """Write OUT/checkpoints/step-N atomically, prune to the newest KEEP, and return its path."""
+    """Write OUT/checkpoints/step-N atomically, prune to the newest KEEP, and return its path.
+
+    Under torchrun rank 0 calls this; with FSDP it passes the full weights and optimizer state it
+    gathered (`model_state`, `optimizer_state`), and `parallel` ({"world_size", "fsdp"}) is recorded
+    in state.json (absent: one process).
+    """
     root = checkpoints_dir(out)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{state.step}-", dir=root))
     try:
         with quiet_transformers():
-            model.save_pretrained(tmp, safe_serialization=True)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if model_state is None:
+                model.save_pretrained(tmp, safe_serialization=True)
+            else:
+                model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")
-        atomic_write_json(tmp / "state.json", {**state.__dict__, "config": config})
+        extra = {"parallel": parallel} if parallel else {}
+        atomic_write_json(tmp / "state.json", {**state.__dict__, "config": config, **extra})
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (e.g. stop requested right after a periodic save)
             shutil.rmtree(final)
@@ -165,12 +178,20 @@ def read_state(path: str | Path) -> tuple[TrainState, dict[str, Any]]:
     return TrainState(data["step"], data["epoch"], data["rows_in_epoch"]), data["config"]
 
 
-def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler, device: str) -> dict[str, Any]:
+def checkpoint_parallel(path: str | Path) -> dict[str, Any]:
+    """{"world_size", "fsdp"} of the run that wrote a checkpoint (one process, no FSDP for older ones)."""
+    data = json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
+    return {"world_size": 1, "fsdp": False, **(data.get("parallel") or {})}
+
+
+def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler, device: str, load_optimizer=None) -> dict[str, Any]:
     """Restore optimizer and scheduler state from a checkpoint; return its RNG state (apply it with set_rng_state).
 
-    The model weights are loaded by the caller (from_pretrained on the same folder).
+    The model weights are loaded by the caller (from_pretrained on the same folder). `load_optimizer`
+    takes the saved optimizer state instead of `optimizer.load_state_dict` (FSDP scatters it to shards).
     """
     path = Path(path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    saved = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    (load_optimizer or optimizer.load_state_dict)(saved)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     return torch.load(path / "rng.pt", weights_only=True)

@@ -39,10 +39,13 @@ from typing import Any
 import torch
 import yaml
 
+from tispipe import distributed
 from tispipe import losses as L
 from tispipe.batching import forward_logits, make_pair_batch
 from tispipe.checkpoint import (
     TrainState,
+    checkpoint_parallel,
+    checkpoints_dir,
     latest_checkpoint,
     load_training_state,
     quiet_transformers,
@@ -71,7 +74,7 @@ OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant", "cosine")
 REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper")
 # Options that may change between a run and its --resume without changing what is trained.
-RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads")
+RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp")
 
 
 @dataclass
@@ -109,10 +112,17 @@ class TrainConfig:
     dtype: str = "auto"
     threads: int = 0
     trust_remote_code: bool = False
+    fsdp: bool = False  # under torchrun on GPUs: FullyShardedDataParallel instead of DistributedDataParallel
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train a policy on the shards in cfg.shards and save it to cfg.out; return train_info."""
+    """Train a policy on the shards in cfg.shards and save it to cfg.out; return train_info.
+
+    Under torchrun (tispipe.distributed) every rank runs this: the policy is wrapped in
+    DistributedDataParallel (or FSDP with cfg.fsdp), rank r streams the rows at positions p % world == r
+    of the one global order, and an optimizer step takes batch_size x grad_accum pairs on every rank
+    (global batch batch_size x grad_accum x world). Rank 0 alone writes OUT.
+    """
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -121,7 +131,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     manifest = read_manifest(cfg.shards)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
+    world, rank = distributed.world_size(), distributed.rank()
+    console.quiet = console.quiet or rank != 0
     compute_dtype = resolve_dtype(cfg.dtype, device)
     if compute_dtype == torch.float16:
         raise TispipeError("--dtype float16 is not supported for training (no loss scaling)", hint="use bfloat16 or float32")
@@ -129,7 +141,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     check_tokenizer(tokenizer, manifest, cfg)
     plan = weight_plan(cfg, manifest)
     # Only now, with the inputs checked, may an existing OUT be replaced.
-    checkpoint, finished = prepare_out(cfg, out)
+    # Only rank 0 may delete (--overwrite) or judge OUT; the other ranks follow its decision.
+    checkpoint, finished = distributed.broadcast_object(prepare_out(cfg, out) if rank == 0 else None)
+    if checkpoint is not None:
+        check_checkpoint_world(checkpoint, world, cfg.fsdp)
     if finished is not None:
         console.print(f"{out} already holds the finished run ({finished['steps']} steps); nothing to do")
         return finished
@@ -142,47 +157,66 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
         ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
     policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
+    model = wrap_policy(policy, cfg, device)  # the policy itself in a single process
 
     rows_per_epoch = sum(int(entry["rows"]) for entry in manifest["shards"])
-    total_steps = planned_steps(cfg, rows_per_epoch)
-    optimizer = make_optimizer(cfg, policy)
+    if rows_per_epoch < world:
+        raise TispipeError(f"the shards hold {rows_per_epoch} pairs, fewer than the {world} processes")
+    total_steps = planned_steps(cfg, rows_per_epoch, world)
+    optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, total_steps)
     state = TrainState(step=0, epoch=0, rows_in_epoch=0)
     if checkpoint is not None:
         state, _ = read_state(checkpoint)
-        set_rng_state(load_training_state(checkpoint, optimizer, scheduler, device))
+        set_rng_state(load_training_state(checkpoint, optimizer, scheduler, device, optimizer_loader(model, optimizer, cfg)))
         console.print(f"Resuming from {checkpoint} (step {state.step}, epoch {state.epoch}, {state.rows_in_epoch} rows into it)")
     else:
         if cfg.resume and out.exists():
             console.print(f"No checkpoint in {out}; starting from the beginning")
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-    keep_metrics_until(out / "metrics.jsonl", state.step)  # steps logged after the checkpoint are replayed
-    out.mkdir(parents=True, exist_ok=True)
-    # --resume/--overwrite are actions, not settings: re-running from config.yaml must not delete this run.
-    write_config(dataclasses.replace(cfg, resume=False, overwrite=False), out / "config.yaml")
+    if rank == 0:
+        keep_metrics_until(out / "metrics.jsonl", state.step)  # steps logged after the checkpoint are replayed
+        out.mkdir(parents=True, exist_ok=True)
+        # --resume/--overwrite are actions, not settings: re-running from config.yaml must not delete this run.
+        write_config(dataclasses.replace(cfg, resume=False, overwrite=False), out / "config.yaml")
 
     ref_note = f"reference {ref_name}" if ref is not None else "cached reference log-probs"
     console.print(
         f"Training {cfg.loss} (weights: {plan['describe']}) on {rows_per_epoch} pairs x {cfg.epochs} epoch(s): "
-        f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} pairs; {ref_note}; {device}"
+        f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} pairs"
+        + (f" x {world} processes ({'FSDP' if cfg.fsdp else 'DDP'})" if world > 1 else "")
+        + f"; {ref_note}; {device}"
     )
     columns = stream_columns(cfg, plan)
     autocast = torch.autocast("cuda", dtype=compute_dtype) if device.startswith("cuda") and compute_dtype != torch.float32 else nullcontext()
-    context = StepContext(policy, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
+    context = StepContext(model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
+    if world > 1:
+        # A rank whose share of a step ran out still joins every gradient sync, with a zero-weighted row.
+        first = stream_rows(cfg.shards, manifest, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, columns=columns, rank=rank, world_size=world)
+        context.filler = [next(iter(first))]
 
     start_step, pairs_seen, started = state.step, 0, time.perf_counter()
     metrics: dict[str, float] = {}
-    with StopRequest() as stop, MetricsLog(out / "metrics.jsonl") as log, LiveLine(console, total_steps, state.step) as live:
+    log_path = out / "metrics.jsonl" if rank == 0 else None
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    with StopRequest() as stop, MetricsLog(log_path) as log, LiveLine(console, total_steps, state.step) as live:
         for epoch in range(state.epoch, cfg.epochs):
             if state.step >= total_steps:
                 break
             skip = state.rows_in_epoch if epoch == state.epoch else 0
-            rows = stream_rows(cfg.shards, manifest, seed=cfg.seed, epoch=epoch, shuffle_buffer=cfg.shuffle_buffer, columns=columns, skip=skip)
+            # `skip` counts rows of the global order; this rank skips its share of them.
+            rows = stream_rows(
+                cfg.shards, manifest, seed=cfg.seed, epoch=epoch, shuffle_buffer=cfg.shuffle_buffer, columns=columns,
+                skip=distributed.rank_skip(skip, rank, world), rank=rank, world_size=world,
+            )
             state = TrainState(state.step, epoch, skip)
-            for micro_batches in step_batches(rows, cfg.batch_size, cfg.grad_accum):
+            batches = step_batches(rows, cfg.batch_size, cfg.grad_accum)
+            if world > 1:
+                batches = even_steps(batches, math.ceil(rows_per_epoch / per_step) - skip // per_step)
+            for micro_batches in batches:
                 metrics = train_step(context, micro_batches)
-                pairs = sum(len(m) for m in micro_batches)
+                pairs = sum(len(m) for m in micro_batches) if world == 1 else metrics["pairs"]  # the global step's pairs
                 pairs_seen += pairs
                 state = TrainState(state.step + 1, epoch, state.rows_in_epoch + pairs)
                 elapsed = time.perf_counter() - started
@@ -191,9 +225,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                 live.update(metrics)
                 if state.step >= total_steps:
                     break  # the final checkpoint and model are saved below
-                if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or stop.requested:
-                    path = save_checkpoint(out, state, policy, optimizer, scheduler, rng_state(), config_dict(cfg))
-                if stop.requested:
+                stopping = stop.requested if world == 1 else distributed.all_reduce([stop.requested], "max")[0] > 0
+                if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or stopping:
+                    path = checkpoint_all_ranks(out, state, policy, model, optimizer, scheduler, cfg)
+                if stopping:
                     live.stop()
                     raise TispipeError(
                         f"stopped at step {state.step} of {total_steps}; checkpoint saved to {path}",
@@ -203,8 +238,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                 state = TrainState(state.step, epoch + 1, 0)
     wall = time.perf_counter() - started
 
-    save_checkpoint(out, state, policy, optimizer, scheduler, rng_state(), config_dict(cfg))
-    save_final_model(policy, tokenizer, out)
+    checkpoint_all_ranks(out, state, policy, model, optimizer, scheduler, cfg)
+    full_state = gathered_model_state(model, cfg)
+    if rank == 0:
+        save_final_model(policy, tokenizer, out, full_state)
     info = {
         "steps": state.step,
         "epochs": round(state.epoch + state.rows_in_epoch / max(1, rows_per_epoch), 4),
@@ -217,7 +254,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "manifest_sha256": file_sha256(Path(cfg.shards) / "manifest.json"),
         "manifest_fingerprints": manifest.get("fingerprints", {}),
     }
-    atomic_write_json(out / "train_info.json", info)
+    if rank == 0:
+        atomic_write_json(out / "train_info.json", info)
+    distributed.barrier()  # no rank returns before OUT is complete
     console.print(
         f"Done: {state.step} steps, {pairs_seen} pairs in {wall:.1f} s ({info['pairs_per_s']} pairs/s); "
         f"final loss {metrics.get('loss', float('nan')):.4f}; model saved to {out}"
@@ -404,8 +443,8 @@ def stream_columns(cfg: TrainConfig, plan: dict[str, Any]) -> list[str]:
     return columns
 
 
-def planned_steps(cfg: TrainConfig, rows_per_epoch: int) -> int:
-    per_step = cfg.batch_size * cfg.grad_accum
+def planned_steps(cfg: TrainConfig, rows_per_epoch: int, world: int = 1) -> int:
+    per_step = cfg.batch_size * cfg.grad_accum * world
     total = cfg.epochs * math.ceil(rows_per_epoch / per_step)
     return min(total, cfg.max_steps) if cfg.max_steps is not None else total
 
@@ -471,6 +510,7 @@ class StepContext:
     pad_id: int
     device: str
     autocast: Any
+    filler: list[dict] | None = None  # under torchrun: a row for the zero-weighted passes of a rank with none left
 
 
 def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, float]:
@@ -478,17 +518,37 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
 
     Each micro-batch's summed loss is divided by the step's pair count, so the accumulated gradient is
     the gradient of the mean loss over the whole step, whatever the micro-batch sizes.
+
+    Under torchrun the step's pairs are those of every rank: the pair count is summed over the ranks,
+    and as DDP/FSDP average the ranks' gradients (sum / world) each rank divides its summed loss by
+    (global pairs / world), so the synced gradient is that of sum(all losses) / global pairs, the same
+    as one process taking the whole global batch. Every rank runs as many backward passes as the rank
+    with the most micro-batches (each last pass syncs gradients); missing ones are zero-weighted.
     """
     n_pairs = sum(len(m) for m in micro_batches)
+    passes, divisor, world = len(micro_batches), n_pairs, distributed.world_size()
+    if world > 1:
+        n_pairs = int(distributed.all_reduce([n_pairs])[0])
+        passes = int(distributed.all_reduce([passes], "max")[0])
+        divisor = n_pairs / world
     sums: dict[str, float] = defaultdict(float)
-    for rows in micro_batches:
-        pair_losses, per_pair = pair_forward(ctx, rows)
-        (pair_losses.sum() / n_pairs).backward()
+    for i in range(passes):
+        real = i < len(micro_batches)
+        rows = micro_batches[i] if real else ctx.filler
+        with gradient_sync(ctx.policy, i == passes - 1):
+            pair_losses, per_pair = pair_forward(ctx, rows)
+            loss = pair_losses.sum() / divisor
+            (loss if real else loss * 0.0).backward()
         for name, values in per_pair.items():
-            sums[name] += float(values.sum())
+            sums[name] += float(values.sum()) if real else 0.0
+    if world > 1:
+        names = sorted(sums)
+        sums = dict(zip(names, distributed.all_reduce([sums[n] for n in names])))
     params = [p for p in ctx.policy.parameters() if p.requires_grad]
     max_norm = ctx.cfg.max_grad_norm if ctx.cfg.max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+        grad_norm = grad_norm.full_tensor()
     lr = ctx.optimizer.param_groups[0]["lr"]
     ctx.optimizer.step()
     ctx.scheduler.step()
@@ -604,21 +664,23 @@ def _random_row(plan: dict[str, Any], row: dict, side: str) -> list[float]:
 
 
 class MetricsLog:
-    """OUT/metrics.jsonl, one JSON object per step, appended and flushed as it happens."""
+    """OUT/metrics.jsonl, one JSON object per step, appended and flushed as it happens (path None: nothing)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None):
         self.path = path
 
     def __enter__(self):
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.file = open(self.path, "a", encoding="utf-8") if self.path is not None else None
         return self
 
     def write(self, metrics: dict[str, float]) -> None:
-        self.file.write(json.dumps(metrics, sort_keys=True) + "\n")
-        self.file.flush()
+        if self.file is not None:
+            self.file.write(json.dumps(metrics, sort_keys=True) + "\n")
+            self.file.flush()
 
     def __exit__(self, *exc) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
@@ -698,15 +760,122 @@ class StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def save_final_model(policy, tokenizer, out: Path) -> None:
-    """The policy (safetensors + config) and its tokenizer in OUT, each file moved into place whole."""
+def save_final_model(policy, tokenizer, out: Path, state_dict: dict | None = None) -> None:
+    """The policy (safetensors + config) and its tokenizer in OUT, each file moved into place whole.
+
+    `state_dict`: the full weights gathered from an FSDP-sharded policy (None: the policy's own)."""
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
         with quiet_transformers():
-            policy.save_pretrained(tmp, safe_serialization=True)
+            if state_dict is None:
+                policy.save_pretrained(tmp, safe_serialization=True)
+            else:
+                policy.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
         for path in tmp.iterdir():
             os.replace(path, out / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun: wrapping the policy, even steps, checkpoints written by rank 0
+
+
+def wrap_policy(policy, cfg: TrainConfig, device: str):
+    """The policy as the step loop drives it: itself in one process, DDP or FSDP under torchrun."""
+    if distributed.world_size() == 1:
+        if cfg.fsdp:
+            raise TispipeError("--fsdp shards the model over several processes: start the run with torchrun", hint="torchrun --nproc-per-node N -m tispipe train ... --fsdp")
+        return policy
+    if cfg.fsdp:
+        if not device.startswith("cuda"):
+            raise TispipeError("--fsdp needs CUDA GPUs (the nccl backend); on CPU drop --fsdp to train with DDP over gloo")
+        from torch.distributed.fsdp import fully_shard
+
+        # One FSDP unit per transformer block (the classes transformers names as never to be split),
+        # then the rest (embeddings, head): a block's weights are gathered only while it runs.
+        block_types = tuple(getattr(policy, "_no_split_modules", None) or ())
+        for module in policy.modules():
+            if type(module).__name__ in block_types:
+                fully_shard(module)
+        fully_shard(policy)
+        return policy
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(policy, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+
+
+def gradient_sync(model, last: bool):
+    """Sync gradients on a step's last backward pass only (accumulation); nothing to do in one process."""
+    if distributed.world_size() == 1:
+        return nullcontext()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP
+        model.set_requires_gradient_sync(last)
+        return nullcontext()
+    return nullcontext() if last else model.no_sync()  # DDP
+
+
+def even_steps(steps: Iterable[list[list[dict]]], count: int) -> Iterator[list[list[dict]]]:
+    """Exactly `count` steps: a rank whose share of the epoch ran out gets empty steps (it still syncs)."""
+    steps = iter(steps)
+    for _ in range(count):
+        yield next(steps, [])
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gathered_model_state(model, cfg: TrainConfig) -> dict | None:
+    """FSDP: the full weights, gathered on every rank (a collective); None otherwise (the module saves itself)."""
+    if distributed.world_size() == 1 or not cfg.fsdp:
+        return None
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def checkpoint_all_ranks(out: Path, state: TrainState, policy, model, optimizer, scheduler, cfg: TrainConfig) -> Path:
+    """Every rank calls this at the same step; rank 0 writes the checkpoint, the others wait for it."""
+    world = distributed.world_size()
+    if world == 1:
+        return save_checkpoint(out, state, policy, optimizer, scheduler, rng_state(), config_dict(cfg))
+    model_state = gathered_model_state(model, cfg)
+    optimizer_state = None
+    if cfg.fsdp:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        optimizer_state = get_optimizer_state_dict(model, optimizer, options=_full_options())
+    path = checkpoints_dir(out) / f"step-{state.step}"
+    if distributed.is_main():
+        path = save_checkpoint(
+            out, state, policy, optimizer, scheduler, rng_state(), config_dict(cfg),
+            model_state=model_state, optimizer_state=optimizer_state, parallel={"world_size": world, "fsdp": cfg.fsdp},
+        )
+    distributed.barrier()
+    return path
+
+
+def optimizer_loader(model, optimizer, cfg: TrainConfig):
+    """How a checkpoint's optimizer state goes back in: FSDP scatters the full state to the shards; None: load_state_dict."""
+    if distributed.world_size() == 1 or not cfg.fsdp:
+        return None
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    return lambda full: set_optimizer_state_dict(model, optimizer, optim_state_dict=full, options=_full_options())
+
+
+def check_checkpoint_world(checkpoint: Path, world: int, fsdp: bool) -> None:
+    """A run resumes on as many processes as it started with (the global batch and the data split depend on it)."""
+    saved = checkpoint_parallel(checkpoint)
+    if saved["world_size"] != world or (world > 1 and saved["fsdp"] != fsdp):
+        was = f"{saved['world_size']} process(es)" + (" with --fsdp" if saved["fsdp"] else "")
+        now = f"{world} process(es)" + (" with --fsdp" if fsdp and world > 1 else "")
+        raise TispipeError(
+            f"{checkpoint} was written by a run on {was}; this one has {now}",
+            hint=f"resume with the same torchrun --nnodes x --nproc-per-node ({saved['world_size']} in all)" + (" and --fsdp" if saved["fsdp"] else ""),
+        )
