@@ -15,6 +15,11 @@ Shard i holds pairs [i*S, (i+1)*S) in data order and its bytes are a pure functi
 so an interrupted run resumes by skipping the shards that exist, and ends byte-identical to an
 uninterrupted one. DIR/estimate-state.json records the settings a folder was started with: a rerun
 with other settings is refused unless --overwrite.
+
+Under torchrun (tispipe.distributed) rank r scores and writes the shards i with i % world == r (the
+same bytes one process would write), rank 0 builds pi+/pi- alone while the others wait and then load
+them, and rank 0 writes the manifest once every rank has finished. Resuming skips complete shards
+whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tispipe import distributed
 from tispipe.errors import TispipeError
 from tispipe.models import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT
 
@@ -109,7 +115,9 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     started = time.perf_counter()
     validate(cfg)
     lower, upper = (cfg.lower, cfg.upper) if cfg.transform == "rank" else _bounds(cfg, DEFAULT_BOUNDS)
-    device = resolve_device(cfg.device)
+    device = distributed.setup(resolve_device(cfg.device))
+    rank, world = distributed.rank(), distributed.world_size()
+    console.quiet = console.quiet or rank != 0
     dtype = resolve_dtype(cfg.dtype, device)
     out = Path(cfg.out)
 
@@ -122,20 +130,32 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
         fingerprints["pos"], fingerprints["neg"] = fingerprint_model(cfg.pos_model), fingerprint_model(cfg.neg_model)
     settings = _settings(cfg, lower, upper)
     state = {"settings": settings, "device": torch.device(device).type, "dtype": str(dtype).removeprefix("torch."), "fingerprints": fingerprints}
-    if _already_done(out, state, cfg.overwrite):
+    # Rank 0 judges and claims OUT; the others follow (and must not read it while rank 0 clears it).
+    if distributed.broadcast_object(_already_done(out, state, cfg.overwrite) if rank == 0 else None):
         console.print(f"{out} already holds a finished estimate with these settings; nothing to do.")
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
         print_summary(manifest, None, console)
         return {"manifest": manifest, "skipped": True}
-    prepare_out(out, state, cfg.overwrite)
-
+    if rank == 0:
+        prepare_out(out, state, cfg.overwrite)
+    else:
+        distributed.barrier()  # wait for rank 0 to claim OUT and build pi+/pi-; then reuse its saved models
     pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, items, fingerprints, device, console)
+    if rank == 0:
+        distributed.barrier()
     fingerprints["pos"] = fingerprint_model(pos_path) if pos_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.pos_prompt)
     fingerprints["neg"] = fingerprint_model(neg_path) if neg_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.neg_prompt)
 
     scoring_start = time.perf_counter()
     scorer = Scorer(cfg, tokenizer, pos_path, neg_path, device, dtype)
-    entries, scored = write_shards(out, items, scorer, cfg, lower, upper, console)
+    entries, scored = write_shards(out, items, scorer, cfg, lower, upper, console, rank=rank, world=world)
+    if world > 1:
+        # The sum returns once every rank has written its shards; rank 0 then describes them all.
+        scored = dict(zip(("pairs", "tokens"), (int(v) for v in distributed.all_reduce([scored["pairs"], scored["tokens"]]))))
+        if rank != 0:
+            distributed.barrier()  # rank 0 writes the manifest
+            return {"manifest": json.loads((out / "manifest.json").read_text(encoding="utf-8")), "timings": None, "skipped": False}
+        entries = [entry or shard_entry(out, index, size) for index, (entry, size) in enumerate(zip(entries, shard_sizes(len(items), cfg.shard_size)))]
     scoring_seconds = time.perf_counter() - scoring_start
 
     manifest = {
@@ -165,6 +185,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     from tispipe.io import atomic_write_json
 
     atomic_write_json(out / RUN_LOG, timings)
+    distributed.barrier()  # the other ranks return once the manifest is there
     print_summary(manifest, timings, console)
     return {"manifest": manifest, "timings": timings, "skipped": False}
 
@@ -353,6 +374,8 @@ def prepare_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
     shards = out / "shards"
     try:
         shards.mkdir(parents=True, exist_ok=True)
+        for stale in [*shards.glob(".*.tmp"), *out.glob(".*.tmp")]:  # temporary files of a killed run
+            stale.unlink(missing_ok=True)
         probe = shards / ".write-probe"
         probe.write_bytes(b"")
         probe.unlink()
@@ -384,7 +407,12 @@ def contrastive_models(cfg: EstimateConfig, tokenizer, items: list[Item], finger
 
     settings = contrast.settings_for(cfg.method, cfg.contrast_lr, cfg.contrast_epochs, cfg.contrast_batch_size, cfg.contrast_beta, cfg.seed)
     base_fingerprints = {k: fingerprints[k] for k in ("data", "tokenizer", "base")}
-    built = contrast.build(Path(cfg.out), cfg.model, tokenizer, items, settings, base_fingerprints, device=device, trust_remote_code=cfg.trust_remote_code, console=console)
+    try:
+        built = contrast.build(Path(cfg.out), cfg.model, tokenizer, items, settings, base_fingerprints, device=device, trust_remote_code=cfg.trust_remote_code, console=console)
+    except KeyboardInterrupt:
+        kept = [side for side in ("pos", "neg") if (Path(cfg.out) / "contrast" / side).is_dir()]
+        saved = f"; {' and '.join(kept)} finished and saved in {Path(cfg.out) / 'contrast'}" if kept else ""
+        raise TispipeError(f"interrupted while building pi+/pi-{saved}", hint="run the same command again to continue (saved models are reused)") from None
     seconds = sum(side["seconds"] for side in built.values())
     info = {"source": cfg.method, "settings": asdict(settings), "paper_defaults": contrast.PAPER_DEFAULTS[cfg.method], "pos_model": "contrast/pos", "neg_model": "contrast/neg"}
     return built["pos"]["path"], built["neg"]["path"], info, seconds
@@ -469,8 +497,26 @@ def shard_rows(items: Sequence[Item], scorer: Scorer, cfg: EstimateConfig, lower
     return rows
 
 
-def write_shards(out: Path, items: list[Item], scorer: Scorer, cfg: EstimateConfig, lower, upper, console) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Write every missing shard; a complete one (it opens with the right row count) is kept as it is."""
+def shard_sizes(pairs: int, shard_size: int) -> list[int]:
+    return [min(shard_size, pairs - start) for start in range(0, pairs, shard_size)]
+
+
+def shard_entry(out: Path, index: int, rows: int) -> dict[str, Any]:
+    """The manifest entry of a shard another rank wrote (checked to open with its row count)."""
+    from tispipe.shards import file_sha256, open_shard, shard_name
+
+    path = out / "shards" / shard_name(index)
+    open_shard(path, expected_rows=rows)
+    return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
+
+
+def write_shards(
+    out: Path, items: list[Item], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *, rank: int = 0, world: int = 1
+) -> tuple[list[dict[str, Any] | None], dict[str, int]]:
+    """Write every missing shard; a complete one (it opens with the right row count) is kept as it is.
+
+    Under torchrun this rank handles the shards i with i % world == rank; the others' entries stay None.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from tispipe.shards import file_sha256, open_shard, shard_name, write_shard
@@ -480,14 +526,17 @@ def write_shards(out: Path, items: list[Item], scorer: Scorer, cfg: EstimateConf
     entries: list[dict[str, Any] | None] = [None] * len(chunks)
     todo = []
     for index, chunk in enumerate(chunks):
+        if index % world != rank:
+            continue
         path = out / "shards" / shard_name(index)
         try:
             open_shard(path, expected_rows=len(chunk))
             entries[index] = {"file": path.name, "rows": len(chunk), "sha256": file_sha256(path)}
         except TispipeError:
             todo.append(index)
-    if len(todo) < len(chunks):
-        console.print(f"Resuming: {len(chunks) - len(todo)} of {len(chunks)} shards are already complete")
+    mine = len(range(rank, len(chunks), world))
+    if len(todo) < mine:
+        console.print(f"Resuming: {mine - len(todo)} of {mine} shards are already complete")
     scored = {"pairs": 0, "tokens": 0}
     progress = Progress(
         TextColumn("[bold]Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} pairs/s"),
@@ -501,10 +550,17 @@ def write_shards(out: Path, items: list[Item], scorer: Scorer, cfg: EstimateConf
         scored["tokens"] += tokens
         progress.update(task, advance=pairs, rate=f"{scored['pairs'] / max(time.perf_counter() - start, 1e-9):.1f}")
 
-    with progress:
-        for index in todo:
-            rows = shard_rows(chunks[index], scorer, cfg, lower, upper, on_batch)
-            entries[index] = write_shard(out / "shards" / shard_name(index), rows)
+    try:
+        with progress:
+            for index in todo:
+                rows = shard_rows(chunks[index], scorer, cfg, lower, upper, on_batch)
+                entries[index] = write_shard(out / "shards" / shard_name(index), rows)
+    except KeyboardInterrupt:  # Ctrl-C: every shard on disk is complete (atomic writes), the rest is rescored
+        saved = len(list((out / "shards").glob("part-*.parquet")))
+        raise TispipeError(
+            f"interrupted: {saved} of {len(chunks)} shards are saved in {out / 'shards'}",
+            hint="run the same command again to continue (complete shards are kept)",
+        ) from None
     return entries, scored  # type: ignore[return-value]
 
 
