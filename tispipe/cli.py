@@ -255,6 +255,37 @@ def train_cmd(
         train.run(resolve(ctx, train.TrainConfig, config))
 
 
+@app.command("experiment")
+def experiment_cmd(
+    ctx: typer.Context,
+    data: str = typer.Option("data/toy", help="Folder holding train.jsonl and test.jsonl (with token span labels)."),
+    base: str = typer.Option("runs/base", help="Base model folder every method starts from (and the reference)."),
+    out: str = typer.Option("runs/experiment", help="Folder for the trained models, eval reports, logs, report.json and results.md."),
+    weights_root: Optional[str] = typer.Option(None, help="Folder holding weights-prompt/-sft/-dpo (default: --out); `runs` reuses make estimate's."),
+    results: Optional[str] = typer.Option(None, help="Also write results.md and report.json into this folder (e.g. docs)."),
+    seeds: int = typer.Option(3, help="Seeds per method (0..N-1)."),
+    lr: float = typer.Option(1e-4, help="Learning rate, the same for every method."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps per run (default: one epoch)."),
+    batch_size: int = typer.Option(16, help="Pairs per step, the same for every method."),
+    limit: Optional[int] = typer.Option(None, help="Training pairs to use (default: all)."),
+    eval_limit: Optional[int] = typer.Option(None, help="Test pairs for accuracy and KL (default: all)."),
+    num_prompts: int = typer.Option(100, help="Test prompts to sample responses for."),
+    temperatures: str = typer.Option("0,1.0", help="Sampling temperatures (0 = greedy)."),
+    max_new_tokens: int = typer.Option(96, help="Longest sampled response in tokens."),
+    methods: str = typer.Option("all", help="Comma-separated method names (see tispipe.experiment.METHODS) or all."),
+    jobs: int = typer.Option(2, help="tispipe commands run at the same time (1: one after another, in this process)."),
+    threads: int = typer.Option(1, help="torch CPU threads per command."),
+    quick: bool = typer.Option(False, help="Smoke run (1 seed, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the table is written."),
+    config: Optional[Path] = CONFIG,
+) -> None:
+    """Train and evaluate DPO, IPO, TDPO2, TIS-DPO(P/S/D) and TIS-DPO(D)'s ablations over seeds; write a results table."""
+    with user_errors():
+        from tispipe import experiment
+        from tispipe.config import resolve
+
+        experiment.run(resolve(ctx, experiment.ExperimentConfig, config))
+
+
 def main() -> None:
     app(prog_name="tispipe")
 
