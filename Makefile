@@ -57,11 +57,31 @@ $(RUNS)/eval/report.json: $(RUNS)/tisdpo/model.safetensors $(RUNS)/dpo/model.saf
 demo: $(RUNS)/eval/report.json
 	@cat $(RUNS)/eval/report.md
 
+# The paper's comparison and ablations over 3 seeds with one shared budget (docs/results.md; tispipe/experiment.py).
+# It reuses $(RUNS)/weights-{sft,dpo} when their settings match; a re-run skips finished trainings.
+.PHONY: experiment
+EXPERIMENT_ARGS ?= --seeds 3 --lr 5e-5 --max-steps 60
+experiment: $(RUNS)/base/model.safetensors
+	$(TISPIPE) experiment --data $(DATA) --base $(RUNS)/base --out $(RUNS)/experiment --weights-root $(RUNS) --results docs $(EXPERIMENT_ARGS)
+
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check tispipe tests
+
+# Benchmarks (bench/): tispipe vs TRL's DPOTrainer, a naive scoring loop and the matmul ceiling, in a
+# separate venv so TRL never touches the project's pins. Writes bench/results.json and bench/results.md.
+BENCH_VENV ?= .venv-bench
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(BENCH_VENV)/.installed $(WEIGHTS)/manifest.json
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+$(BENCH_VENV)/.installed: bench/requirements.txt pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements.txt -e .
+	touch $@
 
 clean:
 	rm -rf $(RUNS)

@@ -1,0 +1,167 @@
+"""Run every benchmark and write bench/results.json and bench/results.md.
+
+    .venv-bench/bin/python bench/run.py [--threads 1] [--quick]
+
+Training: `tispipe train` (loss dpo with cached reference log-probs; loss tisdpo with eta, which runs the
+reference forward) against TRL's DPOTrainer (reference forward each step, its default), same model
+folder, the shards' token ids, batch size, learning rate and threads, run A B C A B C ... in one process
+tree so load changes hit every side. Rates are pairs/s between the end of warm-up step W and the last
+step (model loading, dataset preparation and saving excluded on both sides); ratios are of medians.
+Memory: peak RSS (wait4 of the child) of `tispipe train` on 1x/4x/16x copies of the shards with the
+same --max-steps, and of `tispipe estimate` (scoring only: --pos-model/--neg-model given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, WORK, build_large_model, load_average, machine, parameter_count, python, replicate_shards, run_child  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def child_env(threads: int) -> dict:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def tispipe_train(model: Path, shards: Path, loss: str, steps: int, batch: int, threads: int, out: Path) -> dict:
+    args = [str(BIN / "tispipe"), "train", "--shards", str(shards), "--model", str(model), "--out", str(out), "--loss", loss,
+            "--max-steps", str(steps), "--batch-size", str(batch), "--threads", str(threads), "--lr", "1e-4", "--overwrite"]
+    usage = run_child(args, child_env(threads), log=out.with_suffix(".log"))
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    pairs = [batch * m["step"] for m in lines]  # every step is a full batch (steps x batch <= pairs)
+    times = [p / m["pairs_per_s"] for p, m in zip(pairs, lines)]
+    return {**usage, "step_times": times}
+
+
+def trl_train(model: Path, shards: Path, steps: int, batch: int, threads: int, out: Path) -> dict:
+    args = [python(), str(ROOT / "bench" / "trl_dpo.py"), "--model", str(model), "--shards", str(shards), "--out", str(out),
+            "--steps", str(steps), "--batch-size", str(batch), "--threads", str(threads)]
+    log = out.with_suffix(".log")
+    usage = run_child(args, child_env(threads), log=log)
+    last = [line for line in log.read_text().splitlines() if line.startswith('{"start"')][-1]
+    return {**usage, "step_times": json.loads(last)["step_times"]}
+
+
+def steady_rate(step_times: list[float], batch: int, warmup: int) -> float:
+    """Pairs/s from the end of step `warmup` to the end of the last step."""
+    return (len(step_times) - warmup) * batch / (step_times[-1] - step_times[warmup - 1])
+
+
+def training(model: Path, shards: Path, steps: int, batch: int, threads: int, repeats: int, warmup: int, tag: str) -> dict:
+    rates: dict[str, list[float]] = {"tispipe_dpo": [], "tispipe_tisdpo": [], "trl_dpo": []}
+    rss: dict[str, list[float]] = {k: [] for k in rates}
+    loads = []
+    for r in range(repeats):
+        for name in rates:
+            loads.append(load_average()[0])
+            out = WORK / f"{tag}-{name}-{r}"
+            if name == "trl_dpo":
+                result = trl_train(model, shards, steps, batch, threads, out)
+            else:
+                result = tispipe_train(model, shards, name.split("_")[1], steps, batch, threads, out)
+            rates[name].append(round(steady_rate(result["step_times"], batch, warmup), 2))
+            rss[name].append(round(result["peak_rss_mib"], 1))
+            print(f"  {tag} {name} run {r}: {rates[name][-1]} pairs/s, peak RSS {rss[name][-1]} MiB, load {loads[-1]}", flush=True)
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "model": str(model.relative_to(ROOT)), "parameters": parameter_count(model), "steps": steps, "warmup_steps_excluded": warmup,
+        "batch_size": batch, "threads": threads, "pairs_per_s": rates, "peak_rss_mib": rss, "load_average_1min": loads,
+        "dpo_vs_trl": round(median["tispipe_dpo"] / median["trl_dpo"], 2),
+        "tisdpo_vs_trl": round(median["tispipe_tisdpo"] / median["trl_dpo"], 2),
+    }
+
+
+def scoring(model: Path, shards: Path, threads: int, pairs: int, naive_pairs: int, repeats: int) -> dict:
+    args = [python(), str(ROOT / "bench" / "scoring.py"), "--model", str(model), "--shards", str(shards), "--pairs", str(pairs),
+            "--naive-pairs", str(naive_pairs), "--threads", str(threads), "--repeats", str(repeats)]
+    out = subprocess.run(args, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", **child_env(threads)}, cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory(model: Path, shards: Path, steps: int, batch: int, threads: int) -> dict:
+    result = {"steps": steps, "batch_size": batch, "loss": "dpo", "peak_rss_mib": {}, "pairs": {}, "load_average_1min": {}}
+    for times in (1, 4, 16):
+        folder = replicate_shards(shards, WORK / f"shards-{times}x", times)
+        result["load_average_1min"][f"{times}x"] = load_average()[0]
+        usage = tispipe_train(model, folder, "dpo", steps, batch, threads, WORK / f"mem-{times}x")
+        result["peak_rss_mib"][f"{times}x"] = round(usage["peak_rss_mib"], 1)
+        result["pairs"][f"{times}x"] = json.loads((folder / "manifest.json").read_text())["pairs"]
+        print(f"  memory {times}x shards: peak RSS {result['peak_rss_mib'][f'{times}x']} MiB", flush=True)
+    result["growth_16x"] = round(result["peak_rss_mib"]["16x"] / result["peak_rss_mib"]["1x"] - 1, 4)
+    return result
+
+
+def estimate_memory(model: Path, threads: int, limits: list[int]) -> dict:
+    result = {}
+    for limit in limits:
+        out = WORK / f"estimate-{limit}"
+        args = [str(BIN / "tispipe"), "estimate", "--data", "data/toy/train.jsonl", "--model", str(model), "--pos-model", str(model),
+                "--neg-model", str(model), "--limit", str(limit), "--out", str(out), "--overwrite"]
+        usage = run_child(args, child_env(threads), log=out.with_suffix(".log"))
+        run_log = json.loads((out / "estimate-run.json").read_text())
+        result[str(limit)] = {"peak_rss_mib": round(usage["peak_rss_mib"], 1), "scoring_tokens_per_s": round(run_log["tokens_per_second"], 1),
+                              "load_average_1min": load_average()[0]}
+        print(f"  estimate --limit {limit}: peak RSS {result[str(limit)]['peak_rss_mib']} MiB", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="tiny runs to check the harness")
+    parser.add_argument("--only", default="scoring,train,memory,large", help="comma-separated parts to run")
+    args = parser.parse_args()
+    quick, parts = args.quick, set(args.only.split(","))
+    WORK.mkdir(parents=True, exist_ok=True)
+    base, shards = ROOT / "runs" / "base", ROOT / "runs" / "weights-dpo"
+    if not (shards / "manifest.json").is_file():
+        raise SystemExit("runs/weights-dpo is missing: run `make estimate` first")
+    results_path = ROOT / "bench" / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() and args.only != parser.get_default("only") else {}
+    results["machine"] = machine(args.threads)
+    results["command"] = " ".join([".venv-bench/bin/python", "bench/run.py", *sys.argv[1:]])
+    large = build_large_model(WORK / "large", base)
+
+    if "scoring" in parts:
+        print("scoring (tiny model)", flush=True)
+        results["scoring_small"] = scoring(base, shards, args.threads, 64 if quick else 512, 8 if quick else 48, 1 if quick else 2)
+        print("scoring (larger model)", flush=True)
+        results["scoring_large"] = scoring(large, shards, args.threads, 32 if quick else 128, 4 if quick else 12, 1 if quick else 2)
+    if "train" in parts:
+        print("training (tiny model)", flush=True)
+        results["train_small"] = training(base, shards, 6 if quick else 40, 16, args.threads, 1 if quick else 3, 2 if quick else 5, "small")
+    if "large" in parts:
+        print("training (larger model)", flush=True)
+        results["train_large"] = training(large, shards, 4 if quick else 10, 8, args.threads, 1 if quick else 2, 2 if quick else 3, "large")
+    if "memory" in parts:
+        print("memory", flush=True)
+        results["memory_train"] = memory(base, shards, 10 if quick else 60, 16, args.threads)
+        results["memory_estimate"] = estimate_memory(base, args.threads, [200] if quick else [1000, 4000])
+
+    # The headline keys (plain numbers).
+    if "scoring_small" in results:
+        results["scoring_vs_naive"] = results["scoring_small"]["scoring_vs_naive"]
+        results["scoring_ceiling_fraction"] = results["scoring_large"]["scoring_ceiling_fraction"]
+    if "train_small" in results:
+        results["train_dpo_vs_trl"] = results["train_small"]["dpo_vs_trl"]
+        results["train_tisdpo_vs_trl"] = results["train_small"]["tisdpo_vs_trl"]
+    if "memory_train" in results:
+        results["train_peak_rss_growth_16x"] = results["memory_train"]["growth_16x"]
+    results["machine"]["load_average_end"] = load_average()
+    results_path.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=1))
+
+
+if __name__ == "__main__":
+    started = time.time()
+    main()
+    print(f"bench finished in {time.time() - started:.0f} s")

@@ -1,0 +1,74 @@
+"""TRL's DPOTrainer on tispipe shards' exact token ids (run in the bench venv, one process per run).
+
+TRL tokenizes text itself; to train on the same tokens as tispipe its prepared dataset is replaced by the
+shards' prompt_ids/chosen_ids/rejected_ids (the columns its collator reads). Prints one JSON line with the
+wall time of every optimizer step, so the caller can drop warm-up steps the same way for both sides.
+
+    python bench/trl_dpo.py --model runs/base --shards runs/weights-dpo --steps 40 --batch-size 16 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+
+def shard_ids(shards: Path, pairs: int) -> dict[str, list]:
+    manifest = json.loads((shards / "manifest.json").read_text())
+    columns = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+    for entry in manifest["shards"]:
+        table = pq.read_table(shards / "shards" / entry["file"], columns=list(columns)).to_pydict()
+        for name in columns:
+            columns[name].extend(table[name])
+        if len(columns["prompt_ids"]) >= pairs:
+            break
+    return {name: values[:pairs] for name, values in columns.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--shards", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    ids = shard_ids(Path(args.shards), args.steps * args.batch_size)
+    text = Dataset.from_dict({"prompt": ["a"] * 4, "chosen": ["b"] * 4, "rejected": ["c"] * 4})  # replaced below
+    config = DPOConfig(
+        output_dir=args.out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, max_steps=args.steps,
+        learning_rate=args.lr, beta=0.1, max_length=512, logging_steps=args.steps, save_strategy="no", report_to="none",
+        use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False,
+        gradient_checkpointing=False,  # TRL 1.x turns it on by default; tispipe keeps activations, so neither recomputes
+    )
+
+    times: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter())
+
+    trainer = DPOTrainer(model=model, args=config, train_dataset=text, processing_class=tokenizer, callbacks=[StepTimes()])
+    trainer.train_dataset = Dataset.from_dict(ids)
+    torch.set_num_threads(args.threads)  # in case anything above reset it
+    start = time.perf_counter()
+    trainer.train()
+    print(json.dumps({"start": start, "step_times": [t - start for t in times], "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()
