@@ -123,7 +123,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                                                *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else [])])
     timings["estimate"] = time.time() - t0
 
-    # 2. training: the same budget for every method and seed
+    # 2. training, the same budget for every method and seed, then 3. one eval per seed with all methods side by
+    # side (win rates against that seed's DPO); a seed's eval runs while the next seed trains, so an experiment
+    # stopped early leaves whole seeds behind.
     t0 = time.time()
     budget = ["--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size), "--threads", str(cfg.threads)]
     if cfg.max_steps:
@@ -132,21 +134,16 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         for name, estimator, flags in methods:
             runner.add(f"train-{slug(name)}-seed{seed}", ["train", "--shards", str(weights_root / f"weights-{estimator}"), "--model", cfg.base,
                                                           "--out", str(model_dir(out, name, seed)), *flags, *budget, "--seed", str(seed), "--resume"])
-    runner.wait()
-    timings["train"] = time.time() - t0
-
-    # 3. evaluation: one eval per seed, all methods of that seed side by side
-    t0 = time.time()
-    for seed in range(cfg.seeds):
+        runner.wait()
         models = [cfg.base] + [str(model_dir(out, name, seed)) for name, _, _ in methods]
-        runner.add(f"eval-seed{seed}", ["eval", *sum((["--model", m] for m in models), []), "--ref", cfg.base,
-                                        "--baseline", str(model_dir(out, "DPO", seed)), "--data", str(data / "test.jsonl"),
-                                        "--oracle", "toy", "--temperatures", cfg.temperatures, "--num-prompts", str(cfg.num_prompts),
-                                        "--max-new-tokens", str(cfg.max_new_tokens), "--seed", str(seed), "--threads", str(cfg.threads),
-                                        "--out", str(out / "eval" / f"seed-{seed}"), "--overwrite",
-                                        *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else [])])
+        args = ["eval", *sum((["--model", m] for m in models), []), "--ref", cfg.base,
+                "--baseline", str(model_dir(out, "DPO", seed)), "--data", str(data / "test.jsonl"),
+                "--oracle", "toy", "--temperatures", cfg.temperatures, "--num-prompts", str(cfg.num_prompts),
+                "--max-new-tokens", str(cfg.max_new_tokens), "--seed", str(seed), "--threads", str(cfg.threads),
+                "--out", str(out / "eval" / f"seed-{seed}"), "--overwrite", *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else [])]
+        runner.add(f"eval-seed{seed}", args, skip_if_done=out / "eval" / f"seed-{seed}")
     runner.wait()
-    timings["eval"] = time.time() - t0
+    timings["train_and_eval"] = time.time() - t0
     timings["total"] = time.time() - started
 
     report = collect(cfg, methods, estimators, weights_root, timings, runner.commands)
@@ -185,9 +182,17 @@ class Runner:
         self.logs, self.jobs, self.threads = logs, jobs, threads
         self.running: list[tuple[str, subprocess.Popen, float]] = []
         self.commands: list[str] = []
+        self.done_markers: dict[str, tuple[Path, list[str]]] = {}
 
-    def add(self, label: str, args: list[str]) -> None:
+    def add(self, label: str, args: list[str], skip_if_done: Path | None = None) -> None:
+        """Run `tispipe ARGS`; with skip_if_done, not when that folder records a finished run of the same ARGS."""
         self.commands.append("tispipe " + shlex.join(args))
+        if skip_if_done is not None:
+            done = skip_if_done / "experiment-args.json"
+            if done.is_file() and json.loads(done.read_text(encoding="utf-8")) == args:
+                print(f"[{time.strftime('%H:%M:%S')}] skip  {label} (done)", flush=True)
+                return
+            self.done_markers[label] = (done, args)
         print(f"[{time.strftime('%H:%M:%S')}] start {label}", flush=True)
         if self.jobs == 1:
             self._run_here(label, args)
@@ -223,6 +228,9 @@ class Runner:
                 other.terminate()
             tail = (self.logs / f"{label}.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
             raise TispipeError(f"{label} failed (exit {code}): {' / '.join(tail)}", hint=f"its log: {self.logs / (label + '.log')}")
+        if label in self.done_markers:
+            path, args = self.done_markers.pop(label)
+            atomic_write_json(path, args)
         print(f"[{time.strftime('%H:%M:%S')}] done  {label} ({time.time() - t0:.0f}s)", flush=True)
 
     def wait(self) -> None:
@@ -378,8 +386,8 @@ def render(report: dict[str, Any]) -> str:
         "## How this was run",
         f"```\n{report['command'] or 'tispipe experiment (called from Python)'}\n```",
         f"Machine: {machine['cpu_cores']} CPU cores, torch {machine['torch']}, Python {machine['python']} ({machine['platform']}). "
-        f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, training {timing['train'] / 60:.1f}, "
-        f"evaluation {timing['eval'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
+        f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, training and evaluation "
+        f"{timing['train_and_eval'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
     ]
     return "\n\n".join(parts) + "\n" + TUNING_NOTE + CONCLUSION
 
