@@ -121,10 +121,14 @@ def save_checkpoint(
         extra = {"parallel": parallel} if parallel else {}
         atomic_write_json(tmp / "state.json", {**state.__dict__, "config": config, **extra})
         _fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step (e.g. stop requested right after a periodic save)
-            shutil.rmtree(final)
+        old = root / f".tmp-step-{state.step}-replaced"
+        if final.exists():  # a re-save of the same step (e.g. resuming after a kill during the final save)
+            # Moved aside, not deleted in place: a kill during rmtree must not leave step-N half deleted.
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(root)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
