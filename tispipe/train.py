@@ -310,6 +310,10 @@ def _is_train_folder(out: Path) -> bool:
 def prepare_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None]:
     """Apply --overwrite/--resume to an existing OUT; return (checkpoint to resume from, finished train_info)."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        try:  # fail now, not after loading the models
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TispipeError(f"--out {out} is not writable ({e.strerror or e})") from None
         return None, None
     if not out.is_dir():
         raise TispipeError(f"--out {out} is a file, not a folder")
