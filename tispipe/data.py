@@ -469,7 +469,10 @@ def load_pairs(opts: DataOptions) -> tuple[list[dict], DataReport]:
             break
         if fmt is None:
             columns = list(record)
-            fmt = detect_format(columns, record, opts) if opts.format == "auto" else opts.format
+            try:
+                fmt = detect_format(columns, record, opts) if opts.format == "auto" else opts.format
+            except TispipeError as e:  # name the file, as every other data error does
+                raise TispipeError(f"{source}: {e.message}", hint=e.hint) from None
             missing = [col for col in _required_columns(fmt, opts) if col not in record]
             if missing:
                 raise TispipeError(f"{source}: {fmt} data needs column(s) {', '.join(missing)}; columns are {', '.join(columns)}", hint="rename with --prompt-column/--chosen-column/--rejected-column")
