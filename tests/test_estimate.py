@@ -214,7 +214,9 @@ def test_resume_after_interruption_is_byte_identical(data_file, base_dir, workdi
         raise KeyboardInterrupt("killed after the first shard")
 
     monkeypatch.setattr(tispipe.shards, "write_shard", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    from tispipe.errors import TispipeError
+
+    with pytest.raises(TispipeError, match="interrupted: 1 of 3 shards are saved"):  # Ctrl-C becomes a one-line error
         run(config(data_file, base_dir, out, method="prompt"))
     monkeypatch.setattr(tispipe.shards, "write_shard", real_write)
     assert len(calls) == 1 and not (out / "manifest.json").exists()
