@@ -41,9 +41,10 @@ def tispipe_train(model: Path, shards: Path, loss: str, steps: int, batch: int, 
     return {**usage, "step_times": times}
 
 
-def trl_train(model: Path, shards: Path, steps: int, batch: int, threads: int, out: Path) -> dict:
+def trl_train(model: Path, shards: Path, steps: int, batch: int, threads: int, out: Path, checkpointing: bool = False) -> dict:
     args = [python(), str(ROOT / "bench" / "trl_dpo.py"), "--model", str(model), "--shards", str(shards), "--out", str(out),
             "--steps", str(steps), "--batch-size", str(batch), "--threads", str(threads)]
+    args += ["--gradient-checkpointing"] if checkpointing else []
     log = out.with_suffix(".log")
     usage = run_child(args, child_env(threads), log=log)
     last = [line for line in log.read_text().splitlines() if line.startswith('{"start"')][-1]
@@ -55,16 +56,19 @@ def steady_rate(step_times: list[float], batch: int, warmup: int) -> float:
     return (len(step_times) - warmup) * batch / (step_times[-1] - step_times[warmup - 1])
 
 
-def training(model: Path, shards: Path, steps: int, batch: int, threads: int, repeats: int, warmup: int, tag: str) -> dict:
+def training(model: Path, shards: Path, steps: int, batch: int, threads: int, repeats: int, warmup: int, tag: str, trl_default: bool) -> dict:
+    """trl_dpo: gradient checkpointing off (like for like); trl_dpo_default: TRL's default config (checkpointing on)."""
     rates: dict[str, list[float]] = {"tispipe_dpo": [], "tispipe_tisdpo": [], "trl_dpo": []}
+    if trl_default:
+        rates["trl_dpo_default"] = []
     rss: dict[str, list[float]] = {k: [] for k in rates}
     loads = []
     for r in range(repeats):
         for name in rates:
             loads.append(load_average()[0])
             out = WORK / f"{tag}-{name}-{r}"
-            if name == "trl_dpo":
-                result = trl_train(model, shards, steps, batch, threads, out)
+            if name.startswith("trl"):
+                result = trl_train(model, shards, steps, batch, threads, out, checkpointing=name == "trl_dpo_default")
             else:
                 result = tispipe_train(model, shards, name.split("_")[1], steps, batch, threads, out)
             rates[name].append(round(steady_rate(result["step_times"], batch, warmup), 2))
@@ -76,6 +80,8 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
         "batch_size": batch, "threads": threads, "pairs_per_s": rates, "peak_rss_mib": rss, "load_average_1min": loads,
         "dpo_vs_trl": round(median["tispipe_dpo"] / median["trl_dpo"], 2),
         "tisdpo_vs_trl": round(median["tispipe_tisdpo"] / median["trl_dpo"], 2),
+        **({"dpo_vs_trl_default": round(median["tispipe_dpo"] / median["trl_dpo_default"], 2),
+            "tisdpo_vs_trl_default": round(median["tispipe_tisdpo"] / median["trl_dpo_default"], 2)} if trl_default else {}),
     }
 
 
@@ -138,14 +144,14 @@ def main() -> None:
         results["scoring_large"] = scoring(large, shards, args.threads, 32 if quick else 128, 4 if quick else 12, 1 if quick else 2)
     if "train" in parts:
         print("training (tiny model)", flush=True)
-        results["train_small"] = training(base, shards, 6 if quick else 40, 16, args.threads, 1 if quick else 3, 2 if quick else 5, "small")
+        results["train_small"] = training(base, shards, 6 if quick else 40, 16, args.threads, 1 if quick else 3, 2 if quick else 5, "small", True)
     if "large" in parts:
         print("training (larger model)", flush=True)
-        results["train_large"] = training(large, shards, 4 if quick else 10, 8, args.threads, 1 if quick else 2, 2 if quick else 3, "large")
+        results["train_large"] = training(large, shards, 4 if quick else 8, 8, args.threads, 1 if quick else 2, 2 if quick else 2, "large", False)
     if "memory" in parts:
         print("memory", flush=True)
         results["memory_train"] = memory(base, shards, 10 if quick else 60, 16, args.threads)
-        results["memory_estimate"] = estimate_memory(base, args.threads, [200] if quick else [1000, 4000])
+        results["memory_estimate"] = estimate_memory(base, args.threads, [200] if quick else [500, 2000])
 
     # The headline keys (plain numbers).
     if "scoring_small" in results:
@@ -158,6 +164,9 @@ def main() -> None:
         results["train_peak_rss_growth_16x"] = results["memory_train"]["growth_16x"]
     results["machine"]["load_average_end"] = load_average()
     results_path.write_text(json.dumps(results, indent=1) + "\n")
+    from report import main as write_markdown
+
+    write_markdown()
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=1))
 
 

@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; off unless given (tispipe keeps activations)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from datasets import Dataset
@@ -53,7 +54,7 @@ def main() -> None:
         output_dir=args.out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, max_steps=args.steps,
         learning_rate=args.lr, beta=0.1, max_length=512, logging_steps=args.steps, save_strategy="no", report_to="none",
         use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False,
-        gradient_checkpointing=False,  # TRL 1.x turns it on by default; tispipe keeps activations, so neither recomputes
+        gradient_checkpointing=args.gradient_checkpointing,  # TRL 1.x defaults to True; off, neither side recomputes
     )
 
     times: list[float] = []

@@ -1,0 +1,89 @@
+"""Write bench/results.md from bench/results.json (plus the hand-written notes in bench/notes.md, if any)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def render(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `{r['command']}` (what `make bench` runs). Date: {m['date']}.",
+        f"Machine: {m['cores']} cores ({m['cpu']}), no GPU; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+        f"TRL {r.get('trl_version', '1.16.0')}; torch threads {m['threads']} on every side. Load average (1, 5, 15 min) at the start "
+        f"{m['load_average_start']}, at the end {m.get('load_average_end')}: other jobs shared the 2 cores, so absolute rates are low and "
+        "noisy; each comparison alternates its sides (A B C A B C) and the ratios are of medians.",
+        "",
+        "## Headline",
+        "",
+        "| key | value | target |",
+        "|---|---|---|",
+    ]
+    targets = {"train_dpo_vs_trl": ">= 2.5", "train_tisdpo_vs_trl": ">= 1.5", "scoring_vs_naive": ">= 20",
+               "scoring_ceiling_fraction": ">= 0.5 (larger model)", "train_peak_rss_growth_16x": "<= 0.10"}
+    for key, target in targets.items():
+        lines.append(f"| `{key}` | {r.get(key)} | {target} |")
+    for tag in ("train_small", "train_large"):
+        if tag not in r:
+            continue
+        t = r[tag]
+        lines += ["", f"## Training, {t['model']} ({t['parameters'] / 1e6:.2f}M parameters)", "",
+                  f"{t['steps']} steps of {t['batch_size']} pairs per run, rate measured after the first {t['warmup_steps_excluded']} steps, "
+                  f"{len(t['pairs_per_s']['tispipe_dpo'])} runs per side. 1-min load average before each run: {t['load_average_1min']}.", "",
+                  "| side | pairs/s (each run) | median | peak RSS MiB |", "|---|---|---|---|"]
+        names = {"tispipe_dpo": "tispipe train --loss dpo (cached ref log-probs)", "tispipe_tisdpo": "tispipe train --loss tisdpo (eta: reference forward)",
+                 "trl_dpo": "TRL DPOTrainer, gradient checkpointing off", "trl_dpo_default": "TRL DPOTrainer, its defaults (gradient checkpointing on)"}
+        for name, rates in t["pairs_per_s"].items():
+            lines.append(f"| {names[name]} | {rates} | {_median(rates)} | {max(t['peak_rss_mib'][name])} |")
+        lines += ["", f"Ratios: dpo / TRL {t['dpo_vs_trl']}, tisdpo / TRL {t['tisdpo_vs_trl']}"
+                  + (f"; against TRL's defaults: dpo {t['dpo_vs_trl_default']}, tisdpo {t['tisdpo_vs_trl_default']}" if "dpo_vs_trl_default" in t else "") + "."]
+    for tag in ("scoring_small", "scoring_large"):
+        if tag not in r:
+            continue
+        s = r[tag]
+        lines += ["", f"## Scoring, {Path(s['model']).name}", "",
+                  f"{s['pairs']} pairs through `tispipe.estimate.shard_rows` (reference, pi+, pi-: three models, batch {s['batch_size']}) vs "
+                  f"{s['naive_pairs']} pairs through a plain-transformers loop (one sequence, one model per forward); response tokens/s. "
+                  f"Dense float32 matmul: {s['matmul_gflops']} GFLOP/s; forward FLOPs per response token (3 models, prompt included): "
+                  f"{s['forward_flops_per_response_token_3_models']:,}, so the ceiling is {s['ceiling_tokens_per_s']} tokens/s. "
+                  f"1-min load average: {s['load_average_1min']}.", "",
+                  "| side | tokens/s (each run) |", "|---|---|",
+                  f"| tispipe | {s['tispipe_tokens_per_s']} |", f"| naive loop | {s['naive_tokens_per_s']} |", "",
+                  f"tispipe / naive {s['scoring_vs_naive']}; tispipe / ceiling {s['scoring_ceiling_fraction']}."]
+    if "memory_train" in r:
+        mt = r["memory_train"]
+        lines += ["", "## Memory", "",
+                  f"`tispipe train --loss dpo --max-steps {mt['steps']} --batch-size {mt['batch_size']}` (the same steps on every folder; "
+                  "shards copied and listed in a rewritten manifest), peak RSS from wait4:", "",
+                  "| shards | pairs | peak RSS MiB | 1-min load |", "|---|---|---|---|"]
+        for key, rss in mt["peak_rss_mib"].items():
+            lines.append(f"| {key} | {mt['pairs'][key]} | {rss} | {mt['load_average_1min'][key]} |")
+        lines += ["", f"Growth 1x -> 16x: {mt['growth_16x'] * 100:.1f}%."]
+    if "memory_estimate" in r:
+        lines += ["", "`tispipe estimate --pos-model runs/base --neg-model runs/base` (scoring only) on the first N toy pairs:", "",
+                  "| pairs | peak RSS MiB | scoring tokens/s | 1-min load |", "|---|---|---|---|"]
+        for key, e in r["memory_estimate"].items():
+            lines.append(f"| {key} | {e['peak_rss_mib']} | {e['scoring_tokens_per_s']} | {e['load_average_1min']} |")
+    notes = HERE / "notes.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    results = json.loads((HERE / "results.json").read_text())
+    (HERE / "results.md").write_text(render(results))
+
+
+if __name__ == "__main__":
+    main()
