@@ -122,7 +122,7 @@ def replicate_shards(src: Path, out: Path, times: int) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     (out / "shards").mkdir(parents=True)
     entries = []
-    for copy in range(times):
+    for _ in range(times):
         for entry in manifest["shards"]:
             name = f"part-{len(entries):05d}.parquet"
             shutil.copyfile(src / "shards" / entry["file"], out / "shards" / name)

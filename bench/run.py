@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
 def scoring(model: Path, shards: Path, threads: int, pairs: int, naive_pairs: int, repeats: int) -> dict:
     args = [python(), str(ROOT / "bench" / "scoring.py"), "--model", str(model), "--shards", str(shards), "--pairs", str(pairs),
             "--naive-pairs", str(naive_pairs), "--threads", str(threads), "--repeats", str(repeats)]
-    out = subprocess.run(args, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", **child_env(threads)}, cwd=ROOT,
+    out = subprocess.run(args, env={**os.environ, "HF_HUB_OFFLINE": "1", **child_env(threads)}, cwd=ROOT,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
