@@ -148,7 +148,8 @@ def two_process_dpo(workdir, shards, tmp_path_factory):
 @pytest.mark.parametrize("loss", ["dpo", "tisdpo"])
 def test_train_on_two_processes_matches_one_with_the_same_global_batch(workdir, shards, two_process_dpo, tmp_path, loss):
     # One process: micro-batches of 4 x 2 accumulated = 8 pairs a step. Two: 2 x 2 on each = 8.
-    # tisdpo with eta runs the frozen reference on every rank (KL terms); dpo uses the cached log-probs.
+    # dpo (cached reference log-probs) runs under DDP; tisdpo with eta (the frozen reference on every
+    # rank for the KL terms) under FSDP, which shards the policy's parameters over the two ranks.
     _, base, _ = workdir
     single, two = tmp_path / "single", tmp_path / "two"
     train.run(train.TrainConfig(shards=str(shards), model=str(base), out=str(single), loss=loss, batch_size=4, grad_accum=2, epochs=2,
@@ -156,19 +157,21 @@ def test_train_on_two_processes_matches_one_with_the_same_global_batch(workdir, 
     if loss == "dpo":
         (two, stderr), checkpoints = two_process_dpo, ["step-4", "step-6"]
     else:
-        stderr, checkpoints = torchrun("train", *train_args(shards, base, two, 2, loss=loss)).stderr, ["step-6"]
-    assert "x 2 processes (DDP)" in stderr
+        (tmp_path / "fsdp.yaml").write_text("fsdp: true\n")  # (--config: the CLI has no --fsdp flag yet)
+        stderr = torchrun("train", *train_args(shards, base, two, 2, loss=loss), "--config", str(tmp_path / "fsdp.yaml")).stderr
+        checkpoints = ["step-6"]
+    assert f"x 2 processes ({'DDP' if loss == 'dpo' else 'FSDP'})" in stderr
     assert stderr.count("Done: 6 steps") == 1  # only rank 0 prints
     assert_same_run(single, two)
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == checkpoints
     state = json.loads((two / "checkpoints" / "step-6" / "state.json").read_text())
-    assert state["parallel"] == {"world_size": 2, "fsdp": False} and state["rows_in_epoch"] == N_PAIRS
+    assert state["parallel"] == {"world_size": 2, "fsdp": loss == "tisdpo"} and state["rows_in_epoch"] == N_PAIRS
     assert json.loads((two / "train_info.json").read_text())["pairs_this_run"] == 2 * N_PAIRS
 
     # Resuming the two-process run on one process would change the global batch: refused.
     if loss == "tisdpo":
         (two / "train_info.json").unlink()  # (a finished run is not resumed at all)
-        with pytest.raises(TispipeError, match="2 process"):
+        with pytest.raises(TispipeError, match=r"2 process\(es\) with --fsdp"):
             train.run(train.TrainConfig(shards=str(shards), model=str(base), out=str(two), loss=loss, batch_size=2, grad_accum=2, epochs=2,
                                         lr=1e-3, warmup_steps=1, scheduler="cosine", shuffle_buffer=8, device="cpu", resume=True))
 
@@ -196,13 +199,10 @@ def test_train_resumes_under_torchrun(workdir, shards, two_process_dpo, tmp_path
         torch.testing.assert_close(y[name], x[name], rtol=1e-5, atol=1e-6)
 
 
-def test_fsdp_is_refused_where_it_cannot_run(workdir, shards, tmp_path, monkeypatch):
+def test_fsdp_in_one_process_is_refused(workdir, shards, tmp_path):
     _, base, _ = workdir
-    with pytest.raises(TispipeError, match="torchrun"):  # one process: nothing to shard over
+    with pytest.raises(TispipeError, match="torchrun"):  # nothing to shard over
         train.run(train.TrainConfig(shards=str(shards), model=str(base), out=str(tmp_path / "one"), fsdp=True, device="cpu"))
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # what a torchrun rank sees, on CPU
-    with pytest.raises(TispipeError, match="--fsdp needs CUDA GPUs"):
-        train.wrap_policy(torch.nn.Linear(2, 2), train.TrainConfig(shards="s", model="m", out="o", fsdp=True), "cpu")
 
 
 def test_helpers_in_one_process():

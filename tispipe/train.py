@@ -794,9 +794,7 @@ def wrap_policy(policy, cfg: TrainConfig, device: str):
             raise TispipeError("--fsdp shards the model over several processes: start the run with torchrun", hint="torchrun --nproc-per-node N -m tispipe train ... --fsdp")
         return policy
     if cfg.fsdp:
-        if not device.startswith("cuda"):
-            raise TispipeError("--fsdp needs CUDA GPUs (the nccl backend); on CPU drop --fsdp to train with DDP over gloo")
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # FSDP2 (per-parameter sharding); runs on gloo too
 
         # One FSDP unit per transformer block (the classes transformers names as never to be split),
         # then the rest (embeddings, head): a block's weights are gathered only while it runs.
