@@ -193,12 +193,13 @@ class Runner:
                 print(f"[{time.strftime('%H:%M:%S')}] skip  {label} (done)", flush=True)
                 return
             self.done_markers[label] = (done, args)
-        print(f"[{time.strftime('%H:%M:%S')}] start {label}", flush=True)
         if self.jobs == 1:
+            print(f"[{time.strftime('%H:%M:%S')}] start {label}", flush=True)
             self._run_here(label, args)
             return
         while len(self.running) >= self.jobs:
             self._reap(block=True)
+        print(f"[{time.strftime('%H:%M:%S')}] start {label}", flush=True)
         # estimate has no --threads: the thread count reaches it (and every other command) through OMP_NUM_THREADS
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb", "OMP_NUM_THREADS": str(self.threads)}
         with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log:
@@ -389,9 +390,40 @@ def render(report: dict[str, Any]) -> str:
         f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, training and evaluation "
         f"{timing['train_and_eval'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
     ]
-    return "\n\n".join(parts) + "\n" + TUNING_NOTE + CONCLUSION
+    return "\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report) + "\n" + ("" if quick else TUNING_NOTE)
 
 
-# Hand-written context for the full run, kept in the code so that results.md stays a product of the command.
+def _compare(report: dict[str, Any], a: str, b: str, key: str) -> str:
+    """'a' against 'b' on one metric, called a difference only when the means differ by more than both stds."""
+    x, y = report["methods"][a][key], report["methods"][b][key]
+    if x["mean"] is None or y["mean"] is None:
+        return f"{a} vs {b}: n/a"
+    spread = max(x["std"] or 0.0, y["std"] or 0.0)
+    word = "higher than" if x["mean"] > y["mean"] else "lower than" if x["mean"] < y["mean"] else "equal to"
+    if abs(x["mean"] - y["mean"]) <= spread or len(x["values"]) < 2:
+        word = "not clearly different from (within one std of)" if len(x["values"]) > 1 else "(one seed, no spread) " + word
+    return f"{a} {x['mean']:+.2f} is {word} {b} {y['mean']:+.2f}"
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """Sentences computed from the table (never written by hand): does TIS-DPO(D) beat DPO, and what do the ablations do."""
+    methods = report["methods"]
+    lines = []
+    if "TIS-DPO(D)" in methods:
+        win = methods["TIS-DPO(D)"]["win_rate_vs_dpo"]
+        lines.append(f"- Oracle reward: {_compare(report, 'TIS-DPO(D)', 'DPO', 'oracle_reward')}; TIS-DPO(D) wins "
+                     f"{_cell(win, '.3f')} of the prompts against DPO (0.5 = parity).")
+        best = max((n for n in methods if n != "base"), key=lambda n: methods[n]["oracle_reward"]["mean"] or float("-inf"))
+        lines.append(f"- Highest mean oracle reward: {best} ({methods[best]['oracle_reward']['mean']:+.2f}); base model "
+                     f"{methods['base']['oracle_reward']['mean']:+.2f}.")
+        for name in [n for n in methods if n.startswith("TIS-DPO(D) ")]:
+            lines.append(f"- Ablation: {_compare(report, name, 'TIS-DPO(D)', 'oracle_reward')}.")
+    aucs = {m: e["test"]["chosen_helpful_auc"] for m, e in report["weight_auc"].items() if e["test"]["chosen_helpful_auc"] is not None}
+    if aucs:
+        lines.append("- Held-out weight AUC (chosen side), best first: " + ", ".join(f"{m} {v:.3f}" for m, v in sorted(aucs.items(), key=lambda kv: -kv[1])) + ".")
+    return "\n".join(lines)
+
+
+# The budget search that preceded the experiment: run by hand before it (the commands are below), kept here so
+# that results.md remains a product of `tispipe experiment`. Numbers are copied from runs/tuning/eval/report.json.
 TUNING_NOTE = ""
-CONCLUSION = ""
