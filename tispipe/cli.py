@@ -244,6 +244,7 @@ def train_cmd(
     device: str = DEVICE,
     dtype: str = DTYPE,
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default; 1 is faster for tiny models on a busy machine)."),
+    fsdp: bool = typer.Option(False, help="Under torchrun: shard the policy with FSDP instead of DDP (GPU; also runs on CPU with gloo)."),
     trust_remote_code: bool = TRUST_REMOTE_CODE,
     config: Optional[Path] = CONFIG,
 ) -> None:
