@@ -204,9 +204,16 @@ def _save(model, tokenizer, folder: Path, identity: dict[str, Any], stats: dict[
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity, "training": stats}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # Move the old model aside before deleting it: a kill during rmtree must not leave a folder that
+    # still has its fingerprint file but only part of its weights (it would be reused).
+    old = folder.with_name(f".{folder.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
     if folder.exists():
-        shutil.rmtree(folder)
+        folder.rename(old)
     tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def build(
