@@ -65,7 +65,7 @@ from tispipe.models import (
     resolve_device,
     resolve_dtype,
 )
-from tispipe.shards import file_sha256, read_manifest, stream_rows
+from tispipe.shards import file_sha256, open_shard, read_manifest, shard_paths, stream_rows
 from tispipe.weights import DEFAULT_BOUNDS, TRANSFORMS, compute_weights, random_weights
 
 LOSSES = ("tisdpo", "dpo", "ipo", "tdpo1", "tdpo2")
@@ -129,6 +129,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
     out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
+    # Footers only (cheap): a missing, truncated or miscounted shard fails now, not mid-run with OUT half written.
+    for path, entry in zip(shard_paths(cfg.shards, manifest), manifest["shards"]):
+        open_shard(path, entry["rows"])
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = distributed.setup(resolve_device(cfg.device))
