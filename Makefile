@@ -60,7 +60,7 @@ demo: $(RUNS)/eval/report.json
 # The paper's comparison and ablations over 3 seeds with one shared budget (docs/results.md; tispipe/experiment.py).
 # It reuses $(RUNS)/weights-{sft,dpo} when their settings match; a re-run skips finished trainings.
 .PHONY: experiment
-EXPERIMENT_ARGS ?= --seeds 3 --lr 5e-5 --max-steps 60
+EXPERIMENT_ARGS ?= --seeds 3 --lr 2e-5 --max-steps 120 --num-prompts 100 --max-new-tokens 64 --eval-limit 200
 experiment: $(RUNS)/base/model.safetensors
 	$(TISPIPE) experiment --data $(DATA) --base $(RUNS)/base --out $(RUNS)/experiment --weights-root $(RUNS) --results docs $(EXPERIMENT_ARGS)
 
