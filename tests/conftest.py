@@ -87,3 +87,16 @@ def tiny_tokenizer_no_template(make_tiny_tokenizer):
 def write_jsonl(path, rows) -> None:
     """Write rows as JSON lines (helper for data tests)."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module on one torch thread: ops on tiny tensors take microseconds, so a second thread only
+    adds waiting on a busy 2-core machine; subprocesses get OMP_NUM_THREADS=1, so in-process runs match
+    them bit for bit. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

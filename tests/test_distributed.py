@@ -23,12 +23,7 @@ N_PAIRS = 17  # shards of 5: 5, 5, 5, 2; train steps of 8 pairs: 8, 8, 1 (rank 1
 SHARD_SIZE = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

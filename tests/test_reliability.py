@@ -40,13 +40,7 @@ SEED = int(os.environ.get("TISPIPE_KILL_SEED", random.randrange(1 << 30)))
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The subprocesses run on one thread (OMP_NUM_THREADS=1); in-process runs do too, so numbers match bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ N_PAIRS = 20
 LOG2 = math.log(2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Ops on these tiny tensors take microseconds; a second torch thread only adds waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
