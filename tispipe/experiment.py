@@ -349,11 +349,13 @@ def _table(report: dict[str, Any], names: list[str]) -> str:
 
 
 def render_tables(report: dict[str, Any]) -> str:
-    names = list(report["methods"])
+    # report.json is written with sorted keys: order the rows as the paper's tables do, not as the file does
+    names = [n for n in ["base", *(m[0] for m in METHODS)] if n in report["methods"]]
     ablations = ["TIS-DPO(D)"] + [n for n in names if n.startswith("TIS-DPO(D) ")]
     auc_lines = ["| estimation | AUC chosen (helpful tokens), train | AUC rejected (harmful tokens), train | AUC chosen, test | AUC rejected, test |",
                  "|---|---|---|---|---|"]
-    for method, entry in report["weight_auc"].items():
+    for method in [m for m in ESTIMATORS if m in report["weight_auc"]]:
+        entry = report["weight_auc"][method]
         cells = [entry[split][k] for split in ("train", "test") for k in ("chosen_helpful_auc", "rejected_harmful_auc")]
         auc_lines.append(f"| {method} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
     return "\n\n".join([
@@ -416,7 +418,7 @@ def verdict(report: dict[str, Any]) -> str:
         best = max((n for n in methods if n != "base"), key=lambda n: methods[n]["oracle_reward"]["mean"] or float("-inf"))
         lines.append(f"- Highest mean oracle reward: {best} ({methods[best]['oracle_reward']['mean']:+.2f}); base model "
                      f"{methods['base']['oracle_reward']['mean']:+.2f}.")
-        for name in [n for n in methods if n.startswith("TIS-DPO(D) ")]:
+        for name in [m[0] for m in METHODS if m[0].startswith("TIS-DPO(D) ") and m[0] in methods]:
             lines.append(f"- Ablation: {_compare(report, name, 'TIS-DPO(D)', 'oracle_reward')}.")
     aucs = {m: e["test"]["chosen_helpful_auc"] for m, e in report["weight_auc"].items() if e["test"]["chosen_helpful_auc"] is not None}
     if aucs:
