@@ -21,12 +21,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-$(DATA)/train.jsonl:
+$(DATA)/train.jsonl: | $(VENV)/.installed
 	$(TISPIPE) toy-data --out $(DATA)
 
 base: $(RUNS)/base/model.safetensors
 
-$(RUNS)/base/model.safetensors: $(VENV)/.installed $(DATA)/train.jsonl
+# The venv is an order-only prerequisite: reinstalling packages does not retrain the model.
+$(RUNS)/base/model.safetensors: $(DATA)/train.jsonl | $(VENV)/.installed
 	$(TISPIPE) init-base --data $(DATA)/train.jsonl --out $(RUNS)/base --overwrite
 
 # Stage one: DPO-built contrastive models (the paper's best method), weights cached in shards.
