@@ -42,10 +42,12 @@ def render(r: dict) -> str:
                   f"{len(t['pairs_per_s']['tispipe_dpo'])} runs per side. 1-min load average before each run: {t['load_average_1min']}.", "",
                   "| side | pairs/s (each run) | median | peak RSS MiB |", "|---|---|---|---|"]
         names = {"tispipe_dpo": "tispipe train --loss dpo (cached ref log-probs)", "tispipe_tisdpo": "tispipe train --loss tisdpo (eta: reference forward)",
+                 "tispipe_dpo_ungrouped": "tispipe train --loss dpo --length-group-steps 0 (random batches, like TRL's)",
                  "trl_dpo": "TRL DPOTrainer, gradient checkpointing off", "trl_dpo_default": "TRL DPOTrainer, its defaults (gradient checkpointing on)"}
         for name, rates in t["pairs_per_s"].items():
             lines.append(f"| {names[name]} | {rates} | {_median(rates)} | {max(t['peak_rss_mib'][name])} |")
         lines += ["", f"Ratios: dpo / TRL {t['dpo_vs_trl']}, tisdpo / TRL {t['tisdpo_vs_trl']}"
+                  + (f", dpo without length grouping / TRL {t['dpo_ungrouped_vs_trl']}" if "dpo_ungrouped_vs_trl" in t else "")
                   + (f"; against TRL's defaults: dpo {t['dpo_vs_trl_default']}, tisdpo {t['tisdpo_vs_trl_default']}" if "dpo_vs_trl_default" in t else "") + "."]
     for tag in ("scoring_small", "scoring_large"):
         if tag not in r:

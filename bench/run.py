@@ -32,9 +32,9 @@ def child_env(threads: int) -> dict:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def tispipe_train(model: Path, shards: Path, loss: str, steps: int, batch: int, threads: int, out: Path) -> dict:
+def tispipe_train(model: Path, shards: Path, loss: str, steps: int, batch: int, threads: int, out: Path, extra: tuple[str, ...] = ()) -> dict:
     args = [str(BIN / "tispipe"), "train", "--shards", str(shards), "--model", str(model), "--out", str(out), "--loss", loss,
-            "--max-steps", str(steps), "--batch-size", str(batch), "--threads", str(threads), "--lr", "1e-4", "--overwrite"]
+            "--max-steps", str(steps), "--batch-size", str(batch), "--threads", str(threads), "--lr", "1e-4", "--overwrite", *extra]
     usage = run_child(args, child_env(threads), log=out.with_suffix(".log"))
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     pairs = [batch * m["step"] for m in lines]  # every step is a full batch (steps x batch <= pairs)
@@ -58,8 +58,12 @@ def steady_rate(step_times: list[float], batch: int, warmup: int) -> float:
 
 
 def training(model: Path, shards: Path, steps: int, batch: int, threads: int, repeats: int, warmup: int, tag: str, trl_default: bool) -> dict:
-    """trl_dpo: gradient checkpointing off (like for like); trl_dpo_default: TRL's default config (checkpointing on)."""
-    rates: dict[str, list[float]] = {"tispipe_dpo": [], "tispipe_tisdpo": [], "trl_dpo": []}
+    """trl_dpo: gradient checkpointing off (like for like); trl_dpo_default: TRL's default config (checkpointing on).
+
+    tispipe_*: its defaults (pairs batched by length within 16-step windows); tispipe_dpo_ungrouped:
+    --length-group-steps 0, batches as the shuffled stream comes, like TRL's random batches.
+    """
+    rates: dict[str, list[float]] = {"tispipe_dpo": [], "tispipe_tisdpo": [], "tispipe_dpo_ungrouped": [], "trl_dpo": []}
     if trl_default:
         rates["trl_dpo_default"] = []
     rss: dict[str, list[float]] = {k: [] for k in rates}
@@ -71,7 +75,8 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
             if name.startswith("trl"):
                 result = trl_train(model, shards, steps, batch, threads, out, checkpointing=name == "trl_dpo_default")
             else:
-                result = tispipe_train(model, shards, name.split("_")[1], steps, batch, threads, out)
+                extra = ("--length-group-steps", "0") if name.endswith("ungrouped") else ()
+                result = tispipe_train(model, shards, name.split("_")[1], steps, batch, threads, out, extra)
             rates[name].append(round(steady_rate(result["step_times"], batch, warmup), 2))
             rss[name].append(round(result["peak_rss_mib"], 1))
             print(f"  {tag} {name} run {r}: {rates[name][-1]} pairs/s, peak RSS {rss[name][-1]} MiB, load {loads[-1]}", flush=True)
@@ -81,6 +86,7 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
         "batch_size": batch, "threads": threads, "pairs_per_s": rates, "peak_rss_mib": rss, "load_average_1min": loads,
         "dpo_vs_trl": round(median["tispipe_dpo"] / median["trl_dpo"], 2),
         "tisdpo_vs_trl": round(median["tispipe_tisdpo"] / median["trl_dpo"], 2),
+        "dpo_ungrouped_vs_trl": round(median["tispipe_dpo_ungrouped"] / median["trl_dpo"], 2),
         **({"dpo_vs_trl_default": round(median["tispipe_dpo"] / median["trl_dpo_default"], 2),
             "tisdpo_vs_trl_default": round(median["tispipe_tisdpo"] / median["trl_dpo_default"], 2)} if trl_default else {}),
     }

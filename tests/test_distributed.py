@@ -121,8 +121,10 @@ def assert_same_run(single, two):
     a, b = read_metrics(single), read_metrics(two)
     assert [m["step"] for m in a] == [m["step"] for m in b] == list(range(1, 7))
     assert [m["pairs"] for m in b] == [8, 8, 1, 8, 8, 1]  # the global batch, with the epochs' short last steps
-    for name in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "grad_norm", "lr"):
+    for name in ("loss", "rewards/margins", "logps/chosen", "grad_norm", "lr"):
         assert [m[name] for m in b] == pytest.approx([m[name] for m in a], abs=1e-5, rel=1e-5), name
+    # At step 1 policy == reference: every reward is rounding noise (~1e-7), so only later accuracies mean anything.
+    assert [m["rewards/accuracies"] for m in b[1:]] == [m["rewards/accuracies"] for m in a[1:]]
     assert abs(a[0]["loss"] - 0.6931) < 1e-3  # policy == reference at step 0
     x, y = load_weights(single), load_weights(two)
     assert x.keys() == y.keys()

@@ -111,3 +111,22 @@ def test_shift_aligns_first_response_token_with_last_prompt_position():
 def test_shift_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         shift(torch.zeros(1, 5, 3), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("policy_first", [True, False])
+def test_fused_logps_and_kl_equal_the_separate_functions(policy_first, monkeypatch):
+    from tispipe import logps as module
+
+    monkeypatch.setattr(module, "CHUNK_ELEMENTS", 2 * 3 * 11)  # several chunks
+    torch.manual_seed(1)
+    policy = torch.randn(2, 7, 11, requires_grad=True)
+    ref = torch.randn(2, 7, 11)
+    labels = torch.randint(0, 11, (2, 7))
+    fused = module.token_logps_and_kl(policy, ref, labels, policy_first=policy_first)
+    kl = token_kl(policy, ref) if policy_first else token_kl(ref, policy)
+    separate = (token_logps(policy, labels), token_logps(ref, labels), kl)
+    for a, b in zip(fused, separate):
+        torch.testing.assert_close(a, b)
+    (grad_fused,) = torch.autograd.grad(fused[0].sum() + fused[2].sum(), policy)
+    (grad_separate,) = torch.autograd.grad(separate[0].sum() + separate[2].sum(), policy)
+    torch.testing.assert_close(grad_fused, grad_separate)

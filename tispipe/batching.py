@@ -1,9 +1,17 @@
 """Turn tokenized pairs into padded tensors and per-token values back into lists.
 
-One convention everywhere (estimate, train, eval): a sequence is `prompt_ids + response_ids`,
-right-padded. The model's logits at position i predict token i+1, so every per-token tensor here
-is over the L-1 *label* positions: label position j holds token j+1. A response token at sequence
-position p therefore sits at label position p-1, and `response_mask` marks exactly those.
+One layout everywhere (estimate, train, eval): prompts are left-padded to a common width P and
+responses right-padded after them, so every response starts at column P:
+
+    [pad pad p p p | r r r r pad]      <- row with a 3-token prompt, 4-token response
+    [p p p p p     | r r pad pad pad]
+
+Position ids count real tokens only, so the padding changes nothing the model computes for real
+tokens. The model's logits at position i predict token i+1, so response token j is predicted at
+column P-1+j, and `forward_logits` asks the model for logits at columns P-1 .. L-2 only
+(`logits_to_keep`): no vocabulary projection or log-softmax is spent on prompt positions.
+Every per-token tensor is therefore (N, R) over response positions, R = the longest response:
+column j holds response token j, and `response_mask` marks the real ones.
 
 Pairs go through the model in one forward: the batch holds the B chosen sequences first and the
 B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected).
@@ -11,6 +19,7 @@ B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,65 +30,62 @@ from tispipe.logps import token_logps
 
 @dataclass
 class SequenceBatch:
-    """Padded prompt+response sequences.
+    """Prompts left-padded to `prompt_width`, responses right-padded after them.
 
-    input_ids:      (N, L) long, right-padded with pad_id
+    input_ids:      (N, L) long, L = prompt_width + R
     attention_mask: (N, L) long, 1 on real tokens
-    response_mask:  (N, L-1) float, 1 at the label positions of response tokens
-    prompt_lens:    (N,) long, tokens in each prompt
-    response_lens:  (N,) long, tokens in each response
+    position_ids:   (N, L) long, 0 at each row's first real token
+    labels:         (N, R) long, the response tokens (pad_id past each response's end)
+    response_mask:  (N, R) float, 1 on real response tokens
+    response_lens:  (N,) long
+    prompt_width:   P, the column where every response starts
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
     response_mask: torch.Tensor
-    prompt_lens: torch.Tensor
     response_lens: torch.Tensor
+    prompt_width: int
 
     def to(self, device: str | torch.device) -> SequenceBatch:
-        return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask, self.prompt_lens, self.response_lens)))
+        tensors = (self.input_ids, self.attention_mask, self.position_ids, self.labels, self.response_mask, self.response_lens)
+        return SequenceBatch(*(t.to(device) for t in tensors), self.prompt_width)
 
     def place(self, values: Sequence[Sequence[float]], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Scatter per-response-token lists into an (N, L-1) tensor at the response label positions (0 elsewhere)."""
-        n, length = self.input_ids.shape
-        out = torch.zeros(n, length - 1, dtype=dtype)
+        """Per-response-token lists as an (N, R) tensor, 0 past each response's end."""
+        out = torch.zeros(self.labels.shape, dtype=dtype)
         for i, row in enumerate(values):
-            start = int(self.prompt_lens[i]) - 1
             if len(row) != int(self.response_lens[i]):
                 raise ValueError(f"row {i}: {len(row)} values for {int(self.response_lens[i])} response tokens")
-            out[i, start : start + len(row)] = torch.as_tensor(row, dtype=dtype)
-        return out.to(self.input_ids.device)
+            out[i, : len(row)] = torch.as_tensor(row, dtype=dtype)
+        return out.to(self.labels.device)
 
     def unplace(self, values: torch.Tensor) -> list[list[float]]:
-        """Inverse of `place`: the (N, L-1) tensor's response positions as one list per row."""
+        """Inverse of `place`: each row's response positions of an (N, R) tensor as a list."""
         values = values.detach().float().cpu()
-        out = []
-        for i in range(values.shape[0]):
-            start = int(self.prompt_lens[i]) - 1
-            out.append(values[i, start : start + int(self.response_lens[i])].tolist())
-        return out
+        return [values[i, : int(n)].tolist() for i, n in enumerate(self.response_lens)]
 
 
 def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> SequenceBatch:
-    """Pad `prompt + response` sequences to one length; prompts must hold at least one token."""
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    n, length = len(lengths), max(lengths)
-    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, length), dtype=torch.long)
-    response_mask = torch.zeros((n, length - 1))
+    """Left-pad prompts to the longest, right-pad responses to the longest; prompts need at least one token."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("a prompt needs at least one token to predict the first response token from")
+    n = len(prompts)
+    width, longest = max(len(p) for p in prompts), max(len(r) for r in responses)
+    input_ids = torch.full((n, width + longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width + longest), dtype=torch.long)
+    labels = torch.full((n, longest), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((n, longest))
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        if not p:
-            raise ValueError("a prompt needs at least one token to predict the first response token from")
-        input_ids[i, : len(p) + len(r)] = torch.as_tensor(list(p) + list(r), dtype=torch.long)
-        attention_mask[i, : len(p) + len(r)] = 1
-        response_mask[i, len(p) - 1 : len(p) - 1 + len(r)] = 1
-    return SequenceBatch(
-        input_ids,
-        attention_mask,
-        response_mask,
-        torch.tensor([len(p) for p in prompts]),
-        torch.tensor([len(r) for r in responses]),
-    )
+        start = width - len(p)
+        input_ids[i, start : width + len(r)] = torch.as_tensor(list(p) + list(r), dtype=torch.long)
+        attention_mask[i, start : width + len(r)] = 1
+        labels[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+        response_mask[i, : len(r)] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return SequenceBatch(input_ids, attention_mask, position_ids, labels, response_mask, torch.tensor([len(r) for r in responses]), width)
 
 
 def make_pair_batch(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int) -> SequenceBatch:
@@ -87,13 +93,24 @@ def make_pair_batch(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[
     return make_batch(list(prompts) + list(prompts), list(chosen) + list(rejected), pad_id)
 
 
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    cached = getattr(inner, "_tispipe_logits_to_keep", None)
+    if cached is None:
+        cached = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        inner._tispipe_logits_to_keep = cached
+    return cached
+
+
 def forward_logits(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
-    """(N, L-1, V) logits at the label positions (the last position predicts nothing and is dropped)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    return logits[:, :-1]
+    """(N, R, V) logits predicting the response tokens: columns P-1 .. L-2 of the sequence."""
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
+    keep = batch.labels.shape[1] + 1
+    if _takes_logits_to_keep(model):
+        return model(**kwargs, logits_to_keep=keep).logits[:, :-1]
+    return model(**kwargs).logits[:, -keep:-1]  # models without the option compute every position
 
 
 def sequence_token_logps(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
-    """(N, L-1) float32 log-probability of each label token under `model`, 0 outside responses."""
-    logits = forward_logits(model, batch)
-    return token_logps(logits, batch.input_ids[:, 1:]) * batch.response_mask
+    """(N, R) float32 log-probability of each response token under `model`, 0 past each response's end."""
+    return token_logps(forward_logits(model, batch), batch.labels) * batch.response_mask

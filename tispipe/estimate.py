@@ -80,6 +80,7 @@ class EstimateConfig:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+    threads: int = 0  # torch CPU threads, 0: torch's default
     overwrite: bool = False
     trust_remote_code: bool = False
 
@@ -114,6 +115,8 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     console = Console(stderr=True)
     started = time.perf_counter()
     validate(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     lower, upper = (cfg.lower, cfg.upper) if cfg.transform == "rank" else _bounds(cfg, DEFAULT_BOUNDS)
     device = distributed.setup(resolve_device(cfg.device))
     rank, world = distributed.rank(), distributed.world_size()
@@ -207,6 +210,8 @@ def validate(cfg: EstimateConfig) -> None:
         raise TispipeError(f"--lower ({cfg.lower}) must be smaller than --upper ({cfg.upper})")
     if not cfg.k > 0:
         raise TispipeError(f"--k must be positive, not {cfg.k}")
+    if cfg.threads < 0:
+        raise TispipeError(f"--threads must not be negative, not {cfg.threads}")
     for name in ("shard_size", "batch_size", "max_length", "max_prompt_length"):
         if getattr(cfg, name) < 1:
             raise TispipeError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(cfg, name)}")
@@ -236,7 +241,7 @@ def _settings(cfg: EstimateConfig, lower: float | None, upper: float | None) -> 
     from tispipe.config import config_dict
 
     settings = config_dict(cfg)
-    for name in ("out", "overwrite"):
+    for name in ("out", "overwrite", "threads"):
         settings.pop(name)
     settings["lower"], settings["upper"] = lower, upper
     if cfg.method in ("sft", "dpo") and not cfg.pos_model:

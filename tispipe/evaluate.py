@@ -149,7 +149,7 @@ def likelihood(model, ref, pairs, pad_id: int, batch_size: int, device: str, pro
         chunk = pairs[start : start + batch_size]
         n = len(chunk)
         batch = make_pair_batch([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk], [p.rejected_ids for p in chunk], pad_id).to(device)
-        labels, mask = batch.input_ids[:, 1:], batch.response_mask
+        labels, mask = batch.labels, batch.response_mask
         logits = forward_logits(model, batch)
         logps = (token_logps(logits, labels) * mask).sum(-1).tolist()
         out["chosen_logps"] += logps[:n]

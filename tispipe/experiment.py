@@ -200,7 +200,7 @@ class Runner:
         while len(self.running) >= self.jobs:
             self._reap(block=True)
         print(f"[{time.strftime('%H:%M:%S')}] start {label}", flush=True)
-        # estimate has no --threads: the thread count reaches it (and every other command) through OMP_NUM_THREADS
+        # OMP_NUM_THREADS holds every command (and its libraries) to the thread count
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb", "OMP_NUM_THREADS": str(self.threads)}
         with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log:
             process = subprocess.Popen([sys.executable, "-m", "tispipe", *args], stdout=log, stderr=subprocess.STDOUT, env=env)

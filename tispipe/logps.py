@@ -96,3 +96,36 @@ def token_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     if not parts:
         return p_logits.new_zeros(p_logits.shape[:2], dtype=torch.float32)
     return torch.cat(parts, dim=1)
+
+
+def token_logps_and_kl(
+    policy_logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, policy_first: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`token_logps` of both models and their `token_kl` from one log_softmax per model and chunk.
+
+    The same numbers as `token_logps(policy_logits, labels)`, `token_logps(ref_logits, labels)` and
+    `token_kl(policy_logits, ref_logits)` (or `token_kl(ref_logits, policy_logits)` with
+    policy_first=False), without normalising each logits tensor twice.
+
+    Args:
+        policy_logits, ref_logits: (B, T, V), aligned with `labels` (B, T).
+        policy_first: KL(policy || ref) (TIS-DPO's eta) if True, KL(ref || policy) (TDPO) if False.
+
+    Returns:
+        (policy_logps, ref_logps, kl), each (B, T) float32.
+    """
+    if policy_logits.shape != ref_logits.shape or policy_logits.shape[:2] != labels.shape:
+        raise ValueError(f"policy {tuple(policy_logits.shape)}, ref {tuple(ref_logits.shape)} and labels {tuple(labels.shape)} do not align")
+    index = labels.clamp(min=0).unsqueeze(-1)
+    policy_parts, ref_parts, kl_parts = [], [], []
+    for span in _time_chunks(policy_logits):
+        log_policy = torch.log_softmax(policy_logits[:, span].float(), dim=-1)
+        log_ref = torch.log_softmax(ref_logits[:, span].float(), dim=-1)
+        policy_parts.append(log_policy.gather(-1, index[:, span]).squeeze(-1))
+        ref_parts.append(log_ref.gather(-1, index[:, span]).squeeze(-1))
+        log_p, log_q = (log_policy, log_ref) if policy_first else (log_ref, log_policy)
+        kl_parts.append((log_p.exp() * (log_p - log_q)).sum(-1))
+    if not policy_parts:
+        empty = policy_logits.new_zeros(labels.shape, dtype=torch.float32)
+        return empty, empty.clone(), empty.clone()
+    return torch.cat(policy_parts, dim=1), torch.cat(ref_parts, dim=1), torch.cat(kl_parts, dim=1)
