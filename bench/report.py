@@ -21,8 +21,10 @@ def render(r: dict) -> str:
         f"Command: `{r['command']}` (what `make bench` runs). Date: {m['date']}.",
         f"Machine: {m['cores']} cores ({m['cpu']}), no GPU; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
         f"TRL {r.get('trl_version', '1.16.0')}; torch threads {m['threads']} on every side. Load average (1, 5, 15 min) at the start "
-        f"{m['load_average_start']}, at the end {m.get('load_average_end')}: other jobs shared the 2 cores, so absolute rates are low and "
-        "noisy; each comparison alternates its sides (A B C A B C) and the ratios are of medians.",
+        f"{m['load_average_start']}, at the end {m.get('load_average_end')}"
+        + (": other jobs shared the cores, so absolute rates are low and noisy" if max(m["load_average_start"][0], (m.get("load_average_end") or [0])[0]) > 1.5
+           else " (the benchmark's own runs: the machine was otherwise idle)")
+        + "; each comparison alternates its sides (A B C A B C) and the ratios are of medians.",
         "",
         "## Headline",
         "",

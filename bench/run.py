@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def estimate_memory(model: Path, threads: int, limits: list[int]) -> dict:
     result = {}
     for limit in limits:
         out = WORK / f"estimate-{limit}"
+        shutil.rmtree(out, ignore_errors=True)  # a finished folder with the same settings would be reused, not rescored
         args = [str(BIN / "tispipe"), "estimate", "--data", "data/toy/train.jsonl", "--model", str(model), "--pos-model", str(model),
                 "--neg-model", str(model), "--limit", str(limit), "--out", str(out), "--overwrite"]
         usage = run_child(args, child_env(threads), log=out.with_suffix(".log"))
