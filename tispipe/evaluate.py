@@ -140,7 +140,7 @@ def likelihood(model, ref, pairs, pad_id: int, batch_size: int, device: str, pro
     kl_sums, kl_tokens when `ref` is given; KL(model || ref) summed over both responses' tokens).
     """
     from tispipe.batching import forward_logits, make_pair_batch
-    from tispipe.logps import token_kl, token_logps
+    from tispipe.logps import token_logps, token_logps_and_kl
 
     out: dict[str, list[float]] = {k: [] for k in ("chosen_logps", "rejected_logps")}
     if ref is not None:
@@ -151,15 +151,19 @@ def likelihood(model, ref, pairs, pad_id: int, batch_size: int, device: str, pro
         batch = make_pair_batch([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk], [p.rejected_ids for p in chunk], pad_id).to(device)
         labels, mask = batch.labels, batch.response_mask
         logits = forward_logits(model, batch)
-        logps = (token_logps(logits, labels) * mask).sum(-1).tolist()
+        if ref is None:
+            token_values = token_logps(logits, labels)
+        else:
+            ref_logits = logits if ref is model else forward_logits(ref, batch)
+            token_values, ref_token_values, token_kl = token_logps_and_kl(logits, ref_logits, labels)  # KL(model || ref)
+        logps = (token_values * mask).sum(-1).tolist()
         out["chosen_logps"] += logps[:n]
         out["rejected_logps"] += logps[n:]
         if ref is not None:
-            ref_logits = logits if ref is model else forward_logits(ref, batch)
-            ref_logps = (token_logps(ref_logits, labels) * mask).sum(-1).tolist()
+            ref_logps = (ref_token_values * mask).sum(-1).tolist()
             out["ref_chosen_logps"] += ref_logps[:n]
             out["ref_rejected_logps"] += ref_logps[n:]
-            kl = (token_kl(logits, ref_logits) * mask).sum(-1)
+            kl = (token_kl * mask).sum(-1)
             tokens = mask.sum(-1)
             out["kl_sums"] += (kl[:n] + kl[n:]).tolist()
             out["kl_tokens"] += (tokens[:n] + tokens[n:]).tolist()
