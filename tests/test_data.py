@@ -20,7 +20,7 @@ from tispipe.data import (
     tokenize_pairs,
 )
 from tispipe.errors import TispipeError
-from tispipe.tokenize import encode_prompt, encode_response
+from tispipe.tokenization import encode_prompt, encode_response
 
 ROWS = [
     {"pair_id": "a", "prompt": "How do I bake bread?", "chosen": "Heat the oven first.", "rejected": "No.", "chosen_spans": [[0, 4, 1]]},

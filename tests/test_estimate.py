@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT
 from tispipe.estimate import EstimateConfig, run
-from tispipe.models import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT
 
 N_PAIRS = 12
 SHARD_SIZE = 5  # 3 shards: 5, 5, 2
@@ -320,7 +320,7 @@ def test_inspect_terminal_and_html(runs, tmp_path):
     from tispipe.cli import app
 
     page = tmp_path / "weights.html"
-    result = CliRunner().invoke(app, ["inspect", str(runs["dpo"]), "--pair", "1", "--html", str(page), "--pairs", "20"])
+    result = CliRunner().invoke(app, ["inspect", str(runs["dpo"]), "--pair", "1", "--html", str(page), "--html-pairs", "20"])
     assert result.exit_code == 0, result.output
     rows = read_rows(runs["dpo"])
     assert rows[1]["pair_id"] in result.output

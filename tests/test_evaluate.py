@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tispipe import evaluate, toy
 from tispipe.cli import app
 from tispipe.errors import TispipeError
-from tispipe.tokenize import encode_prompt, encode_response
+from tispipe.tokenization import encode_prompt, encode_response
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
+from tispipe.atomic import atomic_write_json
 from tispipe.config import config_dict, write_config
+from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT, InitBaseConfig
 from tispipe.errors import TispipeError
-from tispipe.io import atomic_write_json
-from tispipe.models import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -65,21 +65,6 @@ SFT_KINDS = {"plain": (None, "chosen"), "harmless": (HARMLESS_SYSTEM_PROMPT, "ch
 CROSSED_KINDS = {"harmless-rejected": (HARMLESS_SYSTEM_PROMPT, "rejected"), "harmful-chosen": (HARMFUL_SYSTEM_PROMPT, "chosen")}
 
 
-@dataclass
-class InitBaseConfig:
-    data: str
-    out: str
-    seed: int = 0
-    vocab_size: int = 2048
-    hidden_size: int = 96
-    num_layers: int = 3
-    num_heads: int = 4
-    max_length: int = 256
-    epochs: float = 1.0
-    batch_size: int = 32
-    lr: float = 5e-3
-    threads: int = 0
-    overwrite: bool = False
 
 
 @dataclass
@@ -91,7 +76,7 @@ class Example:
     kind: str
 
 
-def read_pairs(path: str | Path) -> list[dict]:
+def read_sft_pairs(path: str | Path) -> list[dict]:
     """The `prompt`/`chosen`/`rejected` strings of a JSONL file (other fields are ignored)."""
     path = Path(path)
     if not path.is_file():
@@ -173,7 +158,7 @@ def build_model(cfg: InitBaseConfig, tokenizer):
 def make_examples(tokenizer, pairs: list[dict], max_length: int, kinds: dict = SFT_KINDS) -> list[Example]:
     """One sequence per pair and kind; by default the three SFT kinds (plain -> chosen, harmless ->
     chosen, harmful -> rejected). Examples whose prompt leaves no room for a response are dropped."""
-    from tispipe.tokenize import encode_prompt, encode_response
+    from tispipe.tokenization import encode_prompt, encode_response
 
     examples = []
     for pair in pairs:
@@ -353,7 +338,7 @@ def run(cfg: InitBaseConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     began = time.perf_counter()
 
-    pairs = read_pairs(cfg.data)
+    pairs = read_sft_pairs(cfg.data)
     tokenizer = train_tokenizer(pairs, cfg.vocab_size)
     examples = make_examples(tokenizer, pairs, cfg.max_length)
     if not examples:
@@ -371,7 +356,7 @@ def run(cfg: InitBaseConfig) -> dict:
 
     test_path = Path(cfg.data).with_name("test.jsonl")
     if test_path.is_file() and test_path.resolve() != Path(cfg.data).resolve():
-        test = make_examples(tokenizer, read_pairs(test_path), cfg.max_length, {**SFT_KINDS, **CROSSED_KINDS})
+        test = make_examples(tokenizer, read_sft_pairs(test_path), cfg.max_length, {**SFT_KINDS, **CROSSED_KINDS})
         log["test_data"] = str(test_path)
         log["test_loss"] = evaluate(model, test, tokenizer.pad_token_id, all_kinds=SFT_KINDS)
         log["test_unigram_loss"] = unigram_loss(examples, [e for e in test if e.kind in SFT_KINDS], len(tokenizer))

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tispipe.io import atomic_write_json
+from tispipe.atomic import atomic_write_json
 
 KEEP = 2
 _STEP_DIR = re.compile(r"^step-(\d+)$")

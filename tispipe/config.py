@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import tomllib
 import yaml
 
+from tispipe.atomic import atomic_write_text
 from tispipe.errors import TispipeError
-from tispipe.io import atomic_write_text
 
 T = TypeVar("T")
 

@@ -19,14 +19,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tispipe.configs import DataOptions
 from tispipe.errors import TispipeError
-from tispipe.tokenize import (
+from tispipe.hub import hub_offline, is_hub_name
+from tispipe.tokenization import (
     encode_prompt,
     encode_response,
     response_text,
@@ -52,20 +53,6 @@ NO_ROOM = "prompt leaves no room for a response"
 EMPTY_PROMPT = "prompt has no tokens"
 
 
-@dataclass
-class DataOptions:
-    data: str
-    split: str = "train"
-    limit: int | None = None
-    format: str = "auto"
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    preference_column: str | None = None
-    strict: bool = False
-    max_length: int = 512
-    max_prompt_length: int = 256
-    chat_template: bool = True
 
 
 @dataclass
@@ -90,7 +77,7 @@ class DataReport:
 class TokenizedPair:
     """One usable pair: its texts as normalised, the other columns, and the exact token ids.
 
-    `prompt_ids + chosen_ids` is the sequence scored and trained on (see tispipe.tokenize).
+    `prompt_ids + chosen_ids` is the sequence scored and trained on (see tispipe.tokenization).
     """
 
     pair_id: str
@@ -116,15 +103,6 @@ def as_text(value: str | list[dict]) -> str:
 
 
 # ---------------------------------------------------------------- reading
-
-
-def _looks_like_hub_name(name: str) -> bool:
-    # `data/toy` with an existing `data/` folder is a missing local path, not a hub data set.
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.endswith(DATA_SUFFIXES) and not Path(name).parent.is_dir()
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
@@ -251,7 +229,7 @@ def _read_saved(folder: Path, split: str) -> Iterator[tuple[str, dict]]:
 
 
 def _read_hub(name: str, split: str, limit: int | None) -> Iterator[tuple[str, dict]]:
-    if _hub_offline():
+    if hub_offline():
         raise TispipeError(f"{name!r} is not a local file or folder, and the hub cannot be reached offline (HF_HUB_OFFLINE=1)", hint="give a local path, or unset HF_HUB_OFFLINE")
     import datasets
 
@@ -278,7 +256,7 @@ def read_records(opts: DataOptions) -> tuple[str, Iterator[tuple[str, dict]]]:
             return str(path), _read_saved(path, opts.split)
         files = _split_files(path, opts.split)
         return str(path), (item for p in files for item in READERS[p.suffix](p))
-    if _looks_like_hub_name(opts.data):
+    if is_hub_name(opts.data, DATA_SUFFIXES):
         return f"hub:{opts.data}", _read_hub(opts.data, opts.split, opts.limit)
     raise TispipeError(f"data {opts.data!r} does not exist", hint="give a .jsonl/.json/.parquet/.csv file, a folder, or a hub data set as owner/name")
 
@@ -506,7 +484,7 @@ def _reasons(report: DataReport) -> str:
 
 
 def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataReport, system: str | None = None) -> list[TokenizedPair]:
-    """Encode every row with tispipe.tokenize; rows whose prompt leaves no room are dropped and counted."""
+    """Encode every row with tispipe.tokenization; rows whose prompt leaves no room are dropped and counted."""
     pairs = []
     for row in rows:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from tispipe import distributed
+from tispipe.configs import EstimateConfig
 from tispipe.errors import TispipeError
-from tispipe.models import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT
 
 METHODS = ("prompt", "sft", "dpo")
 STATE_FILE = "estimate-state.json"
@@ -46,43 +46,6 @@ RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
-@dataclass
-class EstimateConfig:
-    data: str
-    model: str
-    out: str
-    split: str = "train"
-    limit: int | None = None
-    format: str = "auto"
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    preference_column: str | None = None
-    strict: bool = False
-    max_length: int = 512
-    max_prompt_length: int = 256
-    chat_template: bool = True
-    method: str = "dpo"
-    pos_model: str | None = None
-    neg_model: str | None = None
-    pos_prompt: str = HARMLESS_SYSTEM_PROMPT
-    neg_prompt: str = HARMFUL_SYSTEM_PROMPT
-    transform: str = "exp"
-    k: float = 1.0
-    lower: float | None = None  # None: the transform's default (exp -0.5, linear -1.5)
-    upper: float | None = None  # None: the transform's default (exp 1.5, linear 1.5)
-    shard_size: int = 1000
-    batch_size: int = 16
-    contrast_lr: float | None = None  # None: the method's paper default (sft 5e-5, dpo 1e-5)
-    contrast_epochs: float | None = None  # None: sft 3, dpo 1
-    contrast_batch_size: int | None = None  # None: sft 32, dpo 16
-    contrast_beta: float = 0.1
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    threads: int = 0  # torch CPU threads, 0: torch's default
-    overwrite: bool = False
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -185,7 +148,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
         "scored_tokens": scored["tokens"],
         "tokens_per_second": scored["tokens"] / scoring_seconds if scored["tokens"] and scoring_seconds > 0 else None,
     }
-    from tispipe.io import atomic_write_json
+    from tispipe.atomic import atomic_write_json
 
     atomic_write_json(out / RUN_LOG, timings)
     distributed.barrier()  # the other ranks return once the manifest is there
@@ -257,14 +220,10 @@ def _settings(cfg: EstimateConfig, lower: float | None, upper: float | None) -> 
 
 def load_items(cfg: EstimateConfig, tokenizer) -> tuple[list[Item], Any]:
     """Read and tokenize the data (the one tokenization train uses), plus token labels and contrastive prompts."""
-    from tispipe.data import DataOptions, as_text, load_pairs, tokenize_pairs
-    from tispipe.tokenize import encode_prompt
+    from tispipe.data import as_text, load_pairs, tokenize_pairs
+    from tispipe.tokenization import encode_prompt
 
-    opts = DataOptions(
-        data=cfg.data, split=cfg.split, limit=cfg.limit, format=cfg.format, prompt_column=cfg.prompt_column,
-        chosen_column=cfg.chosen_column, rejected_column=cfg.rejected_column, preference_column=cfg.preference_column,
-        strict=cfg.strict, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template,
-    )
+    opts = cfg.data_options()
     rows, report = load_pairs(opts)
     pairs = tokenize_pairs(rows, tokenizer, opts, report)
     use_prompts = cfg.method == "prompt" and not cfg.pos_model
@@ -353,7 +312,7 @@ def prepare_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
     --overwrite removes the shards, manifest and state but keeps DIR/contrast: a saved contrastive
     model is reused only when its own fingerprint file matches, so a new transform does not retrain.
     """
-    from tispipe.io import atomic_write_json
+    from tispipe.atomic import atomic_write_json
 
     state_path = out / STATE_FILE
     if out.exists() and not out.is_dir():

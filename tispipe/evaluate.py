@@ -37,52 +37,19 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tispipe import metrics
+from tispipe.atomic import atomic_path, atomic_write_json, atomic_write_text
+from tispipe.configs import EvalConfig
 from tispipe.errors import TispipeError
-from tispipe.io import atomic_path, atomic_write_json, atomic_write_text
 
 ORACLES = ("toy",)
 
 
-@dataclass
-class EvalConfig:
-    model: list[str]
-    data: str
-    out: str
-    split: str = "test"
-    limit: int | None = None
-    format: str = "auto"
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    preference_column: str | None = None
-    strict: bool = False
-    max_length: int = 512
-    max_prompt_length: int = 256
-    chat_template: bool = True
-    ref: str | None = None  # None: rewards are the model's own log-probs and KL is not measured
-    reward_model: str | None = None
-    oracle: str | None = None
-    baseline: str | None = None  # None: the first --model
-    temperatures: str = "0,0.5,1.0"
-    samples_per_prompt: int = 1
-    max_new_tokens: int = 64
-    num_prompts: int = 100  # 0: no generation
-    shards: str | None = None
-    batch_size: int = 32
-    seed: int = 0
-    beta: float = 0.1
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    threads: int = 0  # torch CPU threads, 0: torch's default
-    overwrite: bool = False
 
 
 def parse_temperatures(text: str) -> list[float]:
@@ -279,7 +246,7 @@ def reward_scores(model, tokenizer, prompts: list, responses: list[str], *, chat
     Left padding puts every row's last real token at the last position, which is where a sequence
     classifier reads its score; leaving EOS out keeps a pad == EOS tokenizer from hiding that token.
     """
-    from tispipe.tokenize import encode_prompt, encode_text
+    from tispipe.tokenization import encode_prompt, encode_text
 
     scores: list[float] = []
     for start in range(0, len(responses), batch_size):
@@ -402,7 +369,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
 
     from tispipe import toy
     from tispipe.config import config_dict, write_config
-    from tispipe.data import DataOptions, load_pairs, print_report, tokenize_pairs
+    from tispipe.data import load_pairs, print_report, tokenize_pairs
     from tispipe.models import load_model, resolve_device
 
     started = time.time()
@@ -420,7 +387,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
     baseline = next(n for n in names if _same(baseline, n))
     tokenizer = _tokenizer_for(([cfg.ref] if cfg.ref else []) + names, cfg.trust_remote_code)
 
-    opts = DataOptions(**{k: getattr(cfg, k) for k in DataOptions.__dataclass_fields__})
+    opts = cfg.data_options()
     rows, data_report = load_pairs(opts)
     pairs = tokenize_pairs(rows, tokenizer, opts, data_report)
     print_report(data_report, console)

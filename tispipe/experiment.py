@@ -22,12 +22,12 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tispipe.atomic import atomic_write_json, atomic_write_text
+from tispipe.configs import ExperimentConfig
 from tispipe.errors import TispipeError
-from tispipe.io import atomic_write_json, atomic_write_text
 
 # (name, estimation method of the shards it trains on, train flags). Every method also gets the shared budget.
 METHODS: list[tuple[str, str, list[str]]] = [
@@ -48,26 +48,6 @@ MAIN_TABLE = ["DPO", "IPO", "TDPO2", "TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"]
 ESTIMATORS = ["prompt", "sft", "dpo"]
 
 
-@dataclass
-class ExperimentConfig:
-    data: str = "data/toy"  # folder with train.jsonl and test.jsonl
-    base: str = "runs/base"
-    out: str = "runs/experiment"
-    weights_root: str | None = None  # where weights-{prompt,sft,dpo} live (None: OUT); "runs" shares make estimate's
-    results: str | None = None  # folder for results.md + report.json copies (e.g. docs); None: OUT only
-    seeds: int = 3
-    lr: float = 1e-4
-    max_steps: int | None = None  # None: one epoch
-    batch_size: int = 16
-    limit: int | None = None  # training pairs (None: all)
-    eval_limit: int | None = None  # test pairs for the likelihood metrics (None: all)
-    num_prompts: int = 100
-    temperatures: str = "0,1.0"
-    max_new_tokens: int = 96
-    methods: str = "all"  # comma-separated names from METHODS, or all
-    jobs: int = 2  # commands run at the same time (1: one after another, in this process)
-    threads: int = 1  # torch threads per command
-    quick: bool = False  # a smoke run in this process: 1 seed, 4 steps, 32 training pairs, 4 prompts; checks every method runs
 
 
 def quick_settings(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tispipe.atomic import atomic_path, atomic_write_json
 from tispipe.errors import TispipeError
-from tispipe.io import atomic_path, atomic_write_json
 
 SCHEMA_VERSION = 1
 

@@ -30,9 +30,9 @@ import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
+from tispipe.configs import ToyDataConfig
 from tispipe.errors import TispipeError
 
 HELPFUL, HARMFUL = 1, -1
@@ -157,12 +157,6 @@ MIN_WORDS, MAX_WORDS = 20, 80
 MIN_COMMON = 0.5  # least fraction of words chosen and rejected share
 
 
-@dataclass
-class ToyDataConfig:
-    out: str  # folder for train.jsonl, test.jsonl and config.yaml
-    pairs: int = 5000  # training pairs
-    test_pairs: int = 500
-    seed: int = 0
 
 
 def _phrase_labels() -> dict[str, int]:
@@ -353,8 +347,8 @@ def run(cfg: ToyDataConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tispipe.atomic import atomic_write_text
     from tispipe.config import write_config
-    from tispipe.io import atomic_write_text
 
     if cfg.pairs < 1:
         raise TispipeError(f"--pairs must be at least 1, got {cfg.pairs}")

@@ -44,6 +44,7 @@ import yaml
 
 from tispipe import distributed
 from tispipe import losses as L
+from tispipe.atomic import atomic_write_json, atomic_write_text
 from tispipe.batching import forward_logits, make_pair_batch
 from tispipe.checkpoint import (
     TrainState,
@@ -58,8 +59,8 @@ from tispipe.checkpoint import (
     set_rng_state,
 )
 from tispipe.config import config_dict, write_config
+from tispipe.configs import TrainConfig
 from tispipe.errors import TispipeError
-from tispipe.io import atomic_write_json, atomic_write_text
 from tispipe.logps import token_logps, token_logps_and_kl
 from tispipe.models import (
     fingerprint_tokenizer,
@@ -80,43 +81,6 @@ REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper")
 RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp")
 
 
-@dataclass
-class TrainConfig:
-    shards: str
-    model: str
-    out: str
-    ref: str | None = None
-    loss: str = "tisdpo"
-    weighting: str = "estimated"
-    eta_coef: float = 1.0
-    beta: float = 0.1
-    alpha: float = 0.5
-    transform: str | None = None
-    k: float | None = None
-    mu: float | None = None
-    lower: float | None = None
-    upper: float | None = None
-    optimizer: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    scheduler: str = "constant"
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_grad_norm: float = 10.0
-    shuffle_buffer: int = 1000
-    length_group_steps: int = 16  # 0: micro-batches as the stream comes (see length_grouped_steps)
-    save_every: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    threads: int = 0
-    trust_remote_code: bool = False
-    fsdp: bool = False  # under torchrun on GPUs: FullyShardedDataParallel instead of DistributedDataParallel
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:

@@ -11,21 +11,15 @@ from __future__ import annotations
 import html as html_lib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tispipe.configs import InspectConfig
 from tispipe.errors import TispipeError
 
 COLUMNS = ["pair_id", "prompt", "chosen_ids", "rejected_ids", "chosen_logratio", "rejected_logratio", "chosen_weights", "rejected_weights", "chosen_labels", "rejected_labels"]
 
 
-@dataclass
-class InspectConfig:
-    folder: str
-    pair: int = 0
-    html: str | None = None
-    pairs: int = 50
 
 
 def run(cfg: InspectConfig) -> None:
@@ -35,26 +29,26 @@ def run(cfg: InspectConfig) -> None:
 
     if cfg.pair < 0:
         raise TispipeError(f"--pair must be at least 0, not {cfg.pair}")
-    if cfg.pairs < 1:
-        raise TispipeError(f"--pairs must be at least 1, not {cfg.pairs}")
+    if cfg.html_pairs < 1:
+        raise TispipeError(f"--html-pairs must be at least 1, not {cfg.html_pairs}")
     manifest = read_manifest(cfg.folder)
     total = sum(entry["rows"] for entry in manifest["shards"])
     if cfg.pair >= total:
         raise TispipeError(f"--pair {cfg.pair} is out of range: {cfg.folder} holds {total} pairs (0..{total - 1})")
     tokenizer = _tokenizer(manifest)
-    rows = list(read_pairs(Path(cfg.folder), manifest, cfg.pair, cfg.pairs if cfg.html else 1))
+    rows = list(read_rows(Path(cfg.folder), manifest, cfg.pair, cfg.html_pairs if cfg.html else 1))
     scale = _scale(manifest)
     console = Console()
     show_pair(rows[0], tokenizer, scale, console)
     if cfg.html:
         page = html_page(rows, tokenizer, scale, manifest)
-        from tispipe.io import atomic_write_text
+        from tispipe.atomic import atomic_write_text
 
         atomic_write_text(cfg.html, page)
         console.print(f"Wrote {len(rows)} pairs to {cfg.html}")
 
 
-def read_pairs(folder: Path, manifest: dict[str, Any], start: int, count: int) -> Iterator[dict[str, Any]]:
+def read_rows(folder: Path, manifest: dict[str, Any], start: int, count: int) -> Iterator[dict[str, Any]]:
     """Rows start .. start+count-1 in data order, reading only the shards that hold them."""
     from tispipe.shards import iter_shard_rows, shard_paths
 

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from tispipe.errors import TispipeError
-from tispipe.tokenize import (
+from tispipe.tokenization import (
     EncodedPair,
     encode_pair,
     encode_prompt,
