@@ -36,14 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tispipe import distributed
+from tispipe import distributed, weight_quality
 from tispipe.configs import EstimateConfig
 from tispipe.errors import TispipeError
 
 METHODS = ("prompt", "sft", "dpo")
 STATE_FILE = "estimate-state.json"
 RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed run's manifest is byte-identical
-QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
 
@@ -135,7 +134,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
         "pairs": len(items),
         "tokens": {"chosen": sum(len(i.chosen_ids) for i in items), "rejected": sum(len(i.rejected_ids) for i in items)},
         "shards": entries,
-        **shard_statistics(out, entries),
+        **weight_quality.shard_statistics(out, entries),
     }
     from tispipe.shards import write_manifest
 
@@ -529,52 +528,6 @@ def write_shards(
 
 
 # ---------------------------------------------------------------- statistics and summary
-
-
-def _stats(values: np.ndarray) -> dict[str, Any]:
-    if values.size == 0:
-        return {"count": 0}
-    v = values.astype(np.float64)
-    return {
-        "count": int(v.size), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()),
-        "quantiles": {str(q): float(np.quantile(v, q)) for q in QUANTILES},
-    }
-
-
-def shard_statistics(out: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Weight and log-ratio statistics per side, read back from the shards (so resumed shards count too).
-
-    Where the data has token labels: `auc` per side, the probability that a labelled token outranks an
-    unlabelled one of the same side (ties half). Both rank by HIGH weight: on the chosen side helpful
-    tokens (+1) have a high r_t, so w = exp(+clamp(r_t)) is high; on the rejected side harmful tokens (-1)
-    have a low r_t (pi+ dislikes them, pi- likes them), so w = exp(-clamp(r_t)) is high too: Eq. 19 makes
-    the tokens that decide the preference count more on both sides. The log-ratio AUCs rank by r_t for
-    chosen and by -r_t for rejected (the same order without the clamp's ties).
-    """
-    from tispipe.metrics import auc
-    from tispipe.shards import iter_shard_rows
-
-    columns = [f"{side}_{name}" for side in ("chosen", "rejected") for name in ("weights", "logratio", "labels")]
-    values: dict[str, list] = {c: [] for c in columns}
-    for entry in entries:
-        for row in iter_shard_rows(out / "shards" / entry["file"], columns, entry["rows"]):
-            for c in columns:
-                if row[c] is not None:
-                    values[c].append(np.asarray(row[c]))
-    flat = {c: (np.concatenate(v) if v else np.zeros(0)) for c, v in values.items()}
-    stats: dict[str, Any] = {
-        "weights": {side: _stats(flat[f"{side}_weights"]) for side in ("chosen", "rejected")},
-        "logratio": {side: _stats(flat[f"{side}_logratio"]) for side in ("chosen", "rejected")},
-        "auc": None,
-    }
-    if flat["chosen_labels"].size and flat["chosen_labels"].size == flat["chosen_weights"].size and flat["rejected_labels"].size == flat["rejected_weights"].size:
-        stats["auc"] = {
-            "chosen_helpful_by_high_weight": auc(flat["chosen_weights"].tolist(), (flat["chosen_labels"] == 1).tolist()),
-            "rejected_harmful_by_high_weight": auc(flat["rejected_weights"].tolist(), (flat["rejected_labels"] == -1).tolist()),
-            "rejected_harmful_by_low_logratio": auc((-flat["rejected_logratio"]).tolist(), (flat["rejected_labels"] == -1).tolist()),
-            "chosen_helpful_by_high_logratio": auc(flat["chosen_logratio"].tolist(), (flat["chosen_labels"] == 1).tolist()),
-        }
-    return stats
 
 
 def print_summary(manifest: dict[str, Any], timings: dict[str, Any] | None, console) -> None:

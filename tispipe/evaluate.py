@@ -46,6 +46,7 @@ from tispipe import metrics
 from tispipe.atomic import atomic_path, atomic_write_json, atomic_write_text
 from tispipe.configs import EvalConfig
 from tispipe.errors import TispipeError
+from tispipe.weight_quality import weight_quality
 
 ORACLES = ("toy",)
 
@@ -262,41 +263,6 @@ def reward_scores(model, tokenizer, prompts: list, responses: list[str], *, chat
 
 
 # ---------------------------------------------------------------- weight quality
-
-
-def weight_quality(shards_dir: str) -> dict[str, Any]:
-    """AUCs of the estimated token weights against the ground-truth token labels of the shards (see module docstring)."""
-    from tispipe.shards import iter_shard_rows, read_manifest, shard_paths
-
-    manifest = read_manifest(shards_dir)
-    columns = ["chosen_weights", "rejected_weights", "chosen_labels", "rejected_labels"]
-    by_side: dict[str, tuple[list[float], list[int]]] = {"chosen": ([], []), "rejected": ([], [])}
-    labelled = rows = 0
-    for path, entry in zip(shard_paths(shards_dir, manifest), manifest["shards"], strict=True):
-        for row in iter_shard_rows(path, columns, entry["rows"]):
-            rows += 1
-            if row["chosen_labels"] is None or row["rejected_labels"] is None:
-                continue
-            labelled += 1
-            for side in by_side:
-                weights, labels = row[f"{side}_weights"], row[f"{side}_labels"]
-                if len(weights) != len(labels):
-                    raise TispipeError(f"shard {path}: a row has {len(weights)} {side} weights for {len(labels)} labels")
-                by_side[side][0].extend(weights)
-                by_side[side][1].extend(labels)
-    result: dict[str, Any] = {"shards": str(shards_dir), "rows": rows, "labelled_rows": labelled}
-    if not labelled:
-        return result
-    rejected_w, rejected_l = by_side["rejected"]
-    chosen_w, chosen_l = by_side["chosen"]
-    result["rejected_harmful_auc"] = metrics.auc(rejected_w, [label == -1 for label in rejected_l])
-    result["chosen_helpful_auc"] = metrics.auc(chosen_w, [label == 1 for label in chosen_l])
-    for side, (weights, labels) in by_side.items():
-        for name, value in (("harmful", -1), ("neutral", 0), ("helpful", 1)):
-            picked = [w for w, label in zip(weights, labels, strict=True) if label == value]
-            result[f"{side}_{name}_tokens"] = len(picked)
-            result[f"{side}_{name}_mean_weight"] = metrics.mean(picked)
-    return result
 
 
 # ---------------------------------------------------------------- the stage

@@ -261,7 +261,7 @@ def collect(cfg: ExperimentConfig, methods, estimators: list[str], weights_root:
     import torch
 
     from tispipe.config import config_dict
-    from tispipe.evaluate import weight_quality
+    from tispipe.weight_quality import weight_quality
 
     out = Path(cfg.out)
     reports = [json.loads((out / "eval" / f"seed-{seed}" / "report.json").read_text(encoding="utf-8")) for seed in range(cfg.seeds)]
