@@ -25,13 +25,13 @@ from common import forward_flops_per_token, load_average, matmul_gflops  # noqa:
 
 
 def read_items(shards: Path, pairs: int):
-    from tispipe.estimate import Item
+    from tispipe.data import TokenizedPair
 
     manifest = json.loads((shards / "manifest.json").read_text())
     items = []
     for entry in manifest["shards"]:
         for row in pq.read_table(shards / "shards" / entry["file"], columns=["pair_id", "prompt_ids", "chosen_ids", "rejected_ids"]).to_pylist():
-            items.append(Item(row["pair_id"], "", "", "", row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]))
+            items.append(TokenizedPair(row["pair_id"], "", "", "", row["prompt_ids"], row["chosen_ids"], row["rejected_ids"], truncated=False))
             if len(items) == pairs:
                 return items
     return items
@@ -51,8 +51,9 @@ def useful_flops(items, config, models: int = 3) -> float:
 
 
 def tispipe_scoring(model: str, items, batch_size: int) -> float:
-    """Seconds for tispipe.estimate.shard_rows (batched scoring, weights, row building) over `items`."""
-    from tispipe.estimate import EstimateConfig, Scorer, shard_rows
+    """Seconds for tispipe.score.shard_rows (batched scoring, weights, row building) over `items`."""
+    from tispipe.configs import EstimateConfig
+    from tispipe.score import Scorer, shard_rows
     from tispipe.models import load_tokenizer
 
     cfg = EstimateConfig(data="", model=model, out="", method="sft", pos_model=model, neg_model=model, batch_size=batch_size)

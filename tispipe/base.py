@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tispipe.atomic import atomic_write_json
+from tispipe.atomic import atomic_write_json, staged_folder
 from tispipe.config import config_dict, write_config
 from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT, InitBaseConfig
 from tispipe.errors import TispipeError
@@ -65,10 +62,8 @@ SFT_KINDS = {"plain": (None, "chosen"), "harmless": (HARMLESS_SYSTEM_PROMPT, "ch
 CROSSED_KINDS = {"harmless-rejected": (HARMLESS_SYSTEM_PROMPT, "rejected"), "harmful-chosen": (HARMFUL_SYSTEM_PROMPT, "chosen")}
 
 
-
-
 @dataclass
-class Example:
+class SFTExample:
     """One SFT sequence: `ids` = prompt + response, `labels` = -100 over the prompt."""
 
     ids: list[int]
@@ -155,7 +150,7 @@ def build_model(cfg: InitBaseConfig, tokenizer):
     return model
 
 
-def make_examples(tokenizer, pairs: list[dict], max_length: int, kinds: dict = SFT_KINDS) -> list[Example]:
+def make_examples(tokenizer, pairs: list[dict], max_length: int, kinds: dict = SFT_KINDS) -> list[SFTExample]:
     """One sequence per pair and kind; by default the three SFT kinds (plain -> chosen, harmless ->
     chosen, harmful -> rejected). Examples whose prompt leaves no room for a response are dropped."""
     from tispipe.tokenization import encode_prompt, encode_response
@@ -168,11 +163,11 @@ def make_examples(tokenizer, pairs: list[dict], max_length: int, kinds: dict = S
             ids = (prompt_ids + response_ids)[:max_length]
             labels = ([-100] * len(prompt_ids) + response_ids)[:max_length]
             if any(label != -100 for label in labels[1:]):  # label 0 is never predicted
-                examples.append(Example(ids, labels, kind))
+                examples.append(SFTExample(ids, labels, kind))
     return examples
 
 
-def length_batches(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[int]]:
+def length_batches(examples: list[SFTExample], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffled batches of similar-length examples: sort within chunks of 50 batches, shuffle batch order."""
     order = list(range(len(examples)))
     rng.shuffle(order)
@@ -185,7 +180,7 @@ def length_batches(examples: list[Example], batch_size: int, rng: random.Random)
     return batches
 
 
-def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(examples: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask, labels), each (B, L)."""
     length = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
@@ -207,7 +202,7 @@ def response_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[Example], pad_id: int, batch_size: int = 64, all_kinds=None) -> dict[str, float]:
+def evaluate(model, examples: list[SFTExample], pad_id: int, batch_size: int = 64, all_kinds=None) -> dict[str, float]:
     """Mean per-token response loss (nats) per example kind, and as `all` over `all_kinds` (default: every kind)."""
     model.eval()
     sums: Counter = Counter()
@@ -225,7 +220,7 @@ def evaluate(model, examples: list[Example], pad_id: int, batch_size: int = 64, 
     return result
 
 
-def unigram_loss(train: list[Example], test: list[Example], vocab_size: int) -> float:
+def unigram_loss(train: list[SFTExample], test: list[SFTExample], vocab_size: int) -> float:
     """Per-token loss of an add-one unigram model of the training responses on the test responses:
     the floor a model that ignores context would reach."""
     counts = Counter(t for e in train for t in e.labels[1:] if t != -100)
@@ -238,12 +233,12 @@ def _mean_loss(chunk: list[tuple[float, int]]) -> float:
     return sum(s for s, _ in chunk) / sum(n for _, n in chunk)
 
 
-def train(model, examples: list[Example], cfg: InitBaseConfig, pad_id: int, console) -> dict:
+def train(model, examples: list[SFTExample], cfg: InitBaseConfig, pad_id: int, console) -> dict:
     """AdamW with linear warmup and cosine decay over `epochs` passes; returns loss and throughput figures.
 
     On a terminal a rich progress bar; in a log file a plain line every ~5% of the steps.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from tispipe.console import ProgressLine
 
     rng = random.Random(cfg.seed)
     per_epoch = math.ceil(len(examples) / cfg.batch_size)
@@ -267,14 +262,8 @@ def train(model, examples: list[Example], cfg: InitBaseConfig, pad_id: int, cons
     tokens_seen = 0
     start = time.perf_counter()
     model.train()
-    progress = Progress(
-        TextColumn("SFT"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"), TimeRemainingColumn(),
-        console=console, disable=not console.is_terminal,
-    )
     every = max(1, total_steps // 20)
-    with progress:
-        task = progress.add_task("sft", total=total_steps, loss=float("nan"), tps=0.0)
+    with ProgressLine(console, "SFT", total_steps) as progress:
         step = 0
         while step < total_steps:
             for batch in length_batches(examples, cfg.batch_size, rng):
@@ -292,10 +281,7 @@ def train(model, examples: list[Example], cfg: InitBaseConfig, pad_id: int, cons
                 tokens_seen += int(mask.sum())
                 losses.append((loss_sum.item(), n))
                 loss, tps = _mean_loss(losses[-20:]), tokens_seen / (time.perf_counter() - start)
-                progress.update(task, advance=1, loss=loss, tps=tps)
-                if not console.is_terminal and (step % every == 0 or step == total_steps):
-                    eta = (total_steps - step) * (time.perf_counter() - start) / step
-                    console.print(f"SFT step {step}/{total_steps}  loss {loss:.3f}  {tps:,.0f} tok/s  ETA {eta:.0f} s")
+                progress.update(step, f"loss {loss:.3f}  {tps:,.0f} tok/s")
 
     tail = losses[-max(1, len(losses) // 10) :]
     return {
@@ -316,22 +302,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise TispipeError(f"output folder {out} already exists and is not empty", hint="pass --overwrite to replace it, or choose another --out")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder onto `out`; an old `out` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def run(cfg: InitBaseConfig) -> dict:
     """Train the tokenizer and the base model on `cfg.data` and save both in `cfg.out`; returns the train log."""
-    from rich.console import Console
+    from tispipe.console import log_console
 
-    console = Console(stderr=True)
+    console = log_console()
     out = Path(cfg.out)
     _check_out(out, cfg.overwrite)
     if cfg.threads > 0:
@@ -361,9 +336,7 @@ def run(cfg: InitBaseConfig) -> dict:
         log["test_loss"] = evaluate(model, test, tokenizer.pad_token_id, all_kinds=SFT_KINDS)
         log["test_unigram_loss"] = unigram_loss(examples, [e for e in test if e.kind in SFT_KINDS], len(tokenizer))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_config(cfg, tmp / "config.yaml")
@@ -371,10 +344,6 @@ def run(cfg: InitBaseConfig) -> dict:
         log["config"] = config_dict(cfg)
         atomic_write_json(tmp / "train_log.json", log)
         _check_out(out, cfg.overwrite)  # something may have appeared there while we trained
-        _move_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
     summary = f"init-base: final train loss {log['final_train_loss']:.3f}"
     if "test_loss" in log:

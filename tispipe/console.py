@@ -36,6 +36,7 @@ class ProgressLine:
     def __init__(self, console, label: str, total: int, done: int = 0, transient: bool = False):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        console = console or log_console()
         self.console, self.label, self.total = console, label, total
         self.every = max(1, total // 20)
         self.done, self.first, self.started = done, done, time.perf_counter()

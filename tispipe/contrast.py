@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from tispipe.atomic import staged_folder
+from tispipe.console import ProgressLine
 from tispipe.errors import TispipeError
 
 FINGERPRINT_FILE = "tispipe-contrast.json"
@@ -95,22 +97,6 @@ def _optimizer(model: torch.nn.Module, settings: ContrastSettings) -> torch.opti
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def _progress(description: str, total: int, console=None):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-    task = progress.add_task(description, total=total, loss=float("nan"))
-    return progress, task
-
-
 def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad_id: int, description: str, console=None) -> dict[str, float]:
     """Fine-tune `model` in place on (prompt, chosen) or (prompt, rejected): mean NLL over response tokens."""
     from tispipe.batching import make_batch, sequence_token_logps
@@ -120,9 +106,8 @@ def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad
     optimizer = _optimizer(model, settings)
     model.train()
     device = next(model.parameters()).device
-    progress, task = _progress(description, len(batches), console)
     losses = []
-    with progress:
+    with ProgressLine(console, description, len(batches)) as progress:
         for indices in batches:
             prompts = [pairs[i].prompt_ids for i in indices]
             responses = [getattr(pairs[i], f"{side}_ids") for i in indices]
@@ -133,7 +118,7 @@ def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            progress.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+            progress.update(len(losses), f"loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
     model.eval()
     return {"steps": len(batches), "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
 
@@ -166,9 +151,8 @@ def train_dpo(
     optimizer = _optimizer(model, settings)
     model.train()
     device = next(model.parameters()).device
-    progress, task = _progress(description, len(batches), console)
     losses, accuracies = [], []
-    with progress:
+    with ProgressLine(console, description, len(batches)) as progress:
         for indices in batches:
             prompts = [pairs[i].prompt_ids for i in indices]
             winners = [pairs[i].rejected_ids if swap else pairs[i].chosen_ids for i in indices]
@@ -190,30 +174,20 @@ def train_dpo(
             optimizer.step()
             losses.append(loss.item())
             accuracies.append((chosen_rewards > rejected_rewards).float().mean().item())
-            progress.update(task, advance=1, loss=sum(losses[-20:]) / len(losses[-20:]))
+            progress.update(len(losses), f"loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
     model.eval()
     tail = max(1, len(losses[-20:]))
     return {"steps": len(batches), "final_loss": sum(losses[-20:]) / tail, "final_accuracy": sum(accuracies[-20:]) / tail}
 
 
 def _save(model, tokenizer, folder: Path, identity: dict[str, Any], stats: dict[str, float]) -> None:
-    """Save into a temporary sibling folder, then rename: a half-saved model is never taken for a finished one."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity, "training": stats}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    # Move the old model aside before deleting it: a kill during rmtree must not leave a folder that
-    # still has its fingerprint file but only part of its weights (it would be reused).
-    old = folder.with_name(f".{folder.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    """Save whole or not at all (atomic.staged_folder): a half-saved model is never taken for a finished one."""
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    with staged_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity, "training": stats}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def build(

@@ -16,27 +16,23 @@ Rows that cannot be used are dropped and counted by reason (`strict` makes the f
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tispipe.configs import DataOptions
 from tispipe.errors import TispipeError
-from tispipe.hub import hub_offline, is_hub_name
+from tispipe.readers import read_records
 from tispipe.tokenization import (
     encode_prompt,
     encode_response,
     response_text,
+    token_labels,
     truncate_pair,
 )
 
 FORMATS = ("standard", "implicit", "conversational", "pairwise")
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "eval")
 # The prompt of an implicit pair ends with the last of these that both transcripts share.
 ASSISTANT_MARKERS = ("Assistant:", "<|assistant|>", "<|im_start|>assistant\n", "[/INST]")
 PAIRWISE_RESPONSES = ("response_0", "response_1")
@@ -51,8 +47,6 @@ BAD_PREFERENCE = "bad preference value"
 DUPLICATE = "duplicate pair_id"
 NO_ROOM = "prompt leaves no room for a response"
 EMPTY_PROMPT = "prompt has no tokens"
-
-
 
 
 @dataclass
@@ -89,6 +83,8 @@ class TokenizedPair:
     rejected_ids: list[int]
     truncated: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    chosen_labels: list[int] | None = None  # per response token: +1 helpful, -1 harmful, 0 (from `*_spans`)
+    rejected_labels: list[int] | None = None
 
 
 class BadRow(Exception):
@@ -100,165 +96,6 @@ class BadRow(Exception):
 def as_text(value: str | list[dict]) -> str:
     """A prompt or response as one string: itself, or its message list as JSON."""
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-# ---------------------------------------------------------------- reading
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").strip()
-                if not line:
-                    continue
-                record = json.loads(line)
-            except UnicodeDecodeError:
-                raise TispipeError(f"{path}, line {number}: not UTF-8 text")
-            except json.JSONDecodeError as e:
-                raise TispipeError(f"{path}, line {number}: not valid JSON ({e.msg}, column {e.colno})")
-            if not isinstance(record, dict):
-                raise TispipeError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-            yield f"{path}, line {number}", record
-
-
-def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise TispipeError(f"{path}: not UTF-8 text")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # JSON lines in a .json file, as `datasets` also accepts
-            yield from _read_jsonl(path)
-            return
-        raise TispipeError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}, column {e.colno})")
-    if isinstance(value, dict):  # {"data": [...]}: one list of records under a key
-        lists = [v for v in value.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise TispipeError(f"{path}: expected a list of objects (or one key holding such a list)")
-        value = lists[0]
-    if not isinstance(value, list):
-        raise TispipeError(f"{path}: expected a list of objects, got {type(value).__name__}")
-    for index, record in enumerate(value):
-        if not isinstance(record, dict):
-            raise TispipeError(f"{path}, item {index}: expected a JSON object, got {type(record).__name__}")
-        yield f"{path}, item {index}", record
-
-
-def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        reader = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise TispipeError(f"{path}: not a readable Parquet file ({e})".splitlines()[0])
-    index = 0
-    try:
-        for batch in reader.iter_batches(batch_size=1024):
-            for record in batch.to_pylist():
-                yield f"{path}, row {index}", record
-                index += 1
-    except (pa.ArrowException, OSError) as e:
-        raise TispipeError(f"{path}, row {index}: Parquet data is damaged ({e})".splitlines()[0])
-
-
-def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, strict=True)
-            try:
-                header = reader.fieldnames
-            except csv.Error as e:
-                raise TispipeError(f"{path}, line 1: bad CSV header ({e})")
-            if not header:
-                return
-            row_start = reader.line_num + 1
-            try:
-                for record in reader:
-                    if None in record or any(v is None for v in record.values()):
-                        raise TispipeError(f"{path}, line {row_start}: row has a different number of fields than the header ({len(header)})")
-                    yield f"{path}, line {row_start}", record
-                    row_start = reader.line_num + 1
-            except csv.Error as e:
-                raise TispipeError(f"{path}, line {row_start}: bad CSV ({e})")
-    except UnicodeDecodeError:
-        raise TispipeError(f"{path}: not UTF-8 text")
-
-
-READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
-
-
-def _split_files(folder: Path, split: str) -> list[Path]:
-    """The data files of `split` in a folder: those named after it (train.jsonl, train-0000.parquet, train/...), else all."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if not files:
-        raise TispipeError(f"folder {folder} holds no {'/'.join(DATA_SUFFIXES)} files")
-
-    def names(p: Path) -> list[str]:
-        rel = p.relative_to(folder)
-        return [*rel.parts[:-1], rel.name.split(".")[0]]
-
-    def is_split(p: Path, s: str) -> bool:
-        return any(n == s or n.startswith((f"{s}-", f"{s}_")) for n in names(p))
-
-    chosen = [p for p in files if is_split(p, split)]
-    if chosen:
-        return chosen
-    others = sorted({s for s in SPLIT_NAMES for p in files if is_split(p, s)})
-    if others:
-        raise TispipeError(f"folder {folder} has no split {split!r}", hint=f"splits found: {', '.join(others)} (use --split)")
-    return files
-
-
-def _read_saved(folder: Path, split: str) -> Iterator[tuple[str, dict]]:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(folder))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise TispipeError(f"{folder}: not a readable save_to_disk folder ({e})".splitlines()[0])
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise TispipeError(f"{folder} has no split {split!r}", hint=f"splits: {', '.join(loaded)} (use --split)")
-        loaded = loaded[split]
-    for index, record in enumerate(loaded):
-        yield f"{folder}, row {index}", record
-
-
-def _read_hub(name: str, split: str, limit: int | None) -> Iterator[tuple[str, dict]]:
-    if hub_offline():
-        raise TispipeError(f"{name!r} is not a local file or folder, and the hub cannot be reached offline (HF_HUB_OFFLINE=1)", hint="give a local path, or unset HF_HUB_OFFLINE")
-    import datasets
-
-    try:
-        # Streaming when a limit is set, so only the first rows are downloaded.
-        loaded = datasets.load_dataset(name, split=split, streaming=limit is not None)
-        for index, record in enumerate(loaded):
-            yield f"{name} ({split}), row {index}", record
-    except TispipeError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the hub stack raises many types (HTTP, not found, bad split); all are user errors here
-        raise TispipeError(f"could not load {name!r} split {split!r} from the hub: {e}".splitlines()[0])
-
-
-def read_records(opts: DataOptions) -> tuple[str, Iterator[tuple[str, dict]]]:
-    """(source description, iterator of (where, record)) for `opts.data`, in a fixed order."""
-    path = Path(opts.data).expanduser()
-    if path.is_file():
-        if path.suffix not in READERS:
-            raise TispipeError(f"{path}: unsupported file type {path.suffix!r}", hint=f"use one of {', '.join(DATA_SUFFIXES)}")
-        return str(path), READERS[path.suffix](path)
-    if path.is_dir():
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            return str(path), _read_saved(path, opts.split)
-        files = _split_files(path, opts.split)
-        return str(path), (item for p in files for item in READERS[p.suffix](p))
-    if is_hub_name(opts.data, DATA_SUFFIXES):
-        return f"hub:{opts.data}", _read_hub(opts.data, opts.split, opts.limit)
-    raise TispipeError(f"data {opts.data!r} does not exist", hint="give a .jsonl/.json/.parquet/.csv file, a folder, or a hub data set as owner/name")
 
 
 # ---------------------------------------------------------------- formats
@@ -483,14 +320,18 @@ def _reasons(report: DataReport) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "none dropped"
 
 
-def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataReport, system: str | None = None) -> list[TokenizedPair]:
-    """Encode every row with tispipe.tokenization; rows whose prompt leaves no room are dropped and counted."""
+def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataReport, labels: bool = False) -> list[TokenizedPair]:
+    """Encode every row with tispipe.tokenization; rows whose prompt leaves no room are dropped and counted.
+
+    `labels`: also map the rows' character spans (`chosen_spans`/`rejected_spans`: [start, end, label])
+    onto their response tokens (`tokenization.token_labels`); rows without spans get None.
+    """
     pairs = []
     for row in rows:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-        prompt_ids = encode_prompt(tokenizer, prompt, system, opts.chat_template)
-        chosen_ids = encode_response(tokenizer, response_text(tokenizer, prompt, chosen, system, opts.chat_template))
-        rejected_ids = encode_response(tokenizer, response_text(tokenizer, prompt, rejected, system, opts.chat_template))
+        prompt_ids = encode_prompt(tokenizer, prompt, None, opts.chat_template)
+        chosen_ids = encode_response(tokenizer, response_text(tokenizer, prompt, chosen, None, opts.chat_template))
+        rejected_ids = encode_response(tokenizer, response_text(tokenizer, prompt, rejected, None, opts.chat_template))
         encoded = truncate_pair(prompt_ids, chosen_ids, rejected_ids, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length)
         if encoded is None:
             reason = EMPTY_PROMPT if not prompt_ids else NO_ROOM
@@ -498,11 +339,24 @@ def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataR
             continue
         report.truncated += encoded.truncated
         extra = {k: v for k, v in row.items() if k not in ("pair_id", "prompt", "chosen", "rejected")}
-        pairs.append(TokenizedPair(row["pair_id"], prompt, chosen, rejected, encoded.prompt_ids, encoded.chosen_ids, encoded.rejected_ids, encoded.truncated, extra))
+        pair = TokenizedPair(row["pair_id"], prompt, chosen, rejected, encoded.prompt_ids, encoded.chosen_ids, encoded.rejected_ids, encoded.truncated, extra)
+        if labels:
+            pair.chosen_labels = _labels_for(tokenizer, chosen, extra.get("chosen_spans"), pair.chosen_ids, pair.pair_id)
+            pair.rejected_labels = _labels_for(tokenizer, rejected, extra.get("rejected_spans"), pair.rejected_ids, pair.pair_id)
+        pairs.append(pair)
     report.kept = len(pairs)
     if not pairs:
         raise TispipeError(f"{report.source}: no pair fits max_length {opts.max_length} ({_reasons(report)})", hint="raise --max-length or lower --max-prompt-length")
     return pairs
+
+
+def _labels_for(tokenizer, response, spans, ids: list[int], pair_id: str) -> list[int] | None:
+    if spans is None or not isinstance(response, str):
+        return None
+    try:
+        return token_labels(tokenizer, response, spans, ids)
+    except TispipeError as e:
+        raise TispipeError(f"pair {pair_id!r}: {e.message}") from None
 
 
 def print_report(report: DataReport, console) -> None:

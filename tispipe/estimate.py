@@ -24,57 +24,35 @@ whatever the number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tispipe import distributed, weight_quality
+from tispipe.config import write_config
 from tispipe.configs import EstimateConfig
+from tispipe.data import DataReport, TokenizedPair, as_text
 from tispipe.errors import TispipeError
+from tispipe.score import ContrastPrompts, Scorer, shard_entry, shard_sizes, write_shards
 
 METHODS = ("prompt", "sft", "dpo")
 STATE_FILE = "estimate-state.json"
 RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed run's manifest is byte-identical
 
 
-
-
-@dataclass
-class Item:
-    """One pair as it is scored and stored. `pos_prompt_ids`/`neg_prompt_ids` only for the prompt method."""
-
-    pair_id: str
-    prompt: str
-    chosen: str
-    rejected: str
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    chosen_labels: list[int] | None = None
-    rejected_labels: list[int] | None = None
-    pos_prompt_ids: list[int] = field(default_factory=list)
-    neg_prompt_ids: list[int] = field(default_factory=list)
-
-    def length(self) -> int:
-        return max(len(self.prompt_ids), len(self.pos_prompt_ids), len(self.neg_prompt_ids)) + max(len(self.chosen_ids), len(self.rejected_ids))
-
-
 def run(cfg: EstimateConfig) -> dict[str, Any]:
-    from rich.console import Console
-
+    from tispipe.console import log_console, result_console
     from tispipe.data import print_report
     from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_device, resolve_dtype
     from tispipe.weights import DEFAULT_BOUNDS
 
-    console = Console(stderr=True)
     started = time.perf_counter()
     validate(cfg)
     if cfg.threads > 0:
@@ -82,15 +60,15 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     lower, upper = (cfg.lower, cfg.upper) if cfg.transform == "rank" else _bounds(cfg, DEFAULT_BOUNDS)
     device = distributed.setup(resolve_device(cfg.device))
     rank, world = distributed.rank(), distributed.world_size()
-    console.quiet = console.quiet or rank != 0
+    console = log_console(quiet=rank != 0)
     dtype = resolve_dtype(cfg.dtype, device)
     out = Path(cfg.out)
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    items, report = load_items(cfg, tokenizer)
+    items, report, contrast_prompts = load_pairs(cfg, tokenizer)
     print_report(report, console)
 
-    fingerprints = {"data": fingerprint_items(items), "tokenizer": fingerprint_tokenizer(tokenizer), "base": fingerprint_model(cfg.model)}
+    fingerprints = {"data": fingerprint_pairs(items), "tokenizer": fingerprint_tokenizer(tokenizer), "base": fingerprint_model(cfg.model)}
     if cfg.pos_model:
         fingerprints["pos"], fingerprints["neg"] = fingerprint_model(cfg.pos_model), fingerprint_model(cfg.neg_model)
     settings = _settings(cfg, lower, upper)
@@ -99,10 +77,12 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     if distributed.broadcast_object(_already_done(out, state, cfg.overwrite) if rank == 0 else None):
         console.print(f"{out} already holds a finished estimate with these settings; nothing to do.")
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-        print_summary(manifest, None, console)
+        print_summary(manifest, None, result_console())
         return {"manifest": manifest, "skipped": True}
     if rank == 0:
-        prepare_out(out, state, cfg.overwrite)
+        claim_out(out, state, cfg.overwrite)
+        # --overwrite is an action, not a setting: re-running from config.yaml must not replace this run.
+        write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
     else:
         distributed.barrier()  # wait for rank 0 to claim OUT and build pi+/pi-; then reuse its saved models
     pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, items, fingerprints, device, console)
@@ -112,7 +92,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     fingerprints["neg"] = fingerprint_model(neg_path) if neg_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.neg_prompt)
 
     scoring_start = time.perf_counter()
-    scorer = Scorer(cfg, tokenizer, pos_path, neg_path, device, dtype)
+    scorer = Scorer(cfg, tokenizer, pos_path, neg_path, device, dtype, contrast_prompts)
     entries, scored = write_shards(out, items, scorer, cfg, lower, upper, console, rank=rank, world=world)
     if world > 1:
         # The sum returns once every rank has written its shards; rank 0 then describes them all.
@@ -151,7 +131,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
 
     atomic_write_json(out / RUN_LOG, timings)
     distributed.barrier()  # the other ranks return once the manifest is there
-    print_summary(manifest, timings, console)
+    print_summary(manifest, timings, result_console())
     return {"manifest": manifest, "timings": timings, "skipped": False}
 
 
@@ -217,74 +197,38 @@ def _settings(cfg: EstimateConfig, lower: float | None, upper: float | None) -> 
 # ---------------------------------------------------------------- data
 
 
-def load_items(cfg: EstimateConfig, tokenizer) -> tuple[list[Item], Any]:
-    """Read and tokenize the data (the one tokenization train uses), plus token labels and contrastive prompts."""
-    from tispipe.data import as_text, load_pairs, tokenize_pairs
+def load_pairs(cfg: EstimateConfig, tokenizer) -> tuple[list[TokenizedPair], DataReport, ContrastPrompts | None]:
+    """Read and tokenize the data (the one tokenization train uses) with token labels, and for the prompt
+    method each pair's prompt under pi+'s and pi-'s system prompt."""
+    from tispipe import data
     from tispipe.tokenization import encode_prompt
 
     opts = cfg.data_options()
-    rows, report = load_pairs(opts)
-    pairs = tokenize_pairs(rows, tokenizer, opts, report)
-    use_prompts = cfg.method == "prompt" and not cfg.pos_model
-    items = []
+    rows, report = data.load_pairs(opts)
+    pairs = data.tokenize_pairs(rows, tokenizer, opts, report, labels=True)
+    if cfg.method != "prompt" or cfg.pos_model:
+        return pairs, report, None
+    prompts: ContrastPrompts = {}
     for pair in pairs:
-        item = Item(
-            pair.pair_id, as_text(pair.prompt), as_text(pair.chosen), as_text(pair.rejected),
-            pair.prompt_ids, pair.chosen_ids, pair.rejected_ids,
-            chosen_labels=_labels_for(tokenizer, pair.chosen, pair.extra.get("chosen_spans"), pair.chosen_ids, pair.pair_id),
-            rejected_labels=_labels_for(tokenizer, pair.rejected, pair.extra.get("rejected_spans"), pair.rejected_ids, pair.pair_id),
-        )
-        if use_prompts:
-            # Only the prompt differs between pi+ and pi-: the response ids are the stored ones. The
-            # system-prompted prompt is not cut to --max-prompt-length (that would cut the system prompt first).
-            item.pos_prompt_ids = encode_prompt(tokenizer, pair.prompt, cfg.pos_prompt, cfg.chat_template)
-            item.neg_prompt_ids = encode_prompt(tokenizer, pair.prompt, cfg.neg_prompt, cfg.chat_template)
-            if item.pos_prompt_ids == item.neg_prompt_ids:
-                raise TispipeError(
-                    f"pair {pair.pair_id!r}: the positive and negative system prompts render to the same prompt "
-                    "(a conversation that brings its own system message keeps it)",
-                    hint="use --method sft/dpo for data with system messages",
-                )
-        items.append(item)
-    return items, report
+        # Only the prompt differs between pi+ and pi-: the response ids are the stored ones. The
+        # system-prompted prompt is not cut to --max-prompt-length (that would cut the system prompt first).
+        pos = encode_prompt(tokenizer, pair.prompt, cfg.pos_prompt, cfg.chat_template)
+        neg = encode_prompt(tokenizer, pair.prompt, cfg.neg_prompt, cfg.chat_template)
+        if pos == neg:
+            raise TispipeError(
+                f"pair {pair.pair_id!r}: the positive and negative system prompts render to the same prompt "
+                "(a conversation that brings its own system message keeps it)",
+                hint="use --method sft/dpo for data with system messages",
+            )
+        prompts[pair.pair_id] = (pos, neg)
+    return pairs, report, prompts
 
 
-def token_labels(tokenizer, text: str, spans: Sequence[Sequence[int]], ids: Sequence[int]) -> list[int]:
-    """Per-token ground-truth labels for response `ids` (as stored: the text's tokens, then EOS unless truncated).
-
-    Token t gets the label of a span [start, end, label] overlapping its characters, else 0; EOS gets 0.
-    Uses the tokenizer's offset mapping on the text; the ids it gives must be the stored ones.
-    """
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    text_ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
-    n = len(ids)
-    if list(ids[: len(text_ids)]) != text_ids[:n] or n > len(text_ids) + 1:
-        raise TispipeError("token labels: the offset-mapped token ids differ from the stored response ids")
-    labels = []
-    for start, end in offsets[:n]:
-        label = 0
-        for span_start, span_end, span_label in spans:
-            if start < span_end and span_start < end:
-                label = int(span_label)
-                break
-        labels.append(label)
-    return labels + [0] * (n - len(labels))  # EOS
-
-
-def _labels_for(tokenizer, response, spans, ids: list[int], pair_id: str) -> list[int] | None:
-    if spans is None or not isinstance(response, str):
-        return None
-    try:
-        return token_labels(tokenizer, response, spans, ids)
-    except TispipeError as e:
-        raise TispipeError(f"pair {pair_id!r}: {e.message}") from None
-
-
-def fingerprint_items(items: Sequence[Item]) -> str:
+def fingerprint_pairs(pairs: Sequence[TokenizedPair]) -> str:
     """Short sha256 of the kept pairs as tokenized (ids, texts, labels), in order."""
     digest = hashlib.sha256()
-    for item in items:
-        record = [item.pair_id, item.prompt, item.chosen, item.rejected, item.prompt_ids, item.chosen_ids, item.rejected_ids, item.chosen_labels, item.rejected_labels]
+    for item in pairs:
+        record = [item.pair_id, as_text(item.prompt), as_text(item.chosen), as_text(item.rejected), item.prompt_ids, item.chosen_ids, item.rejected_ids, item.chosen_labels, item.rejected_labels]
         digest.update(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
     return digest.hexdigest()[:16]
 
@@ -305,7 +249,7 @@ def _already_done(out: Path, state: dict[str, Any], overwrite: bool) -> bool:
         return False
 
 
-def prepare_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
+def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
     """Claim DIR for these settings: refuse a folder started with others (unless overwrite), check it is writable.
 
     --overwrite removes the shards, manifest and state but keeps DIR/contrast: a saved contrastive
@@ -328,7 +272,7 @@ def prepare_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
                 what = "other settings or inputs" if previous is not None else "something that is not a tispipe estimate run"
                 changed = _differences(previous, state) if previous is not None else ""
                 raise TispipeError(f"--out {out} already holds {what}{changed}", hint="pick another --out, or pass --overwrite to replace it")
-            for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG):
+            for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG, "config.yaml"):
                 path = out / name
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -357,7 +301,7 @@ def _differences(previous: dict[str, Any], state: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- contrastive models
 
 
-def contrastive_models(cfg: EstimateConfig, tokenizer, items: list[Item], fingerprints: dict[str, str], device: str, console) -> tuple[str, str, dict[str, Any], float]:
+def contrastive_models(cfg: EstimateConfig, tokenizer, items: list[TokenizedPair], fingerprints: dict[str, str], device: str, console) -> tuple[str, str, dict[str, Any], float]:
     """(pi+ path, pi- path, manifest description, seconds spent building)."""
     if cfg.pos_model:
         return cfg.pos_model, cfg.neg_model, {"source": "given", "pos_model": cfg.pos_model, "neg_model": cfg.neg_model}, 0.0
@@ -379,152 +323,6 @@ def contrastive_models(cfg: EstimateConfig, tokenizer, items: list[Item], finger
     seconds = sum(side["seconds"] for side in built.values())
     info = {"source": cfg.method, "settings": asdict(settings), "paper_defaults": contrast.PAPER_DEFAULTS[cfg.method], "pos_model": "contrast/pos", "neg_model": "contrast/neg"}
     return built["pos"]["path"], built["neg"]["path"], info, seconds
-
-
-# ---------------------------------------------------------------- scoring
-
-
-class Scorer:
-    """Per-token log pi+, log pi- and log pi_ref of pair batches, under inference_mode."""
-
-    def __init__(self, cfg: EstimateConfig, tokenizer, pos_path: str, neg_path: str, device: str, dtype: torch.dtype):
-        from tispipe.models import load_model
-
-        self.pad_id = tokenizer.pad_token_id
-        self.device = device
-        self.by_prompt = cfg.method == "prompt" and not cfg.pos_model
-        load = lambda path: load_model(path, device=device, dtype=str(dtype).removeprefix("torch."), trust_remote_code=cfg.trust_remote_code)  # noqa: E731
-        self.base = load(cfg.model)
-        self.pos = None if self.by_prompt else load(pos_path)
-        self.neg = None if self.by_prompt else load(neg_path)
-
-    @torch.inference_mode()
-    def score(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
-        """For each item: chosen/rejected logratio and ref_logps, float32 arrays as long as the response ids."""
-        from tispipe.batching import make_batch, make_pair_batch, sequence_token_logps
-
-        b = len(items)
-        chosen, rejected = [i.chosen_ids for i in items], [i.rejected_ids for i in items]
-        if self.by_prompt:
-            # One forward: rows [ref chosen, ref rejected, pos chosen, pos rejected, neg chosen, neg rejected].
-            prompts = [i.prompt_ids for i in items] * 2 + [i.pos_prompt_ids for i in items] * 2 + [i.neg_prompt_ids for i in items] * 2
-            batch = make_batch(prompts, (chosen + rejected) * 3, self.pad_id).to(self.device)
-            values = batch.unplace(sequence_token_logps(self.base, batch))
-            ref, pos, neg = values[: 2 * b], values[2 * b : 4 * b], values[4 * b :]
-        else:
-            batch = make_pair_batch([i.prompt_ids for i in items], chosen, rejected, self.pad_id).to(self.device)
-            ref, pos, neg = (batch.unplace(sequence_token_logps(model, batch)) for model in (self.base, self.pos, self.neg))
-        out = []
-        for j, item in enumerate(items):
-            result = {}
-            for side, row in (("chosen", j), ("rejected", b + j)):
-                logratio = np.asarray(pos[row], dtype=np.float32) - np.asarray(neg[row], dtype=np.float32)
-                ref_logps = np.asarray(ref[row], dtype=np.float32)
-                if not (np.isfinite(logratio).all() and np.isfinite(ref_logps).all()):
-                    raise TispipeError(f"pair {item.pair_id!r}: the {side} scores hold NaN or infinite values", hint="try --dtype float32, or check the models")
-                result[f"{side}_logratio"], result[f"{side}_ref_logps"] = logratio, ref_logps
-            out.append(result)
-        return out
-
-
-def token_weights(logratio: np.ndarray, mu: float, cfg: EstimateConfig, lower: float | None, upper: float | None) -> np.ndarray:
-    """w_t of one response from its r_t (paper Eq. 19 or the chosen transform), float32."""
-    from tispipe.weights import compute_weights
-
-    r = torch.from_numpy(logratio)[None]
-    weights = compute_weights(r, torch.ones_like(r), mu, transform=cfg.transform, k=cfg.k, lower=lower, upper=upper)
-    return weights[0].numpy().astype(np.float32)
-
-
-def shard_rows(items: Sequence[Item], scorer: Scorer, cfg: EstimateConfig, lower, upper, on_batch) -> list[dict[str, Any]]:
-    """Score one shard's items in length-sorted batches; rows come back in data order."""
-    order = sorted(range(len(items)), key=lambda i: (items[i].length(), i))
-    scores: dict[int, dict[str, np.ndarray]] = {}
-    for start in range(0, len(order), cfg.batch_size):
-        batch = order[start : start + cfg.batch_size]
-        for index, result in zip(batch, scorer.score([items[i] for i in batch]), strict=True):
-            scores[index] = result
-        on_batch(len(batch), sum(len(items[i].chosen_ids) + len(items[i].rejected_ids) for i in batch))
-    rows = []
-    for index, item in enumerate(items):
-        s = scores[index]
-        rows.append({
-            "pair_id": item.pair_id, "prompt": item.prompt, "chosen": item.chosen, "rejected": item.rejected,
-            "prompt_ids": item.prompt_ids, "chosen_ids": item.chosen_ids, "rejected_ids": item.rejected_ids,
-            "chosen_logratio": s["chosen_logratio"].tolist(), "rejected_logratio": s["rejected_logratio"].tolist(),
-            "chosen_weights": token_weights(s["chosen_logratio"], +1.0, cfg, lower, upper).tolist(),
-            "rejected_weights": token_weights(s["rejected_logratio"], -1.0, cfg, lower, upper).tolist(),
-            "chosen_ref_logps": s["chosen_ref_logps"].tolist(), "rejected_ref_logps": s["rejected_ref_logps"].tolist(),
-            "chosen_labels": item.chosen_labels, "rejected_labels": item.rejected_labels,
-        })
-    return rows
-
-
-def shard_sizes(pairs: int, shard_size: int) -> list[int]:
-    return [min(shard_size, pairs - start) for start in range(0, pairs, shard_size)]
-
-
-def shard_entry(out: Path, index: int, rows: int) -> dict[str, Any]:
-    """The manifest entry of a shard another rank wrote (checked to open with its row count)."""
-    from tispipe.shards import file_sha256, open_shard, shard_name
-
-    path = out / "shards" / shard_name(index)
-    open_shard(path, expected_rows=rows)
-    return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
-
-
-def write_shards(
-    out: Path, items: list[Item], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *, rank: int = 0, world: int = 1
-) -> tuple[list[dict[str, Any] | None], dict[str, int]]:
-    """Write every missing shard; a complete one (it opens with the right row count) is kept as it is.
-
-    Under torchrun this rank handles the shards i with i % world == rank; the others' entries stay None.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from tispipe.shards import file_sha256, open_shard, shard_name, write_shard
-
-    size = cfg.shard_size
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    entries: list[dict[str, Any] | None] = [None] * len(chunks)
-    todo = []
-    for index, chunk in enumerate(chunks):
-        if index % world != rank:
-            continue
-        path = out / "shards" / shard_name(index)
-        try:
-            open_shard(path, expected_rows=len(chunk))
-            entries[index] = {"file": path.name, "rows": len(chunk), "sha256": file_sha256(path)}
-        except TispipeError:
-            todo.append(index)
-    mine = len(range(rank, len(chunks), world))
-    if len(todo) < mine:
-        console.print(f"Resuming: {mine - len(todo)} of {mine} shards are already complete")
-    scored = {"pairs": 0, "tokens": 0}
-    progress = Progress(
-        TextColumn("[bold]Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} pairs/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-    )
-    task = progress.add_task("score", total=sum(len(chunks[i]) for i in todo), rate="-")
-    start = time.perf_counter()
-
-    def on_batch(pairs: int, tokens: int) -> None:
-        scored["pairs"] += pairs
-        scored["tokens"] += tokens
-        progress.update(task, advance=pairs, rate=f"{scored['pairs'] / max(time.perf_counter() - start, 1e-9):.1f}")
-
-    try:
-        with progress:
-            for index in todo:
-                rows = shard_rows(chunks[index], scorer, cfg, lower, upper, on_batch)
-                entries[index] = write_shard(out / "shards" / shard_name(index), rows)
-    except KeyboardInterrupt:  # Ctrl-C: every shard on disk is complete (atomic writes), the rest is rescored
-        saved = len(list((out / "shards").glob("part-*.parquet")))
-        raise TispipeError(
-            f"interrupted: {saved} of {len(chunks)} shards are saved in {out / 'shards'}",
-            hint="run the same command again to continue (complete shards are kept)",
-        ) from None
-    return entries, scored  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- statistics and summary

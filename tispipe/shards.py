@@ -49,7 +49,6 @@ SCHEMA = pa.schema(
         ("rejected_labels", pa.list_(pa.int8())),
     ]
 )
-TOKEN_COLUMNS = [n for n in SCHEMA.names if n.startswith(("chosen_", "rejected_")) and n not in ("chosen_ids", "rejected_ids")]
 
 
 def shard_name(index: int) -> str:

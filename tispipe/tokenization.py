@@ -5,13 +5,14 @@ response are encoded separately and concatenated; the boundary is never found by
 concatenation, so a BPE merge across the boundary (prompt ends in "a", response starts with "b",
 vocabulary has "ab") cannot shift the response tokens or their weights.
 
-Every response ends with EOS, which is scored and weighted like any other response token (paper
-notes, decision 8). A response cut by truncation keeps no EOS: its last kept token is a real
+Every response ends with EOS, which is scored and weighted like any other response token: whether
+to stop is part of the response. A response cut by truncation keeps no EOS: its last kept token is a real
 response token, and the model is not taught to stop there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,3 +201,25 @@ def encode_pair(
     chosen_ids = encode_response(tokenizer, response_text(tokenizer, prompt, chosen, system, chat_template))
     rejected_ids = encode_response(tokenizer, response_text(tokenizer, prompt, rejected, system, chat_template))
     return truncate_pair(prompt_ids, chosen_ids, rejected_ids, max_length=max_length, max_prompt_length=max_prompt_length)
+
+
+def token_labels(tokenizer, text: str, spans: Sequence[Sequence[int]], ids: Sequence[int]) -> list[int]:
+    """Per-token ground-truth labels for response `ids` (as stored: the text's tokens, then EOS unless truncated).
+
+    Token t gets the label of a span [start, end, label] overlapping its characters, else 0; EOS gets 0.
+    Uses the tokenizer's offset mapping on the text; the ids it gives must be the stored ones.
+    """
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    text_ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
+    n = len(ids)
+    if list(ids[: len(text_ids)]) != text_ids[:n] or n > len(text_ids) + 1:
+        raise TispipeError("token labels: the offset-mapped token ids differ from the stored response ids")
+    labels = []
+    for start, end in offsets[:n]:
+        label = 0
+        for span_start, span_end, span_label in spans:
+            if start < span_end and span_start < end:
+                label = int(span_label)
+                break
+        labels.append(label)
+    return labels + [0] * (n - len(labels))  # EOS

@@ -157,8 +157,6 @@ MIN_WORDS, MAX_WORDS = 20, 80
 MIN_COMMON = 0.5  # least fraction of words chosen and rejected share
 
 
-
-
 def _phrase_labels() -> dict[str, int]:
     labels: dict[str, int] = {}
     helpful = GENERAL_HELPFUL + [p for h, _ in TOPICS.values() for p in h]
@@ -344,11 +342,11 @@ def to_jsonl(rows: list[dict]) -> str:
 
 
 def run(cfg: ToyDataConfig) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from tispipe.atomic import atomic_write_text
     from tispipe.config import write_config
+    from tispipe.console import result_console
 
     if cfg.pairs < 1:
         raise TispipeError(f"--pairs must be at least 1, got {cfg.pairs}")
@@ -372,4 +370,4 @@ def run(cfg: ToyDataConfig) -> None:
             split, str(s["pairs"]), f"{s['mean_words']:.1f}", f"{s['noisy_fraction']:.1%}",
             f"{s['reward_chosen']:+.2f}", f"{s['reward_rejected']:+.2f}", f"{s['differing_sentences']:.2f}",
         )
-    Console().print(table)
+    result_console().print(table)

@@ -20,11 +20,8 @@ from tispipe.errors import TispipeError
 COLUMNS = ["pair_id", "prompt", "chosen_ids", "rejected_ids", "chosen_logratio", "rejected_logratio", "chosen_weights", "rejected_weights", "chosen_labels", "rejected_labels"]
 
 
-
-
 def run(cfg: InspectConfig) -> None:
-    from rich.console import Console
-
+    from tispipe.console import log_console, result_console
     from tispipe.shards import read_manifest
 
     if cfg.pair < 0:
@@ -38,14 +35,13 @@ def run(cfg: InspectConfig) -> None:
     tokenizer = _tokenizer(manifest)
     rows = list(read_rows(Path(cfg.folder), manifest, cfg.pair, cfg.html_pairs if cfg.html else 1))
     scale = _scale(manifest)
-    console = Console()
-    show_pair(rows[0], tokenizer, scale, console)
+    show_pair(rows[0], tokenizer, scale, result_console())
     if cfg.html:
         page = html_page(rows, tokenizer, scale, manifest)
         from tispipe.atomic import atomic_write_text
 
         atomic_write_text(cfg.html, page)
-        console.print(f"Wrote {len(rows)} pairs to {cfg.html}")
+        log_console().print(f"Wrote {len(rows)} pairs to {cfg.html}")
 
 
 def read_rows(folder: Path, manifest: dict[str, Any], start: int, count: int) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,171 @@
+"""Scoring pairs with the contrastive models, and the shard rows the scores become (stage one's compute).
+
+For a batch of pairs, one forward per model gives per-token log-probs of both responses
+(tispipe.batching's pair layout): log pi+ and log pi- make r_t = log pi+ - log pi-, and the base
+model's log pi_ref is stored too. With the prompt method pi+ and pi- are the base model under two
+system prompts, so one forward of the base over six row groups gives all three.
+`write_shards` turns those into Parquet shards (tispipe.shards), one shard at a time, resumably.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tispipe.configs import EstimateConfig
+from tispipe.data import TokenizedPair, as_text
+from tispipe.errors import TispipeError
+
+# pair_id -> (prompt ids under pi+'s system prompt, under pi-'s), for the prompt method
+ContrastPrompts = dict[str, tuple[list[int], list[int]]]
+
+
+class Scorer:
+    """Per-token log pi+, log pi- and log pi_ref of pair batches, under inference_mode."""
+
+    def __init__(self, cfg: EstimateConfig, tokenizer, pos_path: str, neg_path: str, device: str, dtype: torch.dtype, prompts: ContrastPrompts | None = None):
+        from tispipe.models import load_model
+
+        self.pad_id = tokenizer.pad_token_id
+        self.device = device
+        self.by_prompt = cfg.method == "prompt" and not cfg.pos_model
+        self.prompts = prompts or {}
+        if self.by_prompt and not self.prompts:
+            raise ValueError("the prompt method scores with contrast prompts: pass `prompts`")
+        load = lambda path: load_model(path, device=device, dtype=str(dtype).removeprefix("torch."), trust_remote_code=cfg.trust_remote_code)  # noqa: E731
+        self.base = load(cfg.model)
+        self.pos = None if self.by_prompt else load(pos_path)
+        self.neg = None if self.by_prompt else load(neg_path)
+
+    def length(self, pair: TokenizedPair) -> int:
+        """The longest row this pair puts in a batch (sort key, so batches hold pairs of similar length)."""
+        prompts = self.prompts.get(pair.pair_id, ([], []))
+        return max(len(pair.prompt_ids), *map(len, prompts)) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+    @torch.inference_mode()
+    def score(self, items: Sequence[TokenizedPair]) -> list[dict[str, np.ndarray]]:
+        """For each pair: chosen/rejected logratio and ref_logps, float32 arrays as long as the response ids."""
+        from tispipe.batching import make_batch, make_pair_batch, sequence_token_logps
+
+        b = len(items)
+        chosen, rejected = [i.chosen_ids for i in items], [i.rejected_ids for i in items]
+        if self.by_prompt:
+            # One forward: rows [ref chosen, ref rejected, pos chosen, pos rejected, neg chosen, neg rejected].
+            prompts = [i.prompt_ids for i in items] * 2 + [self.prompts[i.pair_id][0] for i in items] * 2 + [self.prompts[i.pair_id][1] for i in items] * 2
+            batch = make_batch(prompts, (chosen + rejected) * 3, self.pad_id).to(self.device)
+            values = batch.unplace(sequence_token_logps(self.base, batch))
+            ref, pos, neg = values[: 2 * b], values[2 * b : 4 * b], values[4 * b :]
+        else:
+            batch = make_pair_batch([i.prompt_ids for i in items], chosen, rejected, self.pad_id).to(self.device)
+            ref, pos, neg = (batch.unplace(sequence_token_logps(model, batch)) for model in (self.base, self.pos, self.neg))
+        out = []
+        for j, item in enumerate(items):
+            result = {}
+            for side, row in (("chosen", j), ("rejected", b + j)):
+                logratio = np.asarray(pos[row], dtype=np.float32) - np.asarray(neg[row], dtype=np.float32)
+                ref_logps = np.asarray(ref[row], dtype=np.float32)
+                if not (np.isfinite(logratio).all() and np.isfinite(ref_logps).all()):
+                    raise TispipeError(f"pair {item.pair_id!r}: the {side} scores hold NaN or infinite values", hint="try --dtype float32, or check the models")
+                result[f"{side}_logratio"], result[f"{side}_ref_logps"] = logratio, ref_logps
+            out.append(result)
+        return out
+
+
+def response_weights(logratio: np.ndarray, mu: float, cfg: EstimateConfig, lower: float | None, upper: float | None) -> np.ndarray:
+    """w_t of one response from its r_t (paper Eq. 19 or the chosen transform), float32."""
+    from tispipe.weights import compute_weights
+
+    r = torch.from_numpy(logratio)[None]
+    weights = compute_weights(r, torch.ones_like(r), mu, transform=cfg.transform, k=cfg.k, lower=lower, upper=upper)
+    return weights[0].numpy().astype(np.float32)
+
+
+def shard_rows(items: Sequence[TokenizedPair], scorer: Scorer, cfg: EstimateConfig, lower, upper, on_batch) -> list[dict[str, Any]]:
+    """Score one shard's pairs in length-sorted batches; rows (tispipe.shards.SCHEMA) come back in data order."""
+    order = sorted(range(len(items)), key=lambda i: (scorer.length(items[i]), i))
+    scores: dict[int, dict[str, np.ndarray]] = {}
+    for start in range(0, len(order), cfg.batch_size):
+        batch = order[start : start + cfg.batch_size]
+        for index, result in zip(batch, scorer.score([items[i] for i in batch]), strict=True):
+            scores[index] = result
+        on_batch(len(batch), sum(len(items[i].chosen_ids) + len(items[i].rejected_ids) for i in batch))
+    rows = []
+    for index, item in enumerate(items):
+        s = scores[index]
+        rows.append({
+            "pair_id": item.pair_id, "prompt": as_text(item.prompt), "chosen": as_text(item.chosen), "rejected": as_text(item.rejected),
+            "prompt_ids": item.prompt_ids, "chosen_ids": item.chosen_ids, "rejected_ids": item.rejected_ids,
+            "chosen_logratio": s["chosen_logratio"].tolist(), "rejected_logratio": s["rejected_logratio"].tolist(),
+            "chosen_weights": response_weights(s["chosen_logratio"], +1.0, cfg, lower, upper).tolist(),
+            "rejected_weights": response_weights(s["rejected_logratio"], -1.0, cfg, lower, upper).tolist(),
+            "chosen_ref_logps": s["chosen_ref_logps"].tolist(), "rejected_ref_logps": s["rejected_ref_logps"].tolist(),
+            "chosen_labels": item.chosen_labels, "rejected_labels": item.rejected_labels,
+        })
+    return rows
+
+
+def shard_sizes(pairs: int, shard_size: int) -> list[int]:
+    return [min(shard_size, pairs - start) for start in range(0, pairs, shard_size)]
+
+
+def shard_entry(out: Path, index: int, rows: int) -> dict[str, Any]:
+    """The manifest entry of a shard another rank wrote (checked to open with its row count)."""
+    from tispipe.shards import file_sha256, open_shard, shard_name
+
+    path = out / "shards" / shard_name(index)
+    open_shard(path, expected_rows=rows)
+    return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
+
+
+def write_shards(
+    out: Path, items: list[TokenizedPair], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *, rank: int = 0, world: int = 1
+) -> tuple[list[dict[str, Any] | None], dict[str, int]]:
+    """Write every missing shard; a complete one (it opens with the right row count) is kept as it is.
+
+    Under torchrun this rank handles the shards i with i % world == rank; the others' entries stay None.
+    """
+    from tispipe.console import ProgressLine
+    from tispipe.shards import file_sha256, open_shard, shard_name, write_shard
+
+    size = cfg.shard_size
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    entries: list[dict[str, Any] | None] = [None] * len(chunks)
+    todo = []
+    for index, chunk in enumerate(chunks):
+        if index % world != rank:
+            continue
+        path = out / "shards" / shard_name(index)
+        try:
+            open_shard(path, expected_rows=len(chunk))
+            entries[index] = {"file": path.name, "rows": len(chunk), "sha256": file_sha256(path)}
+        except TispipeError:
+            todo.append(index)
+    mine = len(range(rank, len(chunks), world))
+    if len(todo) < mine:
+        console.print(f"Resuming: {mine - len(todo)} of {mine} shards are already complete")
+    scored = {"pairs": 0, "tokens": 0}
+    progress = ProgressLine(console, "Scoring", sum(len(chunks[i]) for i in todo))
+    start = time.perf_counter()
+
+    def on_batch(pairs: int, tokens: int) -> None:
+        scored["pairs"] += pairs
+        scored["tokens"] += tokens
+        progress.update(scored["pairs"], f"{scored['pairs'] / max(time.perf_counter() - start, 1e-9):.1f} pairs/s")
+
+    try:
+        with progress:
+            for index in todo:
+                rows = shard_rows(chunks[index], scorer, cfg, lower, upper, on_batch)
+                entries[index] = write_shard(out / "shards" / shard_name(index), rows)
+    except KeyboardInterrupt:  # Ctrl-C: every shard on disk is complete (atomic writes), the rest is rescored
+        saved = len(list((out / "shards").glob("part-*.parquet")))
+        raise TispipeError(
+            f"interrupted: {saved} of {len(chunks)} shards are saved in {out / 'shards'}",
+            hint="run the same command again to continue (complete shards are kept)",
+        ) from None
+    return entries, scored  # type: ignore[return-value]
