@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from tispipe import distributed, estimate, train
+from tispipe import distributed, estimate, steps, train
 from tispipe.errors import TispipeError
 
 N_PAIRS = 17  # shards of 5: 5, 5, 5, 2; train steps of 8 pairs: 8, 8, 1 (rank 1 has nothing in the last)
@@ -211,4 +211,4 @@ def test_helpers_in_one_process():
     assert [distributed.rank_skip(7, r, 3) for r in range(3)] == [3, 2, 2]
     assert [distributed.rank_skip(1, r, 2) for r in range(2)] == [1, 0]
     assert distributed.rank_skip(5, 0, 1) == 5
-    assert [len(s) for s in train.even_steps(iter([[[1]], [[2]]]), 3)] == [1, 1, 0]
+    assert [len(s) for s in steps.even_steps(iter([[[1]], [[2]]]), 3)] == [1, 1, 0]

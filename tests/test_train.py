@@ -12,9 +12,10 @@ import signal
 import pytest
 import torch
 
+from tispipe import optim, train
 from tispipe import shards as shards_module
-from tispipe import train
 from tispipe.errors import TispipeError
+from tispipe.steps import drop_rows, length_grouped_steps, pair_length, step_batches
 from tispipe.train import TrainConfig
 
 N_PAIRS = 20
@@ -292,12 +293,12 @@ def test_step_batches_is_lazy_and_groups_steps():
             yield i
             i += 1
 
-    steps = train.step_batches(endless(), batch_size=3, grad_accum=2)
+    steps = step_batches(endless(), batch_size=3, grad_accum=2)
     for _ in range(4):
         step = next(steps)
         assert [len(m) for m in step] == [3, 3]
         assert len(pulled) == sum(len(m) for m in step) * (_ + 1)  # nothing read ahead
-    assert [[len(m) for m in s] for s in train.step_batches(range(10), 3, 2)] == [[3, 3], [3, 1]]
+    assert [[len(m) for m in s] for s in step_batches(range(10), 3, 2)] == [[3, 3], [3, 1]]
 
 
 @pytest.mark.parametrize("group_steps, bound", [(0, 3), (2, 3 + 2 * 2)])
@@ -328,8 +329,8 @@ def test_streaming_holds_a_bounded_number_of_rows(tiny, tmp_path, monkeypatch, g
 
 
 def test_lr_schedule():
-    assert [train.lr_factor(s, 2, 10, "constant") for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
-    cosine = [train.lr_factor(s, 2, 10, "cosine") for s in range(10)]
+    assert [optim.lr_factor(s, 2, 10, "constant") for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    cosine = [optim.lr_factor(s, 2, 10, "cosine") for s in range(10)]
     assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[6] == pytest.approx(0.5)
     assert all(a >= b for a, b in zip(cosine[1:], cosine[2:], strict=False))
 
@@ -372,19 +373,19 @@ def _pairs(n: int, seed: int = 0) -> list[dict]:
 
 def test_length_grouped_steps_use_every_row_once_with_less_padding():
     rows = _pairs(203)
-    steps = list(train.length_grouped_steps(rows, batch_size=4, grad_accum=2, window_steps=5, seed="0-0"))
+    steps = list(length_grouped_steps(rows, batch_size=4, grad_accum=2, window_steps=5, seed="0-0"))
     micro = [m for step in steps for m in step]
     assert sorted(r["pair_id"] for m in micro for r in m) == sorted(r["pair_id"] for r in rows)
     assert [len(m) for m in micro[:-1]] == [4] * 50 and len(micro[-1]) == 3  # the short micro-batch comes last
     assert [sum(len(m) for m in s) for s in steps] == [8] * 25 + [3]
 
     def padded(batches):  # positions of the left-padded prompt + right-padded response layout
-        return sum(len(m) * (max(len(r["prompt_ids"]) for r in m) + max(train.pair_length(r)[0] for r in m)) for m in batches)
+        return sum(len(m) * (max(len(r["prompt_ids"]) for r in m) + max(pair_length(r)[0] for r in m)) for m in batches)
 
-    plain = [m for step in train.step_batches(rows, 4, 2) for m in step]
+    plain = [m for step in step_batches(rows, 4, 2) for m in step]
     assert padded(micro) < 0.9 * padded(plain)  # 0.84 here; 0.78 on the toy shards
-    again = list(train.length_grouped_steps(rows, 4, 2, 5, "0-0"))
-    other = list(train.length_grouped_steps(rows, 4, 2, 5, "1-0"))
+    again = list(length_grouped_steps(rows, 4, 2, 5, "0-0"))
+    other = list(length_grouped_steps(rows, 4, 2, 5, "1-0"))
     assert again == steps and other != steps  # a pure function of (rows, seed)
 
 
@@ -392,11 +393,11 @@ def test_length_grouped_steps_use_every_row_once_with_less_padding():
 def test_length_grouped_steps_resume_inside_a_window(done_steps):
     """What epoch_steps does on resume: re-read from the window's start, drop the done steps."""
     rows = _pairs(203)
-    full = list(train.length_grouped_steps(rows, 4, 2, 5, "0-0"))
+    full = list(length_grouped_steps(rows, 4, 2, 5, "0-0"))
     skip = sum(len(m) for step in full[:done_steps] for m in step)
     window = 4 * 2 * 5
     stream_skip = skip - skip % window
-    resumed = train._drop_rows(train.length_grouped_steps(rows[stream_skip:], 4, 2, 5, "0-0", stream_skip // window), skip - stream_skip)
+    resumed = drop_rows(length_grouped_steps(rows[stream_skip:], 4, 2, 5, "0-0", stream_skip // window), skip - stream_skip)
     assert list(resumed) == full[done_steps:]
     with pytest.raises(TispipeError, match="between two steps"):
-        train._drop_rows(iter(full), 3)
+        drop_rows(iter(full), 3)

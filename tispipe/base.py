@@ -239,6 +239,7 @@ def train(model, examples: list[SFTExample], cfg: InitBaseConfig, pad_id: int, c
     On a terminal a rich progress bar; in a log file a plain line every ~5% of the steps.
     """
     from tispipe.console import ProgressLine
+    from tispipe.optim import make_scheduler
 
     rng = random.Random(cfg.seed)
     per_epoch = math.ceil(len(examples) / cfg.batch_size)
@@ -250,14 +251,7 @@ def train(model, examples: list[SFTExample], cfg: InitBaseConfig, pad_id: int, c
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98)
     )
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = make_scheduler(optimizer, warmup, total_steps, "cosine", floor=0.05)
     losses: list[tuple[float, int]] = []
     tokens_seen = 0
     start = time.perf_counter()

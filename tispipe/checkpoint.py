@@ -6,20 +6,20 @@ A checkpoint folder holds
     rng.pt                            torch CPU/CUDA and Python `random` states at the step boundary
     state.json                        step, epoch, rows consumed in that epoch, the resolved config
 
-It is written into a hidden temporary folder and renamed into place, so a folder named `step-N`
-is always complete; `state.json` is written last inside it as a second guard. Only the newest
-`KEEP` checkpoints are kept.
+It is written into a hidden temporary folder and renamed into place (`atomic.staged_folder`), so a
+folder named `step-N` is always complete; `state.json` is written last inside it as a second guard.
+Only the newest `KEEP` checkpoints are kept. Under torchrun every rank calls `checkpoint_all_ranks`
+(FSDP gathers the full state) and rank 0 writes. The finished model goes into OUT itself
+(`save_final_model`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
-from tispipe.atomic import atomic_write_json
+from tispipe import distributed
+from tispipe.atomic import atomic_write_json, staged_files, staged_folder
+from tispipe.errors import TispipeError
 
 KEEP = 2
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -105,11 +107,9 @@ def save_checkpoint(
     gathered (`model_state`, `optimizer_state`), and `parallel` ({"world_size", "fsdp"}) is recorded
     in state.json (absent: one process).
     """
-    root = checkpoints_dir(out)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{state.step}-", dir=root))
-    try:
+    final = checkpoints_dir(out) / f"step-{state.step}"
+    # A re-save of the same step (resuming after a kill during the final save) replaces step-N whole.
+    with staged_folder(final, prefix=f".tmp-step-{state.step}-") as tmp:
         with quiet_transformers():
             if model_state is None:
                 model.save_pretrained(tmp, safe_serialization=True)
@@ -120,31 +120,41 @@ def save_checkpoint(
         torch.save(rng, tmp / "rng.pt")
         extra = {"parallel": parallel} if parallel else {}
         atomic_write_json(tmp / "state.json", {**state.__dict__, "config": config, **extra})
-        _fsync_dir(tmp)
-        old = root / f".tmp-step-{state.step}-replaced"
-        if final.exists():  # a re-save of the same step (e.g. resuming after a kill during the final save)
-            # Moved aside, not deleted in place: a kill during rmtree must not leave step-N half deleted.
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     prune(out)
     return final
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def checkpoint_all_ranks(out: Path, state: TrainState, policy, model, optimizer, scheduler, config: dict[str, Any], fsdp: bool) -> Path:
+    """Every rank calls this at the same step; rank 0 writes the checkpoint, the others wait for it.
+
+    `policy` is the bare model (it saves itself), `model` the policy as trained (DDP/FSDP-wrapped
+    under torchrun); `config` the run's resolved settings, recorded in state.json.
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return save_checkpoint(out, state, policy, optimizer, scheduler, rng_state(), config)
+    model_state = distributed.gathered_model_state(model, fsdp)
+    optimizer_state = distributed.gathered_optimizer_state(model, optimizer, fsdp)
+    path = checkpoints_dir(out) / f"step-{state.step}"
+    if distributed.is_main():
+        path = save_checkpoint(
+            out, state, policy, optimizer, scheduler, rng_state(), config,
+            model_state=model_state, optimizer_state=optimizer_state, parallel={"world_size": world, "fsdp": fsdp},
+        )
+    distributed.barrier()
+    return path
+
+
+def save_final_model(policy, tokenizer, out: Path, state_dict: dict | None = None) -> None:
+    """The trained policy (safetensors + config) and its tokenizer in OUT, each file moved into place whole.
+
+    `state_dict`: the full weights gathered from an FSDP-sharded policy (None: the policy's own)."""
+    with staged_files(out, prefix=".final-") as tmp, quiet_transformers():
+        if state_dict is None:
+            policy.save_pretrained(tmp, safe_serialization=True)
+        else:
+            policy.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
 
 
 def list_checkpoints(out: str | Path) -> list[Path]:
@@ -199,3 +209,15 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, sche
     (load_optimizer or optimizer.load_state_dict)(saved)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     return torch.load(path / "rng.pt", weights_only=True)
+
+
+def check_checkpoint_world(checkpoint: Path, world: int, fsdp: bool) -> None:
+    """A run resumes on as many processes as it started with (the global batch and the data split depend on it)."""
+    saved = checkpoint_parallel(checkpoint)
+    if saved["world_size"] != world or (world > 1 and saved["fsdp"] != fsdp):
+        was = f"{saved['world_size']} process(es)" + (" with --fsdp" if saved["fsdp"] else "")
+        now = f"{world} process(es)" + (" with --fsdp" if fsdp and world > 1 else "")
+        raise TispipeError(
+            f"{checkpoint} was written by a run on {was}; this one has {now}",
+            hint=f"resume with the same torchrun --nnodes x --nproc-per-node ({saved['world_size']} in all)" + (" and --fsdp" if saved["fsdp"] else ""),
+        )

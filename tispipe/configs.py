@@ -203,3 +203,37 @@ class ExperimentConfig:
     jobs: int = option(2, "Stage runs at the same time (1: one after another, in this process).")
     threads: int = option(1, "torch CPU threads per stage run.")
     quick: bool = option(False, "Smoke run (1 seed, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the table is written.")
+
+
+# ---------------------------------------------------------------- checks shared by the stages
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_options(
+    cfg: Any, *, positive: tuple[str, ...] = (), at_least_one: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+    choices: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Reject option values out of range, naming the option; a field left at None is not checked."""
+    from tispipe.errors import TispipeError
+
+    for name, allowed in (choices or {}).items():
+        value = getattr(cfg, name)
+        if value is not None and value not in allowed:
+            raise TispipeError(f"{_flag(name)} must be one of {', '.join(allowed)}, not {value!r}")
+    for names, ok, rule in ((positive, lambda v: v > 0, "be positive"), (at_least_one, lambda v: v >= 1, "be at least 1"),
+                            (non_negative, lambda v: v >= 0, "not be negative")):
+        for name in names:
+            value = getattr(cfg, name)
+            if value is not None and not ok(value):  # `not ok` also catches NaN
+                raise TispipeError(f"{_flag(name)} must {rule}, not {value}")
+
+
+def check_bounds(lower: float | None, upper: float | None) -> None:
+    """The clamp bounds (or the range of random weights): L < U when both are given."""
+    from tispipe.errors import TispipeError
+
+    if lower is not None and upper is not None and not lower < upper:
+        raise TispipeError(f"--lower ({lower}) must be smaller than --upper ({upper})")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -42,10 +43,6 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if active() else 1
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
 
 
 def is_main() -> bool:
@@ -115,12 +112,76 @@ def broadcast_object(value=None, src: int = 0):
     return box[0]
 
 
-def owned_indices(count: int) -> list[int]:
-    """The items of `range(count)` this rank handles: i with i % world_size == rank."""
-    return [i for i in range(count) if i % world_size() == rank()]
-
-
 def rank_skip(global_rows: int, rank_: int, world: int) -> int:
     """How many of the first `global_rows` rows of a global order belong to `rank_` when rank r keeps
     the rows at positions p with p % world == r (as `shards.stream_rows` splits them)."""
     return max(0, (global_rows - rank_ + world - 1) // world)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trained model under torchrun: DDP or FSDP, gradient sync, full state for saving
+
+
+def wrap_policy(policy, fsdp: bool, device: str):
+    """The policy as the step loop drives it: itself in one process, DDP or FSDP (`fsdp`) under torchrun."""
+    if world_size() == 1:
+        if fsdp:
+            raise TispipeError("--fsdp shards the model over several processes: start the run with torchrun", hint="torchrun --nproc-per-node N -m tispipe train ... --fsdp")
+        return policy
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard  # FSDP2 (per-parameter sharding); runs on gloo too
+
+        # One FSDP unit per transformer block (the classes transformers names as never to be split),
+        # then the rest (embeddings, head): a block's weights are gathered only while it runs.
+        block_types = tuple(getattr(policy, "_no_split_modules", None) or ())
+        for module in policy.modules():
+            if type(module).__name__ in block_types:
+                fully_shard(module)
+        fully_shard(policy)
+        return policy
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(policy, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+
+
+def gradient_sync(model, last: bool):
+    """Sync gradients on a step's last backward pass only (accumulation); nothing to do in one process."""
+    if world_size() == 1:
+        return nullcontext()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP
+        model.set_requires_gradient_sync(last)
+        return nullcontext()
+    return nullcontext() if last else model.no_sync()  # DDP
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gathered_model_state(model, fsdp: bool) -> dict | None:
+    """FSDP: the full weights, gathered on every rank (a collective); None otherwise (the module saves itself)."""
+    if world_size() == 1 or not fsdp:
+        return None
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def gathered_optimizer_state(model, optimizer, fsdp: bool) -> dict | None:
+    """FSDP: the full optimizer state, gathered on every rank (a collective); None otherwise (optimizer.state_dict())."""
+    if world_size() == 1 or not fsdp:
+        return None
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options())
+
+
+def optimizer_loader(model, optimizer, fsdp: bool):
+    """How a checkpoint's optimizer state goes back in: FSDP scatters the full state to the shards; None: load_state_dict."""
+    if world_size() == 1 or not fsdp:
+        return None
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    return lambda full: set_optimizer_state_dict(model, optimizer, optim_state_dict=full, options=_full_options())

@@ -37,7 +37,7 @@ import torch
 
 from tispipe import distributed, weight_quality
 from tispipe.config import write_config
-from tispipe.configs import EstimateConfig
+from tispipe.configs import EstimateConfig, check_bounds, check_options
 from tispipe.data import DataReport, TokenizedPair, as_text
 from tispipe.errors import TispipeError
 from tispipe.score import ContrastPrompts, Scorer, shard_entry, shard_sizes, write_shards
@@ -142,29 +142,13 @@ def validate(cfg: EstimateConfig) -> None:
     """Option errors, each naming its option, before anything slow happens."""
     from tispipe.weights import TRANSFORMS
 
-    if cfg.method not in METHODS:
-        raise TispipeError(f"--method must be one of {', '.join(METHODS)}, not {cfg.method!r}")
-    if cfg.transform not in TRANSFORMS:
-        raise TispipeError(f"--transform must be one of {', '.join(TRANSFORMS)}, not {cfg.transform!r}")
+    check_options(
+        cfg, choices={"method": METHODS, "transform": TRANSFORMS}, positive=("k", "contrast_lr", "contrast_epochs", "contrast_beta"),
+        at_least_one=("shard_size", "batch_size", "max_length", "max_prompt_length", "contrast_batch_size"), non_negative=("threads",),
+    )
     if bool(cfg.pos_model) != bool(cfg.neg_model):
         raise TispipeError("--pos-model and --neg-model go together: give both or neither")
-    if cfg.lower is not None and cfg.upper is not None and not cfg.lower < cfg.upper:
-        raise TispipeError(f"--lower ({cfg.lower}) must be smaller than --upper ({cfg.upper})")
-    if not cfg.k > 0:
-        raise TispipeError(f"--k must be positive, not {cfg.k}")
-    if cfg.threads < 0:
-        raise TispipeError(f"--threads must not be negative, not {cfg.threads}")
-    for name in ("shard_size", "batch_size", "max_length", "max_prompt_length"):
-        if getattr(cfg, name) < 1:
-            raise TispipeError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(cfg, name)}")
-    if cfg.contrast_batch_size is not None and cfg.contrast_batch_size < 1:
-        raise TispipeError(f"--contrast-batch-size must be at least 1, not {cfg.contrast_batch_size}")
-    if cfg.contrast_lr is not None and not cfg.contrast_lr > 0:
-        raise TispipeError(f"--contrast-lr must be positive, not {cfg.contrast_lr}")
-    if cfg.contrast_epochs is not None and not cfg.contrast_epochs > 0:
-        raise TispipeError(f"--contrast-epochs must be positive, not {cfg.contrast_epochs}")
-    if not cfg.contrast_beta > 0:
-        raise TispipeError(f"--contrast-beta must be positive, not {cfg.contrast_beta}")
+    check_bounds(cfg.lower, cfg.upper)
     if cfg.method == "prompt" and not cfg.pos_model and cfg.pos_prompt == cfg.neg_prompt:
         raise TispipeError("--pos-prompt and --neg-prompt are the same: every log-ratio would be 0")
 
@@ -173,8 +157,7 @@ def _bounds(cfg: EstimateConfig, defaults: dict) -> tuple[float, float]:
     lower, upper = defaults[cfg.transform]
     lower = lower if cfg.lower is None else cfg.lower
     upper = upper if cfg.upper is None else cfg.upper
-    if not lower < upper:
-        raise TispipeError(f"--lower ({lower}) must be smaller than --upper ({upper})")
+    check_bounds(lower, upper)
     return lower, upper
 
 

@@ -32,7 +32,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tispipe.configs import ToyDataConfig
+from tispipe.configs import ToyDataConfig, check_options
 from tispipe.errors import TispipeError
 
 HELPFUL, HARMFUL = 1, -1
@@ -348,10 +348,7 @@ def run(cfg: ToyDataConfig) -> None:
     from tispipe.config import write_config
     from tispipe.console import result_console
 
-    if cfg.pairs < 1:
-        raise TispipeError(f"--pairs must be at least 1, got {cfg.pairs}")
-    if cfg.test_pairs < 0:
-        raise TispipeError(f"--test-pairs must be at least 0, got {cfg.test_pairs}")
+    check_options(cfg, at_least_one=("pairs",), non_negative=("test_pairs",))
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise TispipeError(f"--out {out} exists and is not a folder")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tispipe.configs import InspectConfig
+from tispipe.configs import InspectConfig, check_options
 from tispipe.errors import TispipeError
 
 COLUMNS = ["pair_id", "prompt", "chosen_ids", "rejected_ids", "chosen_logratio", "rejected_logratio", "chosen_weights", "rejected_weights", "chosen_labels", "rejected_labels"]
@@ -24,10 +24,7 @@ def run(cfg: InspectConfig) -> None:
     from tispipe.console import log_console, result_console
     from tispipe.shards import read_manifest
 
-    if cfg.pair < 0:
-        raise TispipeError(f"--pair must be at least 0, not {cfg.pair}")
-    if cfg.html_pairs < 1:
-        raise TispipeError(f"--html-pairs must be at least 1, not {cfg.html_pairs}")
+    check_options(cfg, non_negative=("pair",), at_least_one=("html_pairs",))
     manifest = read_manifest(cfg.folder)
     total = sum(entry["rows"] for entry in manifest["shards"])
     if cfg.pair >= total:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from tispipe.configs import check_bounds
 from tispipe.errors import TispipeError
 
 TRANSFORMS = ("exp", "rank", "linear")
@@ -79,8 +80,7 @@ def random_weights(
 
     Draws on the generator's device (CPU for a default `torch.Generator()`), then moves to `mask`'s device.
     """
-    if not lower < upper:
-        raise TispipeError(f"--lower ({lower}) must be smaller than --upper ({upper})")
+    check_bounds(lower, upper)
     draws = torch.rand(mask.shape, generator=generator, device=generator.device)
     weights = lower + (upper - lower) * draws.to(mask.device)
     return torch.where(mask.bool(), weights, torch.zeros_like(weights))
@@ -119,8 +119,8 @@ def compute_weights(
     default_lower, default_upper = DEFAULT_BOUNDS[transform]
     lower = default_lower if lower is None else lower
     upper = default_upper if upper is None else upper
-    if transform != "rank" and not lower < upper:
-        raise TispipeError(f"--lower ({lower}) must be smaller than --upper ({upper})")
+    if transform != "rank":
+        check_bounds(lower, upper)
     if transform == "exp" and not k > 0:
         raise TispipeError(f"--k must be positive, not {k}")
     if transform != "exp" and not low <= high:
