@@ -93,34 +93,48 @@ def _batches(n: int, batch_size: int, epochs: float, generator: torch.Generator)
     return [order[i : i + batch_size] for i in range(0, total, batch_size)]
 
 
-def _optimizer(model: torch.nn.Module, settings: ContrastSettings) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay)
+def _fit(model, n_pairs: int, settings: ContrastSettings, description: str, console, batch_loss) -> dict[str, float]:
+    """The loop both builds share: seeded index batches over `epochs`, AdamW at a constant lr, one step per batch.
+
+    `batch_loss(indices)` returns (mean loss with gradient, accuracy or None) for those pairs.
+    """
+    generator = torch.Generator().manual_seed(settings.seed)
+    batches = _batches(n_pairs, settings.batch_size, settings.epochs, generator)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay)
+    model.train()
+    losses, accuracies = [], []
+    with ProgressLine(console, description, len(batches)) as progress:
+        for indices in batches:
+            loss, accuracy = batch_loss(indices)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if accuracy is not None:
+                accuracies.append(accuracy)
+            progress.update(len(losses), f"loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    model.eval()
+    tail = max(1, len(losses[-20:]))
+    stats = {"steps": len(batches), "final_loss": sum(losses[-20:]) / tail}
+    if accuracies:
+        stats["final_accuracy"] = sum(accuracies[-20:]) / tail
+    return stats
 
 
 def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad_id: int, description: str, console=None) -> dict[str, float]:
     """Fine-tune `model` in place on (prompt, chosen) or (prompt, rejected): mean NLL over response tokens."""
     from tispipe.batching import make_batch, sequence_token_logps
 
-    generator = torch.Generator().manual_seed(settings.seed)
-    batches = _batches(len(pairs), settings.batch_size, settings.epochs, generator)
-    optimizer = _optimizer(model, settings)
-    model.train()
     device = next(model.parameters()).device
-    losses = []
-    with ProgressLine(console, description, len(batches)) as progress:
-        for indices in batches:
-            prompts = [pairs[i].prompt_ids for i in indices]
-            responses = [getattr(pairs[i], f"{side}_ids") for i in indices]
-            batch = make_batch(prompts, responses, pad_id).to(device)
-            logps = sequence_token_logps(model, batch)
-            loss = -(logps * batch.response_mask).sum() / batch.response_mask.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            progress.update(len(losses), f"loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
-    model.eval()
-    return {"steps": len(batches), "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+
+    def batch_loss(indices: list[int]):
+        prompts = [pairs[i].prompt_ids for i in indices]
+        responses = [getattr(pairs[i], f"{side}_ids") for i in indices]
+        batch = make_batch(prompts, responses, pad_id).to(device)
+        logps = sequence_token_logps(model, batch)
+        return -(logps * batch.response_mask).sum() / batch.response_mask.sum(), None
+
+    return _fit(model, len(pairs), settings, description, console, batch_loss)
 
 
 @torch.inference_mode()
@@ -146,38 +160,25 @@ def train_dpo(
     from tispipe.batching import make_pair_batch, sequence_token_logps
     from tispipe.losses import dpo_loss
 
-    generator = torch.Generator().manual_seed(settings.seed)
-    batches = _batches(len(pairs), settings.batch_size, settings.epochs, generator)
-    optimizer = _optimizer(model, settings)
-    model.train()
     device = next(model.parameters()).device
-    losses, accuracies = [], []
-    with ProgressLine(console, description, len(batches)) as progress:
-        for indices in batches:
-            prompts = [pairs[i].prompt_ids for i in indices]
-            winners = [pairs[i].rejected_ids if swap else pairs[i].chosen_ids for i in indices]
-            losers = [pairs[i].chosen_ids if swap else pairs[i].rejected_ids for i in indices]
-            ref_winners = [ref[i][1] if swap else ref[i][0] for i in indices]
-            ref_losers = [ref[i][0] if swap else ref[i][1] for i in indices]
-            batch = make_pair_batch(prompts, winners, losers, pad_id)
-            ref_logps = batch.place(ref_winners + ref_losers)
-            batch = batch.to(device)
-            ref_logps = ref_logps.to(device)
-            policy = sequence_token_logps(model, batch)
-            b = len(indices)
-            loss, chosen_rewards, rejected_rewards = dpo_loss(
-                policy[:b], policy[b:], ref_logps[:b], ref_logps[b:], batch.response_mask[:b], batch.response_mask[b:], settings.beta
-            )
-            loss = loss.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            accuracies.append((chosen_rewards > rejected_rewards).float().mean().item())
-            progress.update(len(losses), f"loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
-    model.eval()
-    tail = max(1, len(losses[-20:]))
-    return {"steps": len(batches), "final_loss": sum(losses[-20:]) / tail, "final_accuracy": sum(accuracies[-20:]) / tail}
+
+    def batch_loss(indices: list[int]):
+        prompts = [pairs[i].prompt_ids for i in indices]
+        winners = [pairs[i].rejected_ids if swap else pairs[i].chosen_ids for i in indices]
+        losers = [pairs[i].chosen_ids if swap else pairs[i].rejected_ids for i in indices]
+        ref_winners = [ref[i][1] if swap else ref[i][0] for i in indices]
+        ref_losers = [ref[i][0] if swap else ref[i][1] for i in indices]
+        batch = make_pair_batch(prompts, winners, losers, pad_id)
+        ref_logps = batch.place(ref_winners + ref_losers).to(device)
+        batch = batch.to(device)
+        policy = sequence_token_logps(model, batch)
+        b = len(indices)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(
+            policy[:b], policy[b:], ref_logps[:b], ref_logps[b:], batch.response_mask[:b], batch.response_mask[b:], settings.beta
+        )
+        return loss.mean(), (chosen_rewards > rejected_rewards).float().mean().item()
+
+    return _fit(model, len(pairs), settings, description, console, batch_loss)
 
 
 def _save(model, tokenizer, folder: Path, identity: dict[str, Any], stats: dict[str, float]) -> None:
