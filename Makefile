@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TISPIPE := HF_HUB_OFFLINE=1 $(VENV)/bin/tispipe
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup base estimate train eval demo test lint clean
+.PHONY: setup base estimate train eval demo test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,10 @@ experiment: $(RUNS)/base/model.safetensors
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# The tests without the `slow` marker (no torchrun, no killed subprocesses, no experiment runs): about a minute.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check tispipe tests

@@ -84,9 +84,45 @@ def tiny_tokenizer_no_template(make_tiny_tokenizer):
     return make_tiny_tokenizer(chat_template=False)
 
 
-def write_jsonl(path, rows) -> None:
-    """Write rows as JSON lines (helper for data tests)."""
+def write_jsonl(path, rows):
+    """Write rows as JSON lines (UTF-8, one `json.dumps` per line); return `path`."""
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# The tiny random Llama most tests score with: 2 layers, width 32, vocabulary and special tokens from
+# the tiny tokenizer. Tests that need another shape pass overrides to `make_tiny_llama`.
+TINY_LLAMA = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+    max_position_embeddings=1024, bos_token_id=None,
+)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama(make_tiny_tokenizer):
+    """Factory for tiny random Llamas: make(folder=None, *, seed=0, tokenizer=None, model_class=None, **config_overrides).
+
+    Seeds torch with `seed`, builds `model_class` (default LlamaForCausalLM) from `TINY_LLAMA` with
+    vocab_size / eos / pad taken from `tokenizer` (default: a fresh `make_tiny_tokenizer()`), updated
+    by `config_overrides`, and returns it as built (train mode). With `folder`, the model and the
+    tokenizer are also saved there: a folder `from_pretrained` and tispipe load.
+    """
+
+    def make(folder=None, *, seed: int = 0, tokenizer=None, model_class=None, **config_overrides):
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tokenizer = tokenizer if tokenizer is not None else make_tiny_tokenizer()
+        settings = dict(TINY_LLAMA, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        settings.update(config_overrides)
+        torch.manual_seed(seed)
+        model = (model_class or LlamaForCausalLM)(LlamaConfig(**settings))
+        if folder is not None:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+        return model
+
+    return make
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,7 @@ def test_chat_template_prefix_and_token_boundary(trained):
         tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
 
 
+@pytest.mark.slow
 def test_loads_with_plain_transformers_in_a_fresh_process(trained):
     _, out, _ = trained
     script = textwrap.dedent(
@@ -162,20 +163,3 @@ def test_bad_data(tmp_path):
         base.run(_config(tmp_path, tmp_path / "out"))
     with pytest.raises(TispipeError, match="too small"):
         base.train_tokenizer([{"prompt": "p", "chosen": "c", "rejected": "r"}], 200)
-
-
-def test_cli_options_match_the_config():
-    # The CLI fills InitBaseConfig by option name; a renamed field or a drifted default would go unnoticed.
-    import dataclasses
-
-    import typer
-
-    from tispipe.cli import app
-
-    command = typer.main.get_command(app).commands["init-base"]
-    options = {p.name: p.default for p in command.params if p.name != "config"}
-    fields = {f.name: f.default for f in dataclasses.fields(base.InitBaseConfig)}
-    assert set(options) == set(fields)
-    for name, default in fields.items():
-        if default is not dataclasses.MISSING:
-            assert options[name] == default, name

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from tispipe.batching import forward_logits, make_batch, make_pair_batch, sequence_token_logps
 
@@ -11,10 +10,8 @@ RESPONSES = [[20, 21, 22, 23, 24], [30, 31], [40, 41, 42, 43, 44, 45, 46, 47]]
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)
-    return LlamaForCausalLM(config).eval()
+def model(make_tiny_llama):
+    return make_tiny_llama(vocab_size=64, num_attention_heads=4, num_key_value_heads=4, pad_token_id=0).eval()
 
 
 def test_layout_hand_built():

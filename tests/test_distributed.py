@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 from tispipe import distributed, estimate, steps, train
 from tispipe.errors import TispipeError
@@ -23,28 +24,17 @@ N_PAIRS = 17  # shards of 5: 5, 5, 5, 2; train steps of 8 pairs: 8, 8, 1 (rank 1
 SHARD_SIZE = 5
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # torchrun runs
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, make_tiny_tokenizer):
+def workdir(tmp_path_factory, make_tiny_llama):
     """A tiny random Llama with the conftest tokenizer, and toy pairs: (root, base_dir, data_file)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tispipe.toy import generate
 
     root = tmp_path_factory.mktemp("distributed")
-    tokenizer = make_tiny_tokenizer(chat_template=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )
-    LlamaForCausalLM(config).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    data = root / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in generate(N_PAIRS, 0, "train")), encoding="utf-8")
+    make_tiny_llama(root / "base")
+    data = write_jsonl(root / "pairs.jsonl", generate(N_PAIRS, 0, "train"))
     return root, root / "base", data
 
 

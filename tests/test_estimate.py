@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import write_jsonl
 
 from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT
 from tispipe.estimate import EstimateConfig, run
@@ -26,21 +27,10 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def base_dir(workdir, make_tiny_tokenizer):
+def base_dir(workdir, make_tiny_llama):
     """A tiny random Llama (2 layers, width 32) with the conftest tokenizer (chat template, eos, pad)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = make_tiny_tokenizer(chat_template=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )
-    model = LlamaForCausalLM(config)
     path = workdir / "base"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    make_tiny_llama(path)
     return path
 
 
@@ -48,9 +38,7 @@ def base_dir(workdir, make_tiny_tokenizer):
 def data_file(workdir):
     from tispipe.toy import generate
 
-    path = workdir / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in generate(N_PAIRS, 0, "train")), encoding="utf-8")
-    return path
+    return write_jsonl(workdir / "pairs.jsonl", generate(N_PAIRS, 0, "train"))
 
 
 def config(data_file, base_dir, out, **overrides) -> EstimateConfig:

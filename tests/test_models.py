@@ -17,22 +17,14 @@ from tispipe.models import (
     resolve_dtype,
 )
 
-
-def _save_tiny_model(folder, seed: int = 0) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=400, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
+# One layer of width 16 with tied embeddings: the smallest model the loading tests need.
+TINY = dict(vocab_size=400, hidden_size=16, intermediate_size=32, num_hidden_layers=1, max_position_embeddings=64, tie_word_embeddings=True, pad_token_id=None)
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model_dir(tmp_path_factory, make_tiny_llama):
     folder = tmp_path_factory.mktemp("tiny") / "model"
-    _save_tiny_model(folder)
+    make_tiny_llama(folder, **TINY)
     return folder
 
 
@@ -128,11 +120,11 @@ def test_load_model_modes(tiny_model_dir):
         assert torch.equal(a, b)
 
 
-def test_model_fingerprint(tmp_path, tiny_model_dir):
+def test_model_fingerprint(tmp_path, tiny_model_dir, make_tiny_llama):
     again = tmp_path / "again"
-    _save_tiny_model(again, seed=0)
+    make_tiny_llama(again, seed=0, **TINY)
     other = tmp_path / "other"
-    _save_tiny_model(other, seed=1)
+    make_tiny_llama(other, seed=1, **TINY)
     fp = fingerprint_model(tiny_model_dir)
     assert len(fp) == 16 and int(fp, 16) >= 0
     assert fingerprint_model(str(tiny_model_dir)) == fp

@@ -1,4 +1,4 @@
-"""Reliability (issue 9) through the real command line.
+"""Reliability through the real command line.
 
 - Bad input: exit code 1, one `Error:` line naming the file / row / option, no traceback, and nothing
   that looks like a finished output (no manifest, no final model).
@@ -28,6 +28,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import write_jsonl
 from typer.testing import CliRunner
 
 from tispipe.cli import app
@@ -48,24 +49,11 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("reliability")
 
 
-def _save_model(folder: Path, tokenizer) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
-def base_dir(work, make_tiny_tokenizer):
+def base_dir(work, make_tiny_llama):
     """A tiny random Llama (2 layers, width 32) with the conftest tokenizer; random weights are enough to score."""
     path = work / "base"
-    _save_model(path, make_tiny_tokenizer(chat_template=True))
+    make_tiny_llama(path)
     return path
 
 
@@ -73,9 +61,7 @@ def base_dir(work, make_tiny_tokenizer):
 def data_file(work):
     from tispipe.toy import generate
 
-    path = work / "pairs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in generate(N_PAIRS, 0, "train")), encoding="utf-8")
-    return path
+    return write_jsonl(work / "pairs.jsonl", generate(N_PAIRS, 0, "train"))
 
 
 def estimate_args(data_file, base_dir, out) -> list[str]:
@@ -223,6 +209,7 @@ def assert_same_estimate(out: Path, reference: Path) -> None:
 # ---------------------------------------------------------------------------------------------- interruptions
 
 
+@pytest.mark.slow
 def test_estimate_killed_at_random_points_resumes_byte_identical(reference_estimate, data_file, base_dir, tmp_path):
     rng = random.Random(SEED)
     out = tmp_path / "killed"
@@ -268,6 +255,7 @@ def test_estimate_killed_at_random_points_resumes_byte_identical(reference_estim
     assert not names(out, ".*.tmp")
 
 
+@pytest.mark.slow
 def test_estimate_ctrl_c_says_what_is_saved_and_resumes(reference_estimate, data_file, base_dir, tmp_path):
     out = tmp_path / "interrupted"
     args = estimate_args(data_file, base_dir, out)
@@ -289,6 +277,7 @@ def test_estimate_ctrl_c_says_what_is_saved_and_resumes(reference_estimate, data
     assert_same_estimate(out, reference_estimate)
 
 
+@pytest.mark.slow
 def test_train_killed_during_and_between_checkpoints_resumes_exactly(reference_estimate, reference_train, base_dir, tmp_path):
     rng = random.Random(SEED + 1)
     out = tmp_path / "killed"
@@ -337,6 +326,7 @@ def test_train_killed_during_and_between_checkpoints_resumes_exactly(reference_e
     assert not tmp.exists()  # leftovers of a crash are cleaned up
 
 
+@pytest.mark.slow
 def test_train_ctrl_c_saves_and_the_printed_command_resumes(reference_estimate, reference_train, base_dir, tmp_path):
     out = tmp_path / "interrupted"
     proc = spawn(train_args(reference_estimate, base_dir, out))
@@ -436,9 +426,10 @@ def test_source_never_unpickles_or_trusts_remote_code_by_default():
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (path, call)
         assert not re.search(r"trust_remote_code\s*=\s*True", text), path
-        for match in re.finditer(r"trust_remote_code:\s*bool\s*=\s*(\w+)", text):
-            assert match.group(1) in ("False", "TRUST_REMOTE_CODE"), path
-    assert re.search(r"^TRUST_REMOTE_CODE = typer\.Option\(False,", sources[REPO / "tispipe" / "cli.py"], re.M)
+        for match in re.finditer(r"trust_remote_code:\s*bool\s*=\s*(?:option\()?(\w+)", text):
+            assert match.group(1) == "False", path
+    # the one declaration of the option, which the CLI is built from
+    assert re.search(r"^    trust_remote_code: bool = option\(False,", sources[REPO / "tispipe" / "configs.py"], re.M)
 
 
 REMOTE_CODE = """\
@@ -490,11 +481,6 @@ def test_remote_code_runs_only_with_the_flag(base_dir, data_file, tmp_path):
 # (see the table in the README's Troubleshooting section).
 
 
-def _write_rows(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 ROWS = [{"prompt": f"Question {i}?", "chosen": f"Helpful answer {i}.", "rejected": f"Rude answer {i}."} for i in range(4)]
 
 
@@ -506,16 +492,16 @@ def _estimate_case(case: str, tmp: Path, data_file: Path, base_dir: Path, make_t
     if case == "unknown format":
         return ["--format", "kto"], data, model, ["unknown data format 'kto'"]
     if case == "undetectable format":
-        return [], _write_rows(tmp / "text.jsonl", [{"text": "hello"}]), model, ["text.jsonl", "cannot tell the data format"]
+        return [], write_jsonl(tmp / "text.jsonl", [{"text": "hello"}]), model, ["text.jsonl", "cannot tell the data format"]
     if case == "broken JSON line":
         path = tmp / "broken.jsonl"
         path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + '\n{"prompt": "Q", "chosen":\n', encoding="utf-8")
         return [], path, model, ["broken.jsonl, line 3", "not valid JSON"]
     if case == "bad row with --strict":
-        return ["--strict"], _write_rows(tmp / "bad.jsonl", [*ROWS, {"prompt": "Q", "chosen": "same", "rejected": "same"}]), model, ["bad.jsonl, line 5"]
+        return ["--strict"], write_jsonl(tmp / "bad.jsonl", [*ROWS, {"prompt": "Q", "chosen": "same", "rejected": "same"}]), model, ["bad.jsonl, line 5"]
     if case == "no usable row":
         rows = [{"prompt": "Q", "chosen": "same", "rejected": "same"}] * 2
-        return [], _write_rows(tmp / "same.jsonl", rows), model, ["same.jsonl: no usable row among 2", "chosen identical to rejected"]
+        return [], write_jsonl(tmp / "same.jsonl", rows), model, ["same.jsonl: no usable row among 2", "chosen identical to rejected"]
     if case == "model folder without weights":
         empty = tmp / "no-weights"
         shutil.copytree(base_dir, empty)
@@ -531,7 +517,7 @@ def _estimate_case(case: str, tmp: Path, data_file: Path, base_dir: Path, make_t
         make_tiny_tokenizer(chat_template=False).save_pretrained(plain)
         rows = [{"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hello."}],
                  "rejected": [{"role": "assistant", "content": "Go away."}]}]
-        return ["--method", "dpo"], _write_rows(tmp / "conv.jsonl", rows), plain, ["conversational data needs a tokenizer with a chat template"]
+        return ["--method", "dpo"], write_jsonl(tmp / "conv.jsonl", rows), plain, ["conversational data needs a tokenizer with a chat template"]
     if case == "--device cuda without a GPU":
         return ["--device", "cuda"], data, model, ["'cuda' was asked for but no CUDA GPU is available"]
     if case == "non-positive contrast beta":
@@ -570,7 +556,7 @@ def _rewrite_shard(shards: Path, index: int, change) -> None:
     write_shard(path, rows)
 
 
-def _train_case(case: str, tmp: Path, reference: Path, base_dir: Path, make_tiny_tokenizer):
+def _train_case(case: str, tmp: Path, reference: Path, base_dir: Path, make_tiny_tokenizer, make_tiny_llama):
     """(shards folder, model, out, extra args, expected fragments of the error line)."""
     shards, model, out = reference, base_dir, tmp / "out"
     if case == "missing manifest":
@@ -608,7 +594,7 @@ def _train_case(case: str, tmp: Path, reference: Path, base_dir: Path, make_tiny
         return shards, model, out, ["--k", "2"], ["part-00001.parquet, pair 'train-00005': column rejected_logratio holds NaN or infinite"]
     if case == "shards made with another tokenizer":
         other = tmp / "other-model"
-        _save_model(other, make_tiny_tokenizer(chat_template=False))
+        make_tiny_llama(other, tokenizer=make_tiny_tokenizer(chat_template=False))
         return shards, other, out, [], [f"the tokenizer of --model {other}", "differs from the one the shards"]
     if case == "model folder without weights":
         empty = tmp / "no-weights"
@@ -643,8 +629,8 @@ def _train_case(case: str, tmp: Path, reference: Path, base_dir: Path, make_tiny
     "--out is a file",
     pytest.param("--device cuda without a GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
 ])
-def test_train_bad_input(case, tmp_path, reference_estimate, base_dir, make_tiny_tokenizer):
-    shards, model, out, extra, fragments = _train_case(case, tmp_path, reference_estimate, base_dir, make_tiny_tokenizer)
+def test_train_bad_input(case, tmp_path, reference_estimate, base_dir, make_tiny_tokenizer, make_tiny_llama):
+    shards, model, out, extra, fragments = _train_case(case, tmp_path, reference_estimate, base_dir, make_tiny_tokenizer, make_tiny_llama)
     args = ["train", "--shards", shards, "--model", model, "--out", out, "--batch-size", "4", "--max-steps", "12",
             "--device", "cpu", "--loss", "dpo", *extra]
     assert_user_error(cli(args), *fragments)

@@ -6,13 +6,15 @@ This is the one test that checks the weights *mean* something, not only that the
 
 import json
 
+import pytest
+
 from tispipe import toy
-from tispipe.base import InitBaseConfig
 from tispipe.base import run as init_base
-from tispipe.estimate import EstimateConfig
+from tispipe.configs import EstimateConfig, InitBaseConfig
 from tispipe.estimate import run as estimate
 
 
+@pytest.mark.slow  # trains a base model and the DPO contrastive pair (about 16 s)
 def test_dpo_weights_find_the_decisive_tokens(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text(toy.to_jsonl(toy.generate(400, seed=1, split="train")))

@@ -26,14 +26,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, make_tiny_tokenizer):
+def tiny(tmp_path_factory, make_tiny_tokenizer, make_tiny_llama):
     """A tiny random Llama saved with the tiny tokenizer, and shards of random pairs scored by that model.
 
     Returns (model_dir, shards_dir). Reference log-probs in the shards are the model's own, so the
     policy starts equal to the reference; log-ratios are random and weights follow paper Eq. 19.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tispipe.batching import make_pair_batch, sequence_token_logps
     from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer
     from tispipe.weights import compute_weights
@@ -41,15 +39,7 @@ def tiny(tmp_path_factory, make_tiny_tokenizer):
     root = tmp_path_factory.mktemp("tiny")
     model_dir, shards_dir = root / "model", root / "shards"
     tokenizer = make_tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model = make_tiny_llama(model_dir, tokenizer=tokenizer, num_attention_heads=4, max_position_embeddings=64, bos_token_id=tokenizer.eos_token_id).eval()
 
     gen = torch.Generator().manual_seed(1)
     eos, vocab = tokenizer.eos_token_id, len(tokenizer)

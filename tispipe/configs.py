@@ -97,7 +97,7 @@ class InitBaseConfig(SeedOption, ThreadsOption, OverwriteOption):
     hidden_size: int = option(96, "Model width.")
     num_layers: int = option(3, "Transformer layers.")
     num_heads: int = option(4, "Attention heads.")
-    max_length: int = option(256, "Longest training sequence in tokens.")
+    max_length: int = option(256, "Longest prompt + response in tokens (responses are cut from the right).")
     epochs: float = option(1.0, "Passes over the SFT examples.")
     batch_size: int = option(32, "Sequences per optimizer step.")
     lr: float = option(5e-3, "Peak learning rate (AdamW, cosine decay).")

@@ -1,0 +1,68 @@
+"""tispipe.atomic: a file or folder appears whole under its name or not at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from tispipe.atomic import atomic_path, atomic_write_text, staged_files, staged_folder
+
+
+class Boom(Exception):
+    pass
+
+
+def test_atomic_write_text_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two"
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]
+
+
+def test_exception_inside_atomic_path_keeps_the_old_content(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+    with pytest.raises(Boom), atomic_path(path) as tmp:
+        tmp.write_text("half of the new")
+        raise Boom
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_staged_folder_replaces_the_folder_whole(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.bin").write_text("old")
+    with staged_folder(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".model.") and not any(tmp.iterdir())
+        (tmp / "new.bin").write_text("new")
+        assert (final / "old.bin").is_file()  # nothing changes before the block ends
+    assert [p.name for p in final.iterdir()] == ["new.bin"]  # replaced, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary or .old folder left
+
+
+def test_exception_inside_staged_folder_leaves_the_old_folder(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "old.bin").write_text("old")
+    with pytest.raises(Boom), staged_folder(final) as tmp:
+        (tmp / "new.bin").write_text("new")
+        raise Boom
+    assert [p.name for p in final.iterdir()] == ["old.bin"] and (final / "old.bin").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_staged_files_move_into_an_existing_folder(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("keep")
+    (tmp_path / "model.safetensors").write_text("old")
+    with staged_files(tmp_path) as tmp:
+        assert tmp.parent == tmp_path
+        (tmp / "model.safetensors").write_text("new")
+        (tmp / "config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors"]
+    assert (tmp_path / "model.safetensors").read_text() == "new" and (tmp_path / "metrics.jsonl").read_text() == "keep"
+    with pytest.raises(Boom), staged_files(tmp_path) as tmp:
+        (tmp / "model.safetensors").write_text("newer")
+        raise Boom
+    assert (tmp_path / "model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors"]

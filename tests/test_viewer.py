@@ -1,0 +1,45 @@
+"""tispipe.viewer: the weight colour scale and the per-token texts of `tispipe inspect`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tispipe.viewer import token_texts, weight_rgb
+
+
+def test_weight_rgb_white_at_one_green_above_red_below():
+    assert weight_rgb(1.0, 0.5) == (255, 255, 255)
+    r, g, b = weight_rgb(1.1, 0.5)
+    assert g == 255 and r == b < 255
+    r, g, b = weight_rgb(0.9, 0.5)
+    assert r == 255 and g == b < 255
+
+
+def test_weight_rgb_grows_with_log_w_and_saturates_at_the_scale():
+    scale = 0.5
+    assert weight_rgb(math.exp(0.1), scale)[0] > weight_rgb(math.exp(0.3), scale)[0]  # more weight: deeper green
+    full_green = weight_rgb(math.exp(scale), scale)
+    assert full_green == (64, 255, 64)  # 255 * (1 - 0.75)
+    assert weight_rgb(math.exp(3 * scale), scale) == full_green
+    full_red = weight_rgb(math.exp(-scale), scale)
+    assert full_red == (255, 64, 64)
+    assert weight_rgb(math.exp(-3 * scale), scale) == full_red
+    assert weight_rgb(0.0, scale) == full_red  # log 0: as low as it gets
+
+
+def test_token_texts_without_a_tokenizer_are_ids():
+    assert token_texts(None, [5, 17, 0]) == ["[5]", "[17]", "[0]"]
+    assert token_texts(None, []) == []
+
+
+@pytest.mark.parametrize("text", ["how can I bake bread?", "the oven héat, 4.5 minutes ✓"])
+def test_token_texts_join_back_to_the_decoded_text(tiny_tokenizer, text):
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    pieces = token_texts(tiny_tokenizer, ids)
+    assert len(pieces) == len(ids) > 3
+    assert "".join(pieces) == tiny_tokenizer.decode(ids) == text
+    assert "\ufffd" not in "".join(pieces)
+    if not text.isascii():  # a character split over tokens shows up whole with its last token
+        assert "" in pieces
