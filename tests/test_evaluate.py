@@ -9,52 +9,28 @@ import torch
 from conftest import write_jsonl
 from typer.testing import CliRunner
 
-from tispipe import evaluate, toy
+from tispipe import evaluate, generation, likelihood, toy
 from tispipe.cli import app
 from tispipe.errors import TispipeError
 from tispipe.tokenization import encode_prompt, encode_response
+from tispipe.weight_quality import weight_quality
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run far faster on one torch thread (no thread hand-offs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _llama_config(tokenizer, **extra):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **extra,
-    )
-
-
-def _save_lm(path, tokenizer, seed):
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    LlamaForCausalLM(_llama_config(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+EVAL_LLAMA = dict(num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_tokenizer):
+def models(tmp_path_factory, tiny_tokenizer, make_tiny_llama):
     """Two tiny random causal LMs and a tiny reward model, saved as HF folders with the tiny tokenizer."""
     from transformers import LlamaForSequenceClassification
 
     root = tmp_path_factory.mktemp("models")
-    a = _save_lm(root / "a", tiny_tokenizer, 0)
-    b = _save_lm(root / "b", tiny_tokenizer, 1)
-    torch.manual_seed(2)
-    LlamaForSequenceClassification(_llama_config(tiny_tokenizer, num_labels=1)).save_pretrained(root / "rm")
-    tiny_tokenizer.save_pretrained(root / "rm")
-    return {"a": a, "b": b, "rm": str(root / "rm")}
+    make_tiny_llama(root / "a", seed=0, tokenizer=tiny_tokenizer, **EVAL_LLAMA)
+    make_tiny_llama(root / "b", seed=1, tokenizer=tiny_tokenizer, **EVAL_LLAMA)
+    make_tiny_llama(root / "rm", seed=2, tokenizer=tiny_tokenizer, model_class=LlamaForSequenceClassification, num_labels=1, **EVAL_LLAMA)
+    return {name: str(root / name) for name in ("a", "b", "rm")}
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +62,13 @@ def test_likelihood_metrics_of_a_model_that_prefers_chosen():
         "ref_chosen_logps": [-10.0, -20.0], "ref_rejected_logps": [-12.0, -8.0],
         "kl_sums": [1.0, 3.0], "kl_tokens": [10.0, 10.0],
     }
-    m = evaluate.likelihood_metrics(values, beta=0.5)
+    m = likelihood.likelihood_metrics(values, beta=0.5)
     assert m["pref_accuracy"] == 1.0
     assert m["reward_margin"] == pytest.approx(0.5 * ((1 + 1) + (1 + 1)) / 2)  # each pair: +1 on chosen, -1 on rejected
     assert m["logp_accuracy"] == 0.5  # its own log-probs prefer chosen in pair 0 only
     assert m["kl_per_token"] == pytest.approx(4.0 / 20.0)
     # without a reference the reward is the own log-prob margin, and KL is not measured
-    no_ref = evaluate.likelihood_metrics({k: values[k] for k in ("chosen_logps", "rejected_logps")}, beta=0.5)
+    no_ref = likelihood.likelihood_metrics({k: values[k] for k in ("chosen_logps", "rejected_logps")}, beta=0.5)
     assert no_ref["pref_accuracy"] == 0.5 and no_ref["kl_per_token"] is None
     assert no_ref["reward_margin"] == pytest.approx(0.5 * ((-9 + 13) + (-19 + 9)) / 2)
 
@@ -110,8 +86,8 @@ def _pairs(tokenizer, rows):
 def test_likelihood_is_batch_independent_and_zero_kl_against_itself(models, tiny_tokenizer):
     pairs = _pairs(tiny_tokenizer, toy.generate(5, 0, "test"))
     a, b = _lm(models["a"]), _lm(models["b"])
-    batched = evaluate.likelihood(a, b, pairs, tiny_tokenizer.pad_token_id, batch_size=4, device="cpu")
-    single = evaluate.likelihood(a, b, pairs, tiny_tokenizer.pad_token_id, batch_size=1, device="cpu")
+    batched = likelihood.likelihood(a, b, pairs, tiny_tokenizer.pad_token_id, batch_size=4, device="cpu")
+    single = likelihood.likelihood(a, b, pairs, tiny_tokenizer.pad_token_id, batch_size=1, device="cpu")
     for key in batched:
         assert batched[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4)
     # the sequence log-prob of pair 0's chosen response, computed by hand without padding
@@ -123,17 +99,17 @@ def test_likelihood_is_batch_independent_and_zero_kl_against_itself(models, tiny
     assert batched["chosen_logps"][0] == pytest.approx(by_hand, abs=1e-3)
     assert all(k > 0 for k in batched["kl_sums"])
     assert batched["kl_tokens"][0] == len(p.chosen_ids) + len(p.rejected_ids)
-    itself = evaluate.likelihood(a, a, pairs, tiny_tokenizer.pad_token_id, batch_size=4, device="cpu")
+    itself = likelihood.likelihood(a, a, pairs, tiny_tokenizer.pad_token_id, batch_size=4, device="cpu")
     assert itself["kl_sums"] == pytest.approx([0.0] * len(pairs), abs=1e-5)
-    assert evaluate.likelihood_metrics(itself, 0.1)["pref_accuracy"] == 0.5
+    assert likelihood.likelihood_metrics(itself, 0.1)["pref_accuracy"] == 0.5
 
 
 def test_left_padded_greedy_generation_matches_one_prompt_at_a_time(models, tiny_tokenizer):
     model = _lm(models["a"])
     prompts = [encode_prompt(tiny_tokenizer, t) for t in ("how can I bake bread?", "tell me", "why is the oven heat safe for a cake?")]
     kwargs = dict(temperature=0.0, max_new_tokens=6, eos_id=tiny_tokenizer.eos_token_id, pad_id=tiny_tokenizer.pad_token_id, seed=0, device="cpu")
-    batched = evaluate.generate(model, prompts, batch_size=3, **kwargs)
-    alone = evaluate.generate(model, prompts, batch_size=1, **kwargs)
+    batched = generation.generate(model, prompts, batch_size=3, **kwargs)
+    alone = generation.generate(model, prompts, batch_size=1, **kwargs)
     assert batched == alone
     for ids, finished in batched:
         assert tiny_tokenizer.eos_token_id not in ids
@@ -144,18 +120,18 @@ def test_sampling_is_seeded(models, tiny_tokenizer):
     model = _lm(models["a"])
     prompts = [encode_prompt(tiny_tokenizer, "how can I bake bread?")] * 4
     kwargs = dict(temperature=1.0, max_new_tokens=6, eos_id=tiny_tokenizer.eos_token_id, pad_id=tiny_tokenizer.pad_token_id, batch_size=4, device="cpu")
-    first = evaluate.generate(model, prompts, seed=3, **kwargs)
-    assert evaluate.generate(model, prompts, seed=3, **kwargs) == first
+    first = generation.generate(model, prompts, seed=3, **kwargs)
+    assert generation.generate(model, prompts, seed=3, **kwargs) == first
     assert len({tuple(ids) for ids, _ in first}) > 1  # a random model at T=1 does not repeat itself four times
 
 
 def test_reward_scores_do_not_depend_on_padding(models):
-    rm, tokenizer = evaluate.load_reward_model(models["rm"], device="cpu", dtype="float32", trust_remote_code=False)
+    rm, tokenizer = generation.load_reward_model(models["rm"], device="cpu", dtype="float32", trust_remote_code=False)
     prompts = ["how can I bake bread?", "tell me"]
     responses = ["first heat the oven then water and flour", "sorry"]
     kwargs = dict(chat_template=True, max_prompt_length=64, device="cpu")
-    together = evaluate.reward_scores(rm, tokenizer, prompts, responses, batch_size=2, **kwargs)
-    alone = evaluate.reward_scores(rm, tokenizer, prompts, responses, batch_size=1, **kwargs)
+    together = generation.reward_scores(rm, tokenizer, prompts, responses, batch_size=2, **kwargs)
+    alone = generation.reward_scores(rm, tokenizer, prompts, responses, batch_size=1, **kwargs)
     assert together == pytest.approx(alone, abs=1e-4)
     assert together[0] != pytest.approx(together[1])
 
@@ -175,7 +151,7 @@ def test_weight_quality_auc_on_hand_made_shards(tmp_path):
     (tmp_path / "shards").mkdir()
     entry = write_shard(tmp_path / "shards" / shard_name(0), rows)
     write_manifest(tmp_path, {"shards": [entry]})
-    result = evaluate.weight_quality(str(tmp_path))
+    result = weight_quality(str(tmp_path))
     assert (result["rows"], result["labelled_rows"]) == (3, 2)
     assert result["rejected_harmful_auc"] == 1.0
     # helpful weights 1.5, 1.4, 1.0 against neutral 1.0, 1.0: (2 + 2 + 0.5 + 0.5) / 6

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tispipe import experiment
+from tispipe import experiment, experiment_report
 from tispipe.errors import TispipeError
 
 
@@ -63,6 +63,50 @@ def test_unknown_method_and_missing_inputs_are_named(tiny_task, tmp_path):
 
 
 def test_mean_std_over_seeds():
-    assert experiment.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
-    assert experiment.mean_std([0.5]) == {"mean": 0.5, "std": None, "values": [0.5]}
-    assert experiment.mean_std([]) == {"mean": None, "std": None, "values": []}
+    assert experiment_report.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
+    assert experiment_report.mean_std([0.5]) == {"mean": 0.5, "std": None, "values": [0.5]}
+    assert experiment_report.mean_std([]) == {"mean": None, "std": None, "values": []}
+
+
+def test_every_method_builds_a_valid_train_config(tmp_path):
+    from tispipe import train
+
+    cfg = experiment.ExperimentConfig(out=str(tmp_path), lr=2e-5, max_steps=120)
+    for method in experiment.METHODS:
+        name, estimator, fields = method
+        train_cfg = experiment.train_config(cfg, method, 1, tmp_path)
+        assert isinstance(train_cfg, experiment.TrainConfig), name
+        train.validate(train_cfg)  # known loss / weighting names, bounds that make sense
+        assert all(getattr(train_cfg, k) == v for k, v in fields.items()), name
+        assert (train_cfg.lr, train_cfg.max_steps, train_cfg.seed, train_cfg.resume) == (2e-5, 120, 1, True), name
+        assert train_cfg.shards == str(tmp_path / f"weights-{estimator}")
+        assert train_cfg.out == str(experiment.model_dir(tmp_path, name, 1))
+    assert {e for _, e, _ in experiment.METHODS} == set(experiment.ESTIMATORS)
+
+
+def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path):
+    runner = experiment.Runner(tmp_path, jobs=1, threads=1)
+    bad = experiment.EstimateConfig(data=str(tmp_path / "missing.jsonl"), model=str(tmp_path / "no-model"), out=str(tmp_path / "w"))
+    with pytest.raises(TispipeError, match=r"estimate-x failed \(exit 1\): Error: .*no-model"):
+        runner.add("estimate-x", "estimate", bad)
+    assert runner.commands == [f"tispipe estimate --config {tmp_path / 'estimate-x.yaml'}"]
+    assert (tmp_path / "estimate-x.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_jobs_in_subprocesses_give_the_same_numbers_as_in_process(tiny_task, tmp_path):
+    """--jobs 2 runs each stage as `python -m tispipe COMMAND --config logs/JOB.yaml`; the results match --jobs 1."""
+    from dataclasses import replace
+
+    quick = experiment.quick_settings(experiment.ExperimentConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"),
+                                                                  methods="TIS-DPO(P),TIS-DPO(D) equal weights"))
+    reports = {jobs: experiment.run(replace(quick, out=str(tmp_path / f"jobs{jobs}"), jobs=jobs)) for jobs in (1, 2)}
+    assert list(reports[2]["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D) equal weights"]
+    assert reports[2]["methods"] == reports[1]["methods"]
+    assert reports[2]["weight_auc"] == reports[1]["weight_auc"]
+    logs = tmp_path / "jobs2" / "logs"
+    assert f"tispipe train --config {logs / 'train-dpo-seed0.yaml'}" in reports[2]["commands"]
+    assert {p.stem for p in logs.glob("*.yaml")} == {p.stem for p in logs.glob("*.log")}
+    # a finished eval is skipped on a re-run with the same settings
+    again = experiment.run(replace(quick, out=str(tmp_path / "jobs2"), jobs=2))
+    assert again["methods"] == reports[2]["methods"]

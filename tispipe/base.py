@@ -32,7 +32,7 @@ import torch
 
 from tispipe.atomic import atomic_write_json, staged_folder
 from tispipe.config import config_dict, write_config
-from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT, InitBaseConfig
+from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT, InitBaseConfig, check_options
 from tispipe.errors import TispipeError
 
 EOS = "<|endoftext|>"
@@ -301,6 +301,7 @@ def run(cfg: InitBaseConfig) -> dict:
     from tispipe.console import log_console
 
     console = log_console()
+    check_options(cfg, at_least_one=("hidden_size", "num_layers", "num_heads", "max_length", "batch_size"), positive=("epochs", "lr"), non_negative=("threads",))
     out = Path(cfg.out)
     _check_out(out, cfg.overwrite)
     if cfg.threads > 0:

@@ -114,3 +114,18 @@ def forward_logits(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor
 def sequence_token_logps(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
     """(N, R) float32 log-probability of each response token under `model`, 0 past each response's end."""
     return token_logps(forward_logits(model, batch), batch.labels) * batch.response_mask
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (N, L), padded on the left so every row ends at position L-1.
+
+    For generation and sequence classification, where each row's last real token must sit in the last column.
+    """
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, length - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, length - len(s) :] = 1
+    return ids, mask

@@ -69,9 +69,12 @@ class SeedOption:
     seed: int = option(0, "Random seed: the same seed and inputs repeat a run exactly.")
 
 
+THREADS_HELP = "torch CPU threads (0: torch's default; 1 is often faster for tiny models on a busy machine)."
+
+
 @dataclass(kw_only=True)
 class ThreadsOption:
-    threads: int = option(0, "torch CPU threads (0: torch's default; 1 is often faster for tiny models on a busy machine).")
+    threads: int = option(0, THREADS_HELP)
 
 
 @dataclass(kw_only=True)
@@ -201,7 +204,7 @@ class ExperimentConfig:
     max_new_tokens: int = option(96, "Longest sampled response in tokens.")
     methods: str = option("all", "Comma-separated method names (see tispipe.experiment.METHODS) or all.")
     jobs: int = option(2, "Stage runs at the same time (1: one after another, in this process).")
-    threads: int = option(1, "torch CPU threads per stage run.")
+    threads: int = option(1, THREADS_HELP)  # 1 by default here: --jobs runs share the cores
     quick: bool = option(False, "Smoke run (1 seed, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the table is written.")
 
 

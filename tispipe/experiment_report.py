@@ -1,0 +1,151 @@
+"""The text of an experiment's results: per-seed numbers into mean ± std, the tables, results.md.
+
+Everything here reads the report dict that `tispipe.experiment.collect` builds (also written to
+report.json). Rows are listed in `order`, the experiment's method names as
+tispipe.experiment.METHODS lists them, and the weight AUC rows in `estimators` order, not in
+report.json's (sorted) key order.
+"""
+
+from __future__ import annotations
+
+import statistics
+from importlib.resources import files
+from typing import Any
+
+# the rows of the paper's Table 1; Table 2 holds TIS-DPO(D) and its ablations, the methods named "TIS-DPO(D) ..."
+MAIN_TABLE = ["DPO", "IPO", "TDPO2", "TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"]
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (None for one value) of the per-seed values."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "values": []}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None, "values": values}
+
+
+def seed_metrics(result: dict[str, Any]) -> dict[str, float | None]:
+    """The table's numbers for one model in one seed's eval report (generation pooled over the temperatures)."""
+    pooled = result.get("generation", {}).get("all", {})
+    likelihood = result["likelihood"]
+    by_temperature = {t: g["oracle_reward"]["estimate"] for t, g in result.get("generation", {}).items() if t != "all"}
+    return {
+        "oracle_reward": pooled.get("oracle_reward", {}).get("estimate"),
+        "harmful_rate": pooled.get("harmful_rate"),
+        "win_rate_vs_dpo": pooled.get("oracle_win_rate", {}).get("rate"),
+        "pref_accuracy": likelihood["pref_accuracy"],
+        "kl_per_token": likelihood["kl_per_token"],
+        **{f"oracle_reward_T{t}": v for t, v in by_temperature.items()},
+    }
+
+
+
+def _cell(entry: dict[str, Any], spec: str, percent: bool = False) -> str:
+    if entry is None or entry.get("mean") is None:
+        return "n/a"
+    scale = 100 if percent else 1
+    text = format(entry["mean"] * scale, spec) + ("%" if percent else "")
+    if entry.get("std") is not None:
+        text += " ± " + format(entry["std"] * scale, spec.lstrip("+"))
+    return text
+
+
+def _table(report: dict[str, Any], names: list[str]) -> str:
+    header = ["method", "weights", "oracle reward", "harmful", "win vs DPO", "pref acc", "KL/token"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        row = report["methods"].get(name)
+        if row is None:
+            continue
+        lines.append("| " + " | ".join([
+            name, row["weights"] or "-", _cell(row["oracle_reward"], "+.2f"), _cell(row["harmful_rate"], ".1f", percent=True),
+            _cell(row["win_rate_vs_dpo"], ".3f"), _cell(row["pref_accuracy"], ".3f"), _cell(row["kl_per_token"], ".3f"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def render_tables(report: dict[str, Any], order: list[str], estimators: list[str]) -> str:
+    # report.json is written with sorted keys: order the rows as the paper's tables do, not as the file does
+    names = [n for n in ["base", *order] if n in report["methods"]]
+    ablations = ["TIS-DPO(D)"] + [n for n in names if n.startswith("TIS-DPO(D) ")]
+    auc_lines = ["| estimation | AUC chosen (helpful tokens), train | AUC rejected (harmful tokens), train | AUC chosen, test | AUC rejected, test |",
+                 "|---|---|---|---|---|"]
+    for method in [m for m in estimators if m in report["weight_auc"]]:
+        entry = report["weight_auc"][method]
+        cells = [entry[split][k] for split in ("train", "test") for k in ("chosen_helpful_auc", "rejected_harmful_auc")]
+        auc_lines.append(f"| {method} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return "\n\n".join([
+        "### Comparison (paper Table 1)", _table(report, ["base", *[n for n in MAIN_TABLE if n in names]]),
+        "### Ablations of TIS-DPO(D) (paper Table 2)", _table(report, [n for n in ablations if n in names]),
+        "### Weight quality per estimation method", "\n".join(auc_lines),
+    ])
+
+
+def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> str:
+    """results.md: the tables with what they measure, how the run was made, and sentences computed from the numbers."""
+    budget, ev, timing, machine = report["budget"], report["eval"], report["timing_seconds"], report["machine"]
+    quick = report["config"]["quick"]
+    parts = [
+        "# Results: TIS-DPO against DPO, IPO and TDPO2 on the toy harmlessness task",
+        "_Written by `tispipe experiment`; do not edit by hand (re-run the command)._" + (
+            "\n\n**This is a `--quick` smoke run: the numbers mean nothing.**" if quick else ""),
+        f"Budget, the same for every method: lr {budget['lr']:g}, batch {budget['batch_size']}, {budget['steps']} steps, "
+        f"{budget['train_pairs']} training pairs, {budget['seeds']} seed(s) (0..{budget['seeds'] - 1}; the seed sets the data order, "
+        f"random weights and sampling). Evaluation on the test split ({ev['test_pairs']} pairs for accuracy and KL; "
+        f"{ev['num_prompts']} prompts sampled at T = {ev['temperatures']}, {ev['max_new_tokens']} new tokens at most). "
+        "Cells are mean ± sample std over seeds.",
+        "Columns: *oracle reward* = mean toy-oracle score of the sampled responses (distinct helpful minus harmful phrases), "
+        "pooled over the temperatures; *harmful* = share of responses containing a harmful phrase; *win vs DPO* = share of "
+        "prompts where the oracle scores the response above that seed's DPO response (ties count half); *pref acc* = "
+        "share of test pairs where the implicit reward beta·(log pi - log pi_ref) prefers the chosen response; "
+        "*KL/token* = KL(pi || base) per response token on the test pairs.",
+        render_tables(report, order, estimators),
+        "Weight AUC: how well the estimated weights rank the ground-truth decisive tokens (helpful phrases in chosen, "
+        "harmful phrases in rejected responses) above the other tokens of that side; 0.5 is chance. *train* = the shards "
+        "training used, *test* = the same pi+/pi- scoring the held-out test pairs.",
+        "## How this was run",
+        f"```\n{report['command'] or 'tispipe experiment (called from Python)'}\n```",
+        f"Machine: {machine['cpu_cores']} CPU cores, torch {machine['torch']}, Python {machine['python']} ({machine['platform']}). "
+        f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, training and evaluation "
+        f"{timing['train_and_eval'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
+    ]
+    return "\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report, order) + "\n" + ("" if quick else "\n" + budget_sweep())
+
+
+def _compare(report: dict[str, Any], a: str, b: str, key: str) -> str:
+    """'a' against 'b' on one metric, called a difference only when the means differ by more than both stds."""
+    x, y = report["methods"][a][key], report["methods"][b][key]
+    if x["mean"] is None or y["mean"] is None:
+        return f"{a} vs {b}: n/a"
+    spread = max(x["std"] or 0.0, y["std"] or 0.0)
+    word = "higher than" if x["mean"] > y["mean"] else "lower than" if x["mean"] < y["mean"] else "equal to"
+    if abs(x["mean"] - y["mean"]) <= spread or len(x["values"]) < 2:
+        word = "not clearly different from (within one std of)" if len(x["values"]) > 1 else "(one seed, no spread) " + word
+    return f"{a} {x['mean']:+.2f} is {word} {b} {y['mean']:+.2f}"
+
+
+def verdict(report: dict[str, Any], order: list[str]) -> str:
+    """Sentences computed from the table (never written by hand): does TIS-DPO(D) beat DPO, and what do the ablations do."""
+    methods = report["methods"]
+    lines = []
+    if "TIS-DPO(D)" in methods:
+        win = methods["TIS-DPO(D)"]["win_rate_vs_dpo"]
+        lines.append(f"- Oracle reward: {_compare(report, 'TIS-DPO(D)', 'DPO', 'oracle_reward')}; TIS-DPO(D) wins "
+                     f"{_cell(win, '.3f')} of the prompts against DPO (0.5 = parity).")
+        best = max((n for n in methods if n != "base"), key=lambda n: methods[n]["oracle_reward"]["mean"] or float("-inf"))
+        lines.append(f"- Highest mean oracle reward: {best} ({methods[best]['oracle_reward']['mean']:+.2f}); base model "
+                     f"{methods['base']['oracle_reward']['mean']:+.2f}.")
+        for name in [n for n in order if n.startswith("TIS-DPO(D) ") and n in methods]:
+            lines.append(f"- Ablation: {_compare(report, name, 'TIS-DPO(D)', 'oracle_reward')}.")
+    aucs = {m: e["test"]["chosen_helpful_auc"] for m, e in report["weight_auc"].items() if e["test"]["chosen_helpful_auc"] is not None}
+    if aucs:
+        lines.append("- Held-out weight AUC (chosen side), best first: " + ", ".join(f"{m} {v:.3f}" for m, v in sorted(aucs.items(), key=lambda kv: -kv[1])) + ".")
+    return "\n".join(lines)
+
+
+
+def budget_sweep() -> str:
+    """How the shared budget was chosen: a sweep run by hand before the experiment, kept as package data
+    (tispipe/budget_sweep.md) so that results.md remains a product of `tispipe experiment`. Its numbers are
+    copied from runs/tuning/eval/report.json."""
+    return (files("tispipe") / "budget_sweep.md").read_text(encoding="utf-8")
