@@ -22,6 +22,7 @@ def tiny_task(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # every method, in process (about 8 s)
 def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp_path):
     out, docs = tmp_path / "exp", tmp_path / "docs"
     cfg = experiment.ExperimentConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"), out=str(out), results=str(docs), quick=True)

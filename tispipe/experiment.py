@@ -198,16 +198,16 @@ class Runner:
         if skip_if_done is not None:
             done, settings = skip_if_done / "experiment-config.json", config_dict(cfg)
             if done.is_file() and json.loads(done.read_text(encoding="utf-8")) == settings:
-                print(f"[{time.strftime('%H:%M:%S')}] skip  {label} (done)", flush=True)
+                print(f"[{time.strftime('%H:%M:%S')}] skip  {label} (done)", file=sys.stderr, flush=True)
                 return
             self.done_markers[label] = (done, settings)
         if self.jobs == 1:
-            print(f"[{time.strftime('%H:%M:%S')}] start {label}", flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] start {label}", file=sys.stderr, flush=True)
             self._run_here(label, stage, cfg)
             return
         while len(self.running) >= self.jobs:
             self._reap(block=True)
-        print(f"[{time.strftime('%H:%M:%S')}] start {label}", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] start {label}", file=sys.stderr, flush=True)
         # OMP_NUM_THREADS holds every command (and its libraries) to the thread count
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb", **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
         with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log:
@@ -245,7 +245,7 @@ class Runner:
         if label in self.done_markers:
             path, settings = self.done_markers.pop(label)
             atomic_write_json(path, settings)
-        print(f"[{time.strftime('%H:%M:%S')}] done  {label} ({time.time() - t0:.0f}s)", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] done  {label} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
 
     def wait(self) -> None:
         while self.running:
