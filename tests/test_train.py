@@ -343,19 +343,6 @@ def test_cli_train_and_user_errors(tiny, tmp_path):
     assert result.exit_code == 1 and "beta" in result.output
 
 
-def test_incomplete_checkpoints_are_never_loaded(tmp_path):
-    from tispipe import checkpoint
-
-    root = tmp_path / "checkpoints"
-    for name in ("step-3", "step-12", ".tmp-step-20-abc", "step-15"):
-        (root / name).mkdir(parents=True)
-    for name in ("step-3", "step-12", ".tmp-step-20-abc"):
-        (root / name / "state.json").write_text("{}")
-    assert checkpoint.latest_checkpoint(tmp_path) == root / "step-12"  # step-15 has no state.json, .tmp-* is unfinished
-    checkpoint.prune(tmp_path, keep=1)
-    assert sorted(p.name for p in root.iterdir()) == ["step-12", "step-15"]
-
-
 def _pairs(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [{"pair_id": str(i), "prompt_ids": [1] * rng.randint(1, 9), "chosen_ids": [2] * rng.randint(1, 60), "rejected_ids": [3] * rng.randint(1, 60)} for i in range(n)]

@@ -1,0 +1,107 @@
+"""Contrastive models pi+ / pi- (tispipe.contrast): settings, example order, saving whole, reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import pytest
+import torch
+from conftest import write_jsonl
+from rich.console import Console
+from safetensors.torch import load_file
+
+from tispipe import contrast
+from tispipe.contrast import FINGERPRINT_FILE, PAPER_DEFAULTS, ContrastSettings, settings_for
+from tispipe.data import DataOptions, load_pairs, tokenize_pairs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FINGERPRINTS = {"data": "d1", "tokenizer": "t1", "base": "b1"}
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_settings_for_uses_paper_defaults_and_overrides_one_field_each(method):
+    default = settings_for(method, None, None, None, beta=0.2, seed=3)
+    assert default == ContrastSettings(method, **PAPER_DEFAULTS[method], beta=0.2, seed=3)
+    assert settings_for(method, 1e-3, None, None, 0.2, 3) == dataclasses.replace(default, lr=1e-3)
+    assert settings_for(method, None, 0.5, None, 0.2, 3) == dataclasses.replace(default, epochs=0.5)
+    assert settings_for(method, None, None, 7, 0.2, 3) == dataclasses.replace(default, batch_size=7)
+
+
+def test_batches_cover_whole_permutations_then_a_prefix():
+    batches = contrast._batches(5, 2, 2.5, torch.Generator().manual_seed(0))
+    flat = [i for batch in batches for i in batch]
+    assert [len(b) for b in batches] == [2] * 6 + [1]  # ceil(5 * 2.5) = 13 indices
+    assert sorted(flat[:5]) == sorted(flat[5:10]) == list(range(5))
+    replay = torch.Generator().manual_seed(0)
+    third = [torch.randperm(5, generator=replay).tolist() for _ in range(3)][2]
+    assert flat[10:] == third[:3]
+    assert contrast._batches(5, 2, 2.5, torch.Generator().manual_seed(0)) == batches
+    assert contrast._batches(5, 2, 2.5, torch.Generator().manual_seed(1)) != batches
+
+
+def test_saved_matches_only_the_same_identity(tmp_path):
+    settings = settings_for("sft", None, None, None, 0.1, 0)
+    identity = contrast._identity(settings, "pos", FINGERPRINTS)
+    folder = tmp_path / "pos"
+    assert not contrast.saved_matches(folder, identity)  # no folder, no file
+    folder.mkdir()
+    (folder / FINGERPRINT_FILE).write_text('{"identity": ')
+    assert not contrast.saved_matches(folder, identity)
+    (folder / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity}))
+    assert contrast.saved_matches(folder, identity)
+    assert not contrast.saved_matches(folder, contrast._identity(settings, "neg", FINGERPRINTS))
+    assert not contrast.saved_matches(folder, contrast._identity(dataclasses.replace(settings, seed=1), "pos", FINGERPRINTS))
+
+
+def test_save_writes_the_folder_whole_and_clears_stale_leftovers(tmp_path, tiny_tokenizer, make_tiny_llama):
+    model = make_tiny_llama()
+    identity = contrast._identity(settings_for("sft", None, None, None, 0.1, 0), "pos", FINGERPRINTS)
+    parent = tmp_path / "contrast"
+    contrast._save(model, tiny_tokenizer, parent / "pos", identity, {"steps": 2})
+    assert [p.name for p in parent.iterdir()] == ["pos"]
+    names = {p.name for p in (parent / "pos").iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", FINGERPRINT_FILE} <= names
+    assert json.loads((parent / "pos" / FINGERPRINT_FILE).read_text()) == {"identity": identity, "training": {"steps": 2}}
+
+    (parent / ".pos.x1y2.tmp").mkdir()  # left by a run killed while saving
+    (parent / ".pos.x1y2.tmp" / "model.safetensors").write_bytes(b"half")
+    contrast._save(model, tiny_tokenizer, parent / "pos", identity, {"steps": 3})
+    assert [p.name for p in parent.iterdir()] == ["pos"]
+    assert json.loads((parent / "pos" / FINGERPRINT_FILE).read_text())["training"] == {"steps": 3}
+
+
+def _differ(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_build_sft_trains_both_sides_then_reuses_them(tmp_path, tiny_tokenizer, make_tiny_llama, monkeypatch):
+    base = tmp_path / "base"
+    make_tiny_llama(base)
+    rows = [{"prompt": f"how can I bake {i} bread", "chosen": "first heat the oven then flour", "rejected": "sorry I cannot do that"} for i in range(8)]
+    opts = DataOptions(data=str(write_jsonl(tmp_path / "d.jsonl", rows)), max_length=64, max_prompt_length=32)
+    loaded, report = load_pairs(opts)
+    pairs = tokenize_pairs(loaded, tiny_tokenizer, opts, report)
+    settings = settings_for("sft", 1e-2, 1.0, 4, beta=0.1, seed=0)
+    out = tmp_path / "run"
+
+    def build():
+        console = Console(file=io.StringIO(), width=200)
+        return contrast.build(out, str(base), tiny_tokenizer, pairs, settings, FINGERPRINTS, device="cpu", console=console), console
+
+    first, _ = build()
+    assert [first[s]["reused"] for s in ("pos", "neg")] == [False, False]
+    assert first["pos"]["training"]["steps"] == first["neg"]["training"]["steps"] == 2  # 8 pairs, batch 4, 1 epoch
+    weights = {name: load_file(folder / "model.safetensors") for name, folder in [("base", base), ("pos", out / "contrast" / "pos"), ("neg", out / "contrast" / "neg")]}
+    assert _differ(weights["pos"], weights["base"]) and _differ(weights["neg"], weights["base"])
+    assert _differ(weights["pos"], weights["neg"])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("reused models must not be trained")
+
+    monkeypatch.setattr(contrast, "train_sft", no_training)
+    second, console = build()
+    assert [second[s]["reused"] for s in ("pos", "neg")] == [True, True]
+    assert console.file.getvalue().count("Reusing") == 2
