@@ -1,4 +1,4 @@
-"""The package's shape (issue: "one obvious place for everything"): no import cycle, no module named like
+"""The package's shape, one obvious place for everything: no import cycle, no module named like
 a standard-library one, no module over MAX_LINES lines."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from tispipe import base
-from tispipe.config import config_dict, read_config_file
+from tispipe.config_files import config_dict, read_config_file
 from tispipe.configs import HARMFUL_SYSTEM_PROMPT
 from tispipe.errors import TispipeError
 from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from tispipe import evaluate, generation, likelihood, toy
 from tispipe.cli import app
 from tispipe.errors import TispipeError
+from tispipe.models import load_reward_model
 from tispipe.tokenization import encode_prompt, encode_response
 from tispipe.weight_quality import weight_quality
 
@@ -126,7 +127,7 @@ def test_sampling_is_seeded(models, tiny_tokenizer):
 
 
 def test_reward_scores_do_not_depend_on_padding(models):
-    rm, tokenizer = generation.load_reward_model(models["rm"], device="cpu", dtype="float32", trust_remote_code=False)
+    rm, tokenizer = load_reward_model(models["rm"], device="cpu", dtype="float32", trust_remote_code=False)
     prompts = ["how can I bake bread?", "tell me"]
     responses = ["first heat the oven then water and flour", "sorry"]
     kwargs = dict(chat_template=True, max_prompt_length=64, device="cpu")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tispipe import experiment, experiment_report
+from tispipe.configs import ESTIMATION_METHODS
 from tispipe.errors import TispipeError
 
 
@@ -82,7 +83,7 @@ def test_every_method_builds_a_valid_train_config(tmp_path):
         assert (train_cfg.lr, train_cfg.max_steps, train_cfg.seed, train_cfg.resume) == (2e-5, 120, 1, True), name
         assert train_cfg.shards == str(tmp_path / f"weights-{estimator}")
         assert train_cfg.out == str(experiment.model_dir(tmp_path, name, 1))
-    assert {e for _, e, _ in experiment.METHODS} == set(experiment.ESTIMATORS)
+    assert {e for _, e, _ in experiment.METHODS} == set(ESTIMATION_METHODS)
 
 
 def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path):

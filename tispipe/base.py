@@ -20,6 +20,7 @@ written next to `out` and renamed into place at the end, plus `config.yaml` and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 
 from tispipe.atomic import atomic_write_json, staged_folder
-from tispipe.config import config_dict, write_config
+from tispipe.config_files import config_dict, write_config
 from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT, InitBaseConfig, check_options
 from tispipe.errors import TispipeError
 
@@ -202,7 +203,7 @@ def response_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
 
 
 @torch.no_grad()
-def evaluate(model, examples: list[SFTExample], pad_id: int, batch_size: int = 64, all_kinds=None) -> dict[str, float]:
+def response_losses(model, examples: list[SFTExample], pad_id: int, batch_size: int = 64, all_kinds=None) -> dict[str, float]:
     """Mean per-token response loss (nats) per example kind, and as `all` over `all_kinds` (default: every kind)."""
     model.eval()
     sums: Counter = Counter()
@@ -233,7 +234,7 @@ def _mean_loss(chunk: list[tuple[float, int]]) -> float:
     return sum(s for s, _ in chunk) / sum(n for _, n in chunk)
 
 
-def train(model, examples: list[SFTExample], cfg: InitBaseConfig, pad_id: int, console) -> dict:
+def fit(model, examples: list[SFTExample], cfg: InitBaseConfig, pad_id: int, console) -> dict:
     """AdamW with linear warmup and cosine decay over `epochs` passes; returns loss and throughput figures.
 
     On a terminal a rich progress bar; in a log file a plain line every ~5% of the steps.
@@ -322,19 +323,19 @@ def run(cfg: InitBaseConfig) -> dict:
         + f", vocab {len(tokenizer)}, {params:,} parameters"
     )
     log = {"pairs": len(pairs), "examples": len(examples), "dropped_examples": dropped, "vocab_size": len(tokenizer), "parameters": params}
-    log.update(train(model, examples, cfg, tokenizer.pad_token_id, console))
+    log.update(fit(model, examples, cfg, tokenizer.pad_token_id, console))
 
     test_path = Path(cfg.data).with_name("test.jsonl")
     if test_path.is_file() and test_path.resolve() != Path(cfg.data).resolve():
         test = make_examples(tokenizer, read_sft_pairs(test_path), cfg.max_length, {**SFT_KINDS, **CROSSED_KINDS})
         log["test_data"] = str(test_path)
-        log["test_loss"] = evaluate(model, test, tokenizer.pad_token_id, all_kinds=SFT_KINDS)
+        log["test_loss"] = response_losses(model, test, tokenizer.pad_token_id, all_kinds=SFT_KINDS)
         log["test_unigram_loss"] = unigram_loss(examples, [e for e in test if e.kind in SFT_KINDS], len(tokenizer))
 
     with staged_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_config(cfg, tmp / "config.yaml")
+        write_config(dataclasses.replace(cfg, overwrite=False), tmp / "config.yaml")
         log["wall_seconds"] = time.perf_counter() - began
         log["config"] = config_dict(cfg)
         atomic_write_json(tmp / "train_log.json", log)

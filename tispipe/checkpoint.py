@@ -15,12 +15,10 @@ Only the newest `KEEP` checkpoints are kept. Under torchrun every rank calls `ch
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,20 +44,6 @@ class TrainState:
     step: int
     epoch: int
     rows_in_epoch: int
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' per-file loading/saving progress bars (they would break the training line)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def checkpoints_dir(out: str | Path) -> Path:
@@ -110,11 +94,10 @@ def save_checkpoint(
     final = checkpoints_dir(out) / f"step-{state.step}"
     # A re-save of the same step (resuming after a kill during the final save) replaces step-N whole.
     with staged_folder(final, prefix=f".tmp-step-{state.step}-") as tmp:
-        with quiet_transformers():
-            if model_state is None:
-                model.save_pretrained(tmp, safe_serialization=True)
-            else:
-                model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
+        if model_state is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
         torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")
@@ -149,7 +132,7 @@ def save_final_model(policy, tokenizer, out: Path, state_dict: dict | None = Non
     """The trained policy (safetensors + config) and its tokenizer in OUT, each file moved into place whole.
 
     `state_dict`: the full weights gathered from an FSDP-sharded policy (None: the policy's own)."""
-    with staged_files(out, prefix=".final-") as tmp, quiet_transformers():
+    with staged_files(out, prefix=".final-") as tmp:
         if state_dict is None:
             policy.save_pretrained(tmp, safe_serialization=True)
         else:

@@ -1,6 +1,6 @@
 """The `tispipe` command line: each command's options are the fields of its config (tispipe.configs).
 
-A command parses its options into that dataclass (`tispipe.config.resolve`: defaults < --config
+A command parses its options into that dataclass (`tispipe.config_files.resolve`: defaults < --config
 file < flags) and calls the stage's `run(cfg)`. The stage module, and with it torch and
 transformers, is imported only when the command runs, so `--help` stays fast.
 """
@@ -80,7 +80,7 @@ def stage_command(cls: type, stage: str, summary: str) -> Callable[..., None]:
 
     def command(ctx: typer.Context, **values: Any) -> None:
         with user_errors():
-            from tispipe.config import resolve
+            from tispipe.config_files import resolve
 
             importlib.import_module(f"tispipe.{stage}").run(resolve(ctx, cls, values["config"]))
 

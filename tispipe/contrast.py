@@ -132,7 +132,7 @@ def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad
         responses = [getattr(pairs[i], f"{side}_ids") for i in indices]
         batch = make_batch(prompts, responses, pad_id).to(device)
         logps = sequence_token_logps(model, batch)
-        return -(logps * batch.response_mask).sum() / batch.response_mask.sum(), None
+        return -logps.sum() / batch.response_mask.sum(), None  # logps is 0 past each response
 
     return _fit(model, len(pairs), settings, description, console, batch_loss)
 

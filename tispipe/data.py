@@ -1,4 +1,4 @@
-"""Preference data in (`--data` on every command): read, detect the format, normalise, validate, tokenize.
+"""Preference data in (`--data` of estimate and eval): read, detect the format, normalise, validate, tokenize.
 
 Sources: a .jsonl/.json/.parquet/.csv file, a folder of them (files named after `split` are picked
 when there are any), a `datasets.save_to_disk` folder, or a hub data set `owner/name`.
@@ -24,13 +24,7 @@ from typing import Any
 from tispipe.configs import DataOptions
 from tispipe.errors import TispipeError
 from tispipe.readers import read_records
-from tispipe.tokenization import (
-    encode_prompt,
-    encode_response,
-    response_text,
-    token_labels,
-    truncate_pair,
-)
+from tispipe.tokenization import encode_pair, encode_prompt, token_labels
 
 FORMATS = ("standard", "implicit", "conversational", "pairwise")
 # The prompt of an implicit pair ends with the last of these that both transcripts share.
@@ -329,12 +323,11 @@ def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataR
     pairs = []
     for row in rows:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-        prompt_ids = encode_prompt(tokenizer, prompt, None, opts.chat_template)
-        chosen_ids = encode_response(tokenizer, response_text(tokenizer, prompt, chosen, None, opts.chat_template))
-        rejected_ids = encode_response(tokenizer, response_text(tokenizer, prompt, rejected, None, opts.chat_template))
-        encoded = truncate_pair(prompt_ids, chosen_ids, rejected_ids, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length)
+        encoded = encode_pair(
+            tokenizer, prompt, chosen, rejected, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length, chat_template=opts.chat_template
+        )
         if encoded is None:
-            reason = EMPTY_PROMPT if not prompt_ids else NO_ROOM
+            reason = EMPTY_PROMPT if not encode_prompt(tokenizer, prompt, None, opts.chat_template) else NO_ROOM
             _bad(report, opts, f"{report.source}, pair {row['pair_id']!r}", reason, f"{reason} (max_length {opts.max_length}, max_prompt_length {opts.max_prompt_length})")
             continue
         report.truncated += encoded.truncated

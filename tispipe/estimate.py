@@ -36,13 +36,12 @@ from typing import Any
 import torch
 
 from tispipe import distributed, weight_quality
-from tispipe.config import write_config
-from tispipe.configs import EstimateConfig, check_bounds, check_options
+from tispipe.config_files import write_config
+from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
 from tispipe.data import DataReport, TokenizedPair, as_text
 from tispipe.errors import TispipeError
 from tispipe.score import ContrastPrompts, Scorer, shard_entry, shard_sizes, write_shards
 
-METHODS = ("prompt", "sft", "dpo")
 STATE_FILE = "estimate-state.json"
 RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed run's manifest is byte-identical
 
@@ -57,7 +56,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     validate(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    lower, upper = (cfg.lower, cfg.upper) if cfg.transform == "rank" else _bounds(cfg, DEFAULT_BOUNDS)
+    lower, upper = _bounds(cfg, DEFAULT_BOUNDS)  # rank has no bounds: (None, None)
     device = distributed.setup(resolve_device(cfg.device))
     rank, world = distributed.rank(), distributed.world_size()
     console = log_console(quiet=rank != 0)
@@ -65,7 +64,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    items, report, contrast_prompts = load_pairs(cfg, tokenizer)
+    items, report, contrast_prompts = load_scoring_pairs(cfg, tokenizer)
     print_report(report, console)
 
     fingerprints = {"data": fingerprint_pairs(items), "tokenizer": fingerprint_tokenizer(tokenizer), "base": fingerprint_model(cfg.model)}
@@ -143,7 +142,7 @@ def validate(cfg: EstimateConfig) -> None:
     from tispipe.weights import TRANSFORMS
 
     check_options(
-        cfg, choices={"method": METHODS, "transform": TRANSFORMS}, positive=("k", "contrast_lr", "contrast_epochs", "contrast_beta"),
+        cfg, choices={"method": ESTIMATION_METHODS, "transform": TRANSFORMS}, positive=("k", "contrast_lr", "contrast_epochs", "contrast_beta"),
         at_least_one=("shard_size", "batch_size", "max_length", "max_prompt_length", "contrast_batch_size"), non_negative=("threads",),
     )
     if bool(cfg.pos_model) != bool(cfg.neg_model):
@@ -163,7 +162,7 @@ def _bounds(cfg: EstimateConfig, defaults: dict) -> tuple[float, float]:
 
 def _settings(cfg: EstimateConfig, lower: float | None, upper: float | None) -> dict[str, Any]:
     """Every setting that decides the output (not where it goes or whether to overwrite), bounds resolved."""
-    from tispipe.config import config_dict
+    from tispipe.config_files import config_dict
 
     settings = config_dict(cfg)
     for name in ("out", "overwrite", "threads"):
@@ -180,7 +179,7 @@ def _settings(cfg: EstimateConfig, lower: float | None, upper: float | None) -> 
 # ---------------------------------------------------------------- data
 
 
-def load_pairs(cfg: EstimateConfig, tokenizer) -> tuple[list[TokenizedPair], DataReport, ContrastPrompts | None]:
+def load_scoring_pairs(cfg: EstimateConfig, tokenizer) -> tuple[list[TokenizedPair], DataReport, ContrastPrompts | None]:
     """Read and tokenize the data (the one tokenization train uses) with token labels, and for the prompt
     method each pair's prompt under pi+'s and pi-'s system prompt."""
     from tispipe import data
@@ -308,7 +307,7 @@ def contrastive_models(cfg: EstimateConfig, tokenizer, items: list[TokenizedPair
     return built["pos"]["path"], built["neg"]["path"], info, seconds
 
 
-# ---------------------------------------------------------------- statistics and summary
+# ---------------------------------------------------------------- summary
 
 
 def print_summary(manifest: dict[str, Any], timings: dict[str, Any] | None, console) -> None:

@@ -37,6 +37,7 @@ and plots in tispipe.eval_report.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -52,7 +53,7 @@ from tispipe.configs import EvalConfig, check_options
 from tispipe.console import ProgressLine, log_console, result_console
 from tispipe.errors import TispipeError
 from tispipe.eval_report import comparison_table, render_markdown, write_plots
-from tispipe.generation import generate, load_reward_model, reward_scores
+from tispipe.generation import generate, reward_scores
 from tispipe.hub import local_folder
 from tispipe.likelihood import likelihood, likelihood_metrics
 from tispipe.weight_quality import weight_quality
@@ -101,7 +102,6 @@ def check_config(cfg: EvalConfig) -> list[float]:
     return parse_temperatures(cfg.temperatures)
 
 
-
 def distinct_prompts(pairs, limit: int) -> list:
     """The first `limit` distinct prompts of the pairs, in data order (a prompt is repeated across pairs)."""
     seen, out = set(), []
@@ -127,8 +127,6 @@ def _tokenizer_for(names: list[str], trust_remote_code: bool):
     return tokenizer
 
 
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -145,7 +143,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def _run(cfg: EvalConfig) -> dict[str, Any]:
-    from tispipe.config import config_dict
+    from tispipe.config_files import config_dict
     from tispipe.data import load_pairs, print_report, tokenize_pairs
     from tispipe.models import resolve_device
 
@@ -271,6 +269,7 @@ def _responses(cfg: EvalConfig, model, name: str, prompts, temperatures: list[fl
 def _score(cfg: EvalConfig, samples: list[dict[str, Any]], device: str, log) -> None:
     """Add the toy oracle's scores (oracle_reward, harmful) and the reward model's (rm_reward) to every sample."""
     from tispipe import toy
+    from tispipe.models import load_reward_model
 
     if cfg.oracle:
         for sample in samples:
@@ -287,14 +286,14 @@ def _score(cfg: EvalConfig, samples: list[dict[str, Any]], device: str, log) -> 
 
 def _write(cfg: EvalConfig, report: dict[str, Any], samples: list[dict[str, Any]]) -> None:
     """samples.jsonl, report.json, report.md and config.yaml into `cfg.out`."""
-    from tispipe.config import write_config
+    from tispipe.config_files import write_config
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
-    write_config(cfg, out / "config.yaml")
+    write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")  # --overwrite is an action, not a setting
 
 
 def generation_metrics(samples: list[dict], name: str, baseline: str, temperatures: list[float], scorers: list[str]) -> dict[str, Any]:

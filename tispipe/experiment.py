@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from tispipe.atomic import atomic_write_json, atomic_write_text
-from tispipe.config import config_dict, write_config
-from tispipe.configs import EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
+from tispipe.config_files import config_dict, write_config
+from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
 from tispipe.errors import TispipeError
 from tispipe.experiment_report import mean_std, render, render_tables, seed_metrics
 
@@ -49,7 +49,6 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("TIS-DPO(D) equal weights", "dpo", {"loss": "tisdpo", "weighting": "equal"}),
     ("TIS-DPO(D) without eta", "dpo", {"loss": "tisdpo", "eta_coef": 0.0}),
 ]
-ESTIMATORS = ["prompt", "sft", "dpo"]
 # the stage modules the experiment runs, and the `tispipe` command of each
 COMMANDS = {"estimate": "estimate", "train": "train", "evaluate": "eval"}
 
@@ -82,7 +81,7 @@ def slug(name: str) -> str:
 def estimate_config(cfg: ExperimentConfig, method: str, weights_root: Path) -> EstimateConfig:
     """Token weights of the training pairs, from pi+/pi- made with `method`."""
     return EstimateConfig(data=str(Path(cfg.data) / "train.jsonl"), model=cfg.base, method=method,
-                          out=str(weights_root / f"weights-{method}"), limit=cfg.limit or None)
+                          out=str(weights_root / f"weights-{method}"), limit=cfg.limit)
 
 
 def held_out_estimate_config(cfg: ExperimentConfig, method: str, weights_root: Path) -> EstimateConfig:
@@ -90,14 +89,14 @@ def held_out_estimate_config(cfg: ExperimentConfig, method: str, weights_root: P
     contrast = weights_root / f"weights-{method}" / "contrast"
     models = {} if method == "prompt" else {"pos_model": str(contrast / "pos"), "neg_model": str(contrast / "neg")}
     return EstimateConfig(data=str(Path(cfg.data) / "test.jsonl"), model=cfg.base, method=method, **models,
-                          out=str(Path(cfg.out) / "weights-test" / method), overwrite=True, limit=cfg.eval_limit or None)
+                          out=str(Path(cfg.out) / "weights-test" / method), overwrite=True, limit=cfg.eval_limit)
 
 
 def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], seed: int, weights_root: Path) -> TrainConfig:
     """One method's training for one seed: its own fields plus the budget every method shares."""
     name, estimator, fields = method
     return TrainConfig(shards=str(weights_root / f"weights-{estimator}"), model=cfg.base, out=str(model_dir(Path(cfg.out), name, seed)), **fields,
-                       lr=cfg.lr, batch_size=cfg.batch_size, threads=cfg.threads, max_steps=cfg.max_steps or None, seed=seed, resume=True)
+                       lr=cfg.lr, batch_size=cfg.batch_size, threads=cfg.threads, max_steps=cfg.max_steps, seed=seed, resume=True)
 
 
 def eval_config(cfg: ExperimentConfig, methods: list[tuple[str, str, dict[str, Any]]], seed: int) -> EvalConfig:
@@ -106,7 +105,7 @@ def eval_config(cfg: ExperimentConfig, methods: list[tuple[str, str, dict[str, A
     return EvalConfig(model=[cfg.base, *(str(model_dir(out, name, seed)) for name, _, _ in methods)], ref=cfg.base,
                       baseline=str(model_dir(out, "DPO", seed)), data=str(Path(cfg.data) / "test.jsonl"), oracle="toy",
                       temperatures=cfg.temperatures, num_prompts=cfg.num_prompts, max_new_tokens=cfg.max_new_tokens, seed=seed,
-                      threads=cfg.threads, out=str(out / "eval" / f"seed-{seed}"), overwrite=True, limit=cfg.eval_limit or None)
+                      threads=cfg.threads, out=str(out / "eval" / f"seed-{seed}"), overwrite=True, limit=cfg.eval_limit)
 
 
 # ---------------------------------------------------------------- the stage
@@ -121,7 +120,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     weights_root = Path(cfg.weights_root or cfg.out)
     methods = selected_methods(cfg)
-    estimators = [e for e in ESTIMATORS if any(m[1] == e for m in methods)]
+    estimators = [e for e in ESTIMATION_METHODS if any(m[1] == e for m in methods)]
     (out / "logs").mkdir(parents=True, exist_ok=True)
     runner = Runner(out / "logs", cfg.jobs, cfg.threads)
 
@@ -150,15 +149,15 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
 
     report = collect(cfg, methods, estimators, weights_root, timings, runner.commands)
     order = [m[0] for m in METHODS]
-    text = render(report, order, ESTIMATORS)
+    text = render(report, order, ESTIMATION_METHODS)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "results.md", text)
     if cfg.results:
         Path(cfg.results).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(cfg.results) / "report.json", report)
         atomic_write_text(Path(cfg.results) / "results.md", text)
-    print(render_tables(report, order, ESTIMATORS))
-    print(f"Wrote {out / 'results.md'}{' and ' + str(Path(cfg.results) / 'results.md') if cfg.results else ''} in {timings['total'] / 60:.1f} min")
+    print(render_tables(report, order, ESTIMATION_METHODS))
+    say(f"Wrote {out / 'results.md'}{' and ' + str(Path(cfg.results) / 'results.md') if cfg.results else ''} in {timings['total'] / 60:.1f} min")
     return report
 
 
@@ -168,7 +167,17 @@ def check(cfg: ExperimentConfig) -> None:
             raise TispipeError(f"{Path(cfg.data) / name} does not exist", hint="make the toy data with `tispipe toy-data --out DIR`")
     if not Path(cfg.base).is_dir():
         raise TispipeError(f"base model folder {cfg.base} does not exist", hint="build it with `make base` (tispipe init-base)")
-    check_options(cfg, at_least_one=("seeds", "jobs", "batch_size", "num_prompts", "max_new_tokens"), positive=("lr",), non_negative=("threads",))
+    check_options(
+        cfg, at_least_one=("seeds", "jobs", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"), positive=("lr",),
+        non_negative=("threads",),
+    )
+
+
+def say(text: str) -> None:
+    """A progress line of the experiment itself (stderr, with the time), between the jobs' own logs."""
+    from tispipe.console import log_console
+
+    log_console().print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, soft_wrap=True, markup=False)
 
 
 def model_dir(out: Path, name: str, seed: int) -> Path:
@@ -198,16 +207,16 @@ class Runner:
         if skip_if_done is not None:
             done, settings = skip_if_done / "experiment-config.json", config_dict(cfg)
             if done.is_file() and json.loads(done.read_text(encoding="utf-8")) == settings:
-                print(f"[{time.strftime('%H:%M:%S')}] skip  {label} (done)", file=sys.stderr, flush=True)
+                say(f"skip  {label} (done)")
                 return
             self.done_markers[label] = (done, settings)
         if self.jobs == 1:
-            print(f"[{time.strftime('%H:%M:%S')}] start {label}", file=sys.stderr, flush=True)
+            say(f"start {label}")
             self._run_here(label, stage, cfg)
             return
         while len(self.running) >= self.jobs:
             self._reap(block=True)
-        print(f"[{time.strftime('%H:%M:%S')}] start {label}", file=sys.stderr, flush=True)
+        say(f"start {label}")
         # OMP_NUM_THREADS holds every command (and its libraries) to the thread count
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb", **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
         with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log:
@@ -245,7 +254,7 @@ class Runner:
         if label in self.done_markers:
             path, settings = self.done_markers.pop(label)
             atomic_write_json(path, settings)
-        print(f"[{time.strftime('%H:%M:%S')}] done  {label} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+        say(f"done  {label} ({time.time() - t0:.0f}s)")
 
     def wait(self) -> None:
         while self.running:

@@ -39,7 +39,6 @@ def seed_metrics(result: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-
 def _cell(entry: dict[str, Any], spec: str, percent: bool = False) -> str:
     if entry is None or entry.get("mean") is None:
         return "n/a"
@@ -143,9 +142,8 @@ def verdict(report: dict[str, Any], order: list[str]) -> str:
     return "\n".join(lines)
 
 
-
 def budget_sweep() -> str:
     """How the shared budget was chosen: a sweep run by hand before the experiment, kept as package data
-    (tispipe/budget_sweep.md) so that results.md remains a product of `tispipe experiment`. Its numbers are
-    copied from runs/tuning/eval/report.json."""
+    (tispipe/budget_sweep.md) so that results.md remains a product of `tispipe experiment`. Its numbers come from the eval
+    report of the sweep's own runs (the commands it lists)."""
     return (files("tispipe") / "budget_sweep.md").read_text(encoding="utf-8")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 
 from tispipe.batching import left_pad
-from tispipe.errors import TispipeError
-from tispipe.hub import local_folder
 
 
 @torch.no_grad()
@@ -44,26 +42,6 @@ def generate(model, prompt_ids: list[list[int]], *, temperature: float, max_new_
         if progress is not None:
             progress.advance(len(chunk))
     return results
-
-
-def load_reward_model(name: str, *, device: str, dtype: str, trust_remote_code: bool):
-    """A local or hub AutoModelForSequenceClassification with one output, in eval mode, and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification
-
-    from tispipe.models import load_tokenizer, resolve_dtype
-
-    folder = local_folder(name, "reward model")
-    source = str(folder) if folder else name
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise TispipeError(f"could not load the reward model {name}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
-    if model.config.num_labels != 1:
-        raise TispipeError(f"reward model {name} has {model.config.num_labels} outputs; a reward model has one (num_labels=1)")
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id  # how the model finds the last real token of a padded row
-    return model.to(device).eval().requires_grad_(False), tokenizer
 
 
 @torch.no_grad()

@@ -130,6 +130,24 @@ def load_model(
     return model
 
 
+def load_reward_model(name: str, *, device: str, dtype: str, trust_remote_code: bool):
+    """A local or hub AutoModelForSequenceClassification with one output, in eval mode, and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = local_folder(name, "reward model")
+    source = str(folder) if folder else name
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TispipeError(f"could not load the reward model {name}: {_first_line(e)}") from None
+    if model.config.num_labels != 1:
+        raise TispipeError(f"reward model {name} has {model.config.num_labels} outputs; a reward model has one (num_labels=1)")
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # how the model finds the last real token of a padded row
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
 def _snapshot_folder(name_or_path: str | Path) -> Path:
     folder = _local_folder(str(name_or_path), "model")
     if folder is not None:

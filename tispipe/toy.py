@@ -345,7 +345,7 @@ def run(cfg: ToyDataConfig) -> None:
     from rich.table import Table
 
     from tispipe.atomic import atomic_write_text
-    from tispipe.config import write_config
+    from tispipe.config_files import write_config
     from tispipe.console import result_console
 
     check_options(cfg, at_least_one=("pairs",), non_negative=("test_pairs",))

@@ -9,8 +9,8 @@ DPO, IPO and TIS-DPO without eta use the reference log-probs cached in the shard
 Rows are streamed from the Parquet shards through a bounded, seeded shuffle buffer
 (`shards.stream_rows`), so memory does not grow with the data. The stream is a pure function of
 (seed, epoch, manifest), so a checkpoint records only (epoch, rows used in that epoch) and a
-resumed run replays the same steps with the same losses. Within windows of 16 steps the pairs are
-batched by length (`steps.length_grouped_steps`), which cuts the padding the forwards spend time on.
+resumed run replays the same steps with the same losses. Within windows of --length-group-steps
+steps (16) the pairs are batched by length (`steps.length_grouped_steps`), which cuts the padding the forwards spend time on.
 
 Defaults are sized for the tiny toy model: lr 1e-4 with AdamW. The paper's 5e-7 (RMSprop) is for 7B
 models; on the toy base (2M parameters, batch 16) TIS-DPO's loss after 40 steps falls from 0.69 to
@@ -43,12 +43,11 @@ from tispipe.checkpoint import (
     checkpoint_all_ranks,
     latest_checkpoint,
     load_training_state,
-    quiet_transformers,
     read_state,
     save_final_model,
     set_rng_state,
 )
-from tispipe.config import config_dict, write_config
+from tispipe.config_files import config_dict, write_config
 from tispipe.configs import TrainConfig, check_bounds, check_options
 from tispipe.console import ProgressLine, log_console
 from tispipe.errors import TispipeError
@@ -107,9 +106,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
     # Master weights stay float32; on GPU the forward runs under bf16 autocast.
     ref_name = cfg.ref or cfg.model
-    with quiet_transformers():
-        policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
-        ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
+    policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
+    ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
     policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
     model = distributed.wrap_policy(policy, cfg.fsdp, device)  # the policy itself in a single process
 

@@ -7,7 +7,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tispipe.config import read_config_file, resolve, write_config
+from tispipe.config_files import read_config_file, resolve, write_config
 from tispipe.errors import TispipeError
 
 
