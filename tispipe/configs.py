@@ -130,6 +130,14 @@ class EstimateConfig(DataOptions, ModelOptions, SeedOption, ThreadsOption, Overw
     contrast_batch_size: int | None = option(None, "Pairs per step for building pi+/pi- (default: sft 32, dpo 16).")
     contrast_beta: float = option(0.1, "DPO beta for building pi+/pi- with --method dpo.")
 
+    def scores_by_prompt(self) -> bool:
+        """pi+/pi- are the base model under --pos-prompt/--neg-prompt (no models given)."""
+        return self.method == "prompt" and not self.pos_model
+
+    def builds_contrast_models(self) -> bool:
+        """pi+/pi- are trained here (tispipe.contrast), not given."""
+        return self.method in ("sft", "dpo") and not self.pos_model
+
 
 @dataclass(kw_only=True)
 class InspectConfig:

@@ -40,7 +40,8 @@ from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
 from tispipe.data import DataReport, TokenizedPair, as_text
 from tispipe.errors import TispipeError
-from tispipe.score import ContrastPrompts, Scorer, shard_entry, shard_sizes, write_shards
+from tispipe.score import ContrastPrompts, Scorer, write_shards
+from tispipe.shards import shard_entry, shard_name, shard_sizes, write_manifest
 
 STATE_FILE = "estimate-state.json"
 RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed run's manifest is byte-identical
@@ -99,7 +100,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
         if rank != 0:
             distributed.barrier()  # rank 0 writes the manifest
             return {"manifest": json.loads((out / "manifest.json").read_text(encoding="utf-8")), "timings": None, "skipped": False}
-        entries = [entry or shard_entry(out, index, size) for index, (entry, size) in enumerate(zip(entries, shard_sizes(len(items), cfg.shard_size)))]
+        entries = [entry or shard_entry(out / "shards" / shard_name(index), size) for index, (entry, size) in enumerate(zip(entries, shard_sizes(len(items), cfg.shard_size)))]
     scoring_seconds = time.perf_counter() - scoring_start
 
     manifest = {
@@ -115,7 +116,6 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
         "shards": entries,
         **weight_quality.shard_statistics(out, entries),
     }
-    from tispipe.shards import write_manifest
 
     write_manifest(out, manifest)
     timings = {
@@ -148,7 +148,7 @@ def validate(cfg: EstimateConfig) -> None:
     if bool(cfg.pos_model) != bool(cfg.neg_model):
         raise TispipeError("--pos-model and --neg-model go together: give both or neither")
     check_bounds(cfg.lower, cfg.upper)
-    if cfg.method == "prompt" and not cfg.pos_model and cfg.pos_prompt == cfg.neg_prompt:
+    if cfg.scores_by_prompt() and cfg.pos_prompt == cfg.neg_prompt:
         raise TispipeError("--pos-prompt and --neg-prompt are the same: every log-ratio would be 0")
 
 
@@ -168,7 +168,7 @@ def _settings(cfg: EstimateConfig, lower: float | None, upper: float | None) -> 
     for name in ("out", "overwrite", "threads"):
         settings.pop(name)
     settings["lower"], settings["upper"] = lower, upper
-    if cfg.method in ("sft", "dpo") and not cfg.pos_model:
+    if cfg.builds_contrast_models():
         from tispipe.contrast import settings_for
 
         resolved = settings_for(cfg.method, cfg.contrast_lr, cfg.contrast_epochs, cfg.contrast_batch_size, cfg.contrast_beta, cfg.seed)
@@ -188,7 +188,7 @@ def load_scoring_pairs(cfg: EstimateConfig, tokenizer) -> tuple[list[TokenizedPa
     opts = cfg.data_options()
     rows, report = data.load_pairs(opts)
     pairs = data.tokenize_pairs(rows, tokenizer, opts, report, labels=True)
-    if cfg.method != "prompt" or cfg.pos_model:
+    if not cfg.scores_by_prompt():
         return pairs, report, None
     prompts: ContrastPrompts = {}
     for pair in pairs:

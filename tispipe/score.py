@@ -33,7 +33,7 @@ class Scorer:
 
         self.pad_id = tokenizer.pad_token_id
         self.device = device
-        self.by_prompt = cfg.method == "prompt" and not cfg.pos_model
+        self.by_prompt = cfg.scores_by_prompt()
         self.prompts = prompts or {}
         if self.by_prompt and not self.prompts:
             raise ValueError("the prompt method scores with contrast prompts: pass `prompts`")
@@ -109,19 +109,6 @@ def shard_rows(items: Sequence[TokenizedPair], scorer: Scorer, cfg: EstimateConf
     return rows
 
 
-def shard_sizes(pairs: int, shard_size: int) -> list[int]:
-    return [min(shard_size, pairs - start) for start in range(0, pairs, shard_size)]
-
-
-def shard_entry(out: Path, index: int, rows: int) -> dict[str, Any]:
-    """The manifest entry of a shard another rank wrote (checked to open with its row count)."""
-    from tispipe.shards import file_sha256, open_shard, shard_name
-
-    path = out / "shards" / shard_name(index)
-    open_shard(path, expected_rows=rows)
-    return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
-
-
 def write_shards(
     out: Path, items: list[TokenizedPair], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *, rank: int = 0, world: int = 1
 ) -> tuple[list[dict[str, Any] | None], dict[str, int]]:
@@ -130,7 +117,7 @@ def write_shards(
     Under torchrun this rank handles the shards i with i % world == rank; the others' entries stay None.
     """
     from tispipe.console import ProgressLine
-    from tispipe.shards import file_sha256, open_shard, shard_name, write_shard
+    from tispipe.shards import shard_entry, shard_name, write_shard
 
     size = cfg.shard_size
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
@@ -141,8 +128,7 @@ def write_shards(
             continue
         path = out / "shards" / shard_name(index)
         try:
-            open_shard(path, expected_rows=len(chunk))
-            entries[index] = {"file": path.name, "rows": len(chunk), "sha256": file_sha256(path)}
+            entries[index] = shard_entry(path, len(chunk))
         except TispipeError:
             todo.append(index)
     mine = len(range(rank, len(chunks), world))

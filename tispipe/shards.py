@@ -73,7 +73,18 @@ def write_shard(path: str | Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     path = Path(path)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    return {"file": path.name, "rows": len(rows), "sha256": file_sha256(path)}
+    return shard_entry(path, len(rows))
+
+
+def shard_entry(path: Path, rows: int) -> dict[str, Any]:
+    """The manifest entry of a complete shard (it opens with `rows` rows, else TispipeError): name, rows, sha256."""
+    open_shard(path, expected_rows=rows)
+    return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
+
+
+def shard_sizes(pairs: int, shard_size: int) -> list[int]:
+    """Rows of each shard when `pairs` pairs are cut into shards of `shard_size` in data order."""
+    return [min(shard_size, pairs - start) for start in range(0, pairs, shard_size)]
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
