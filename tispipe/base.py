@@ -299,9 +299,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def run(cfg: InitBaseConfig) -> dict:
     """Train the tokenizer and the base model on `cfg.data` and save both in `cfg.out`; returns the train log."""
-    from tispipe.console import log_console
+    from tispipe.console import log_console, quiet_transformers
 
     console = log_console()
+    quiet_transformers()
     check_options(cfg, at_least_one=("hidden_size", "num_layers", "num_heads", "max_length", "batch_size"), positive=("epochs", "lr"), non_negative=("threads",))
     out = Path(cfg.out)
     _check_out(out, cfg.overwrite)

@@ -14,6 +14,13 @@ import sys
 import time
 
 
+def quiet_transformers() -> None:
+    """Turn off transformers' own per-file loading and saving bars: they would break tispipe's progress lines."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def log_console(quiet: bool = False):
     from rich.console import Console
 

@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 
 import torch
-from transformers.utils import logging as hf_logging
 
+from tispipe.console import quiet_transformers
 from tispipe.errors import TispipeError
 from tispipe.hub import hub_offline, local_folder
 from tispipe.tokenization import ensure_pad_token
 
-# tispipe draws its own progress bars; transformers' per-file "Loading weights" bars would break them.
-hf_logging.disable_progress_bar()
+quiet_transformers()
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
