@@ -378,3 +378,27 @@ def test_length_grouped_steps_resume_inside_a_window(done_steps):
     assert list(resumed) == full[done_steps:]
     with pytest.raises(TispipeError, match="between two steps"):
         drop_rows(iter(full), 3)
+
+
+def test_nan_reference_logps_stop_dpo_before_anything_is_saved(tiny, tmp_path):
+    """The finite check covers every float column, so a NaN reference log-prob cannot turn the model NaN."""
+    import pyarrow.parquet as pq
+
+    shards_dir = tmp_path / "shards"
+    shutil.copytree(tiny[1], shards_dir)
+    first = shards_dir / "shards" / shards_module.shard_name(0)
+    rows = pq.read_table(first).to_pylist()
+    rows[0]["chosen_ref_logps"] = [float("nan")] * len(rows[0]["chosen_ids"])
+    shards_module.write_shard(first, rows)
+    out = tmp_path / "run"
+    with pytest.raises(TispipeError, match="column chosen_ref_logps holds NaN"):
+        train.run(config((tiny[0], shards_dir), out, loss="dpo", max_steps=None))
+    assert not (out / "model.safetensors").exists() and not (out / "train_info.json").exists()
+
+
+def test_a_step_whose_loss_turns_non_finite_stops_naming_the_step(tiny, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TispipeError, match=r"step \d+ of 5: the loss .* not finite; stopped before updating") as caught:
+        train.run(config(tiny, out, loss="dpo", lr=1e30, max_grad_norm=0, max_steps=5))
+    assert not caught.value.message.startswith("step 1 ")  # the first step is finite: it is a later one that blows up
+    assert not (out / "model.safetensors").exists() and not (out / "train_info.json").exists()

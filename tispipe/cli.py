@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import inspect
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -102,7 +103,24 @@ app.command("experiment")(stage_command(
 
 
 def main() -> None:
-    app(prog_name="tispipe")
+    """The `tispipe` entry point. A usage error (unknown option, a value of the wrong type) is one
+    `Error:` line and exit code 2, like a user error's one line and exit code 1; no usage box."""
+    try:
+        code = app(prog_name="tispipe", standalone_mode=False)
+    except Exception as e:  # typer's vendored click exceptions: recognised by what they offer
+        if type(e).__name__ == "Abort" and os.environ.get("TISPIPE_DEBUG") != "1":  # Ctrl-C outside a stage's own handling
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        if not hasattr(e, "format_message") or os.environ.get("TISPIPE_DEBUG") == "1":
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `tispipe`: the help, as always
+            typer.echo(e.format_message())
+            sys.exit(0)
+        command = getattr(getattr(e, "ctx", None), "command_path", "tispipe")
+        typer.echo(f"Error: {e.format_message()}", err=True)
+        typer.echo(f"Hint: `{command} --help` lists the options", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ This module imports nothing heavy: `tispipe --help` builds every command from it
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,7 +241,11 @@ def check_options(
                             (non_negative, lambda v: v >= 0, "not be negative")):
         for name in names:
             value = getattr(cfg, name)
-            if value is not None and not ok(value):  # `not ok` also catches NaN
+            if value is None:
+                continue
+            if not math.isfinite(value):  # inf passes every comparison above and trains a NaN model
+                raise TispipeError(f"{_flag(name)} must be a finite number, not {value}")
+            if not ok(value):
                 raise TispipeError(f"{_flag(name)} must {rule}, not {value}")
 
 

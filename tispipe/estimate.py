@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -157,6 +158,11 @@ def _bounds(cfg: EstimateConfig, defaults: dict) -> tuple[float, float]:
     lower = lower if cfg.lower is None else cfg.lower
     upper = upper if cfg.upper is None else cfg.upper
     check_bounds(lower, upper)
+    if cfg.transform == "exp":
+        # The largest weight Eq. 19 can give: k * exp(U) on chosen, k * exp(-L) on rejected; it must fit float32.
+        largest = cfg.k * math.exp(min(max(upper, -lower), 700.0))
+        if not largest < torch.finfo(torch.float32).max:
+            raise TispipeError(f"--k {cfg.k} is too large: weights up to k * exp({max(upper, -lower):g}) = {largest:.3g} overflow float32")
     return lower, upper
 
 

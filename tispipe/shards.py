@@ -133,20 +133,27 @@ def open_shard(path: Path, expected_rows: int | None = None) -> pq.ParquetFile:
     return shard
 
 
-def _check_finite(row: dict[str, Any], path: Path) -> None:
-    for name in ("chosen_logratio", "rejected_logratio", "chosen_weights", "rejected_weights"):
+FLOAT_COLUMNS = [f"{side}_{name}" for side in ("chosen", "rejected") for name in ("logratio", "weights", "ref_logps")]
+
+
+def _check_finite(row: dict[str, Any], path: Path, index: int) -> None:
+    """Every float a row holds is finite: a NaN reference log-prob would silently turn every parameter NaN."""
+    for name in FLOAT_COLUMNS:
         values = row.get(name)
         if values is not None and not all(math.isfinite(v) for v in values):
-            raise TispipeError(f"shard {path}, pair {row['pair_id']!r}: column {name} holds NaN or infinite values")
+            where = f"pair {row['pair_id']!r}" if "pair_id" in row else f"row {index}"
+            raise TispipeError(f"shard {path}, {where}: column {name} holds NaN or infinite values")
 
 
 def iter_shard_rows(path: Path, columns: list[str] | None = None, expected_rows: int | None = None, batch_size: int = 256) -> Iterator[dict[str, Any]]:
     """Yield the rows of one shard as dicts, one record batch in memory at a time."""
     shard = open_shard(path, expected_rows)
     try:
+        index = 0
         for batch in shard.iter_batches(batch_size=batch_size, columns=columns):
             for row in batch.to_pylist():
-                _check_finite(row, path)
+                _check_finite(row, path, index)
+                index += 1
                 yield row
     except (pa.ArrowInvalid, OSError) as e:
         raise TispipeError(f"shard {path} is corrupt ({str(e).splitlines()[0]})")

@@ -57,7 +57,7 @@ from tispipe.optim import make_optimizer, make_scheduler
 from tispipe.shards import file_sha256, open_shard, read_manifest, shard_paths, stream_rows
 from tispipe.steps import epoch_steps, even_steps, planned_steps
 from tispipe.stop import StopRequest
-from tispipe.train_step import REDERIVE_OPTIONS, StepContext, WeightPlan, train_step, weight_plan
+from tispipe.train_step import REDERIVE_OPTIONS, NonFiniteStep, StepContext, WeightPlan, train_step, weight_plan
 from tispipe.weights import TRANSFORMS
 
 LOSSES = ("tisdpo", "dpo", "ipo", "tdpo1", "tdpo2")
@@ -165,7 +165,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             if world > 1:
                 batches = even_steps(batches, math.ceil(rows_per_epoch / per_step) - skip // per_step)
             for micro_batches in batches:
-                metrics = train_step(context, micro_batches)
+                try:
+                    metrics = train_step(context, micro_batches)
+                except NonFiniteStep as e:
+                    progress.stop()
+                    raise TispipeError(
+                        f"step {state.step + 1} of {total_steps}: {e.message}; stopped before updating, the model was not saved",
+                        hint="lower --lr or --beta; with --loss tisdpo check the weights (tispipe inspect)",
+                    ) from None
                 pairs = sum(len(m) for m in micro_batches) if world == 1 else metrics["pairs"]  # the global step's pairs
                 pairs_seen += pairs
                 state = TrainState(state.step + 1, epoch, state.rows_in_epoch + pairs)

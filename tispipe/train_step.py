@@ -7,6 +7,7 @@ response in the micro-batch, rows 0..B-1 the chosen responses and B..2B-1 the re
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,10 @@ def _rederive_options(plan: WeightPlan) -> dict[str, Any]:
     return {"transform": plan.transform, "k": plan.k, "lower": plan.lower, "upper": plan.upper}
 
 
+class NonFiniteStep(TispipeError):
+    """A step whose loss or gradient is NaN or infinite: nothing was updated (train.run names the step)."""
+
+
 @dataclass
 class StepContext:
     policy: Any  # the policy as trained: itself, or DDP/FSDP-wrapped under torchrun
@@ -141,6 +146,10 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
         grad_norm = grad_norm.full_tensor()
+    if not (math.isfinite(float(grad_norm)) and math.isfinite(sums["loss"])):
+        # Checked before the update, on every rank alike (synced gradients): the weights stay as they were.
+        ctx.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteStep(f"the loss ({sums['loss'] / n_pairs:.4g}) or the gradient norm ({float(grad_norm):.4g}) is not finite")
     lr = ctx.optimizer.param_groups[0]["lr"]
     ctx.optimizer.step()
     ctx.scheduler.step()
