@@ -66,3 +66,35 @@ def test_staged_files_move_into_an_existing_folder(tmp_path):
         raise Boom
     assert (tmp_path / "model.safetensors").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors"]
+
+
+def test_set_aside_restores_or_discards_whole(tmp_path):
+    from tispipe.atomic import SetAside, holder_for
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.bin").write_text("old")
+    aside = SetAside([run, tmp_path / "absent"], holder_for(run))
+    assert not run.exists() and aside.moved == [run]
+    run.mkdir()
+    (run / "half.bin").write_text("new, unfinished")
+    aside.restore()
+    assert [p.name for p in run.iterdir()] == ["model.bin"] and (run / "model.bin").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    SetAside([run], holder_for(run)).discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_holders_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from tispipe.atomic import holder_for, remove_stale_holders
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale, live = tmp_path / f".run.{dead}.replaced", holder_for(tmp_path / "run")
+    stale.mkdir()
+    live.mkdir()
+    (tmp_path / ".other.1.replaced").mkdir()  # another path's holder is not touched
+    remove_stale_holders(tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, ".other.1.replaced"])

@@ -136,7 +136,7 @@ def test_cli_writes_files(tmp_path):
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
     assert train == toy.generate(40, 5, "train") and test == toy.generate(7, 5, "test")
-    assert yaml.safe_load((out / "config.yaml").read_text()) == {"out": str(out), "pairs": 40, "test_pairs": 7, "seed": 5}
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {"out": str(out), "pairs": 40, "test_pairs": 7, "seed": 5, "overwrite": False}
     assert "train" in result.output and "40" in result.output
     # the written config reproduces the run
     again = tmp_path / "again"

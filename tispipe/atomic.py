@@ -100,3 +100,58 @@ def staged_files(folder: str | Path, prefix: str = ".staged-") -> Iterator[Path]
         fsync_dir(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class SetAside:
+    """Paths moved whole into one hidden holder folder, so that `--overwrite` loses nothing until the new run
+    has started: `restore()` puts them back (removing what the new run wrote there), `discard()` deletes them.
+
+    A holder left by a killed process is removed by `remove_stale_holders` on the next run.
+    """
+
+    def __init__(self, paths: list[Path], holder: Path):
+        self.holder, self.moved = holder, []
+        holder.mkdir(parents=True)
+        for path in paths:
+            if path.exists() or path.is_symlink():
+                os.replace(path, holder / path.name)
+                self.moved.append(path)
+        fsync_dir(holder.parent)
+
+    def restore(self) -> None:
+        for path in self.moved:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            os.replace(self.holder / path.name, path)
+        shutil.rmtree(self.holder, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.holder, ignore_errors=True)
+
+
+HOLDER_SUFFIX = ".replaced"
+
+
+def holder_for(path: Path) -> Path:
+    """The hidden sibling that holds `path`'s old content while it is being replaced."""
+    return path.parent / f".{path.name}.{os.getpid()}{HOLDER_SUFFIX}"
+
+
+def remove_stale_holders(path: Path) -> None:
+    """Delete holders of `path` left by processes that no longer run (a kill between set-aside and discard)."""
+    for holder in path.parent.glob(f".{path.name}.*{HOLDER_SUFFIX}"):
+        pid = holder.name[len(path.name) + 2 : -len(HOLDER_SUFFIX)]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(holder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -91,7 +91,7 @@ class OverwriteOption:
 
 
 @dataclass(kw_only=True)
-class ToyDataConfig(SeedOption):
+class ToyDataConfig(SeedOption, OverwriteOption):
     out: str = required("Folder to write train.jsonl and test.jsonl into.")
     pairs: int = option(5000, "Number of training pairs.")
     test_pairs: int = option(500, "Number of test pairs.")

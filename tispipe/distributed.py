@@ -122,11 +122,16 @@ def rank_skip(global_rows: int, rank_: int, world: int) -> int:
 # The trained model under torchrun: DDP or FSDP, gradient sync, full state for saving
 
 
+def check_fsdp(fsdp: bool) -> None:
+    """--fsdp needs a process group: refuse it in a world of one, before any output is touched."""
+    if fsdp and world_size() == 1:
+        raise TispipeError("--fsdp shards the model over several processes: start the run with torchrun", hint="torchrun --nproc-per-node N -m tispipe train ... --fsdp")
+
+
 def wrap_policy(policy, fsdp: bool, device: str):
     """The policy as the step loop drives it: itself in one process, DDP or FSDP (`fsdp`) under torchrun."""
     if world_size() == 1:
-        if fsdp:
-            raise TispipeError("--fsdp shards the model over several processes: start the run with torchrun", hint="torchrun --nproc-per-node N -m tispipe train ... --fsdp")
+        check_fsdp(fsdp)
         return policy
     if fsdp:
         from torch.distributed.fsdp import fully_shard  # FSDP2 (per-parameter sharding); runs on gloo too

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 
 from tispipe import distributed, weight_quality
+from tispipe.atomic import SetAside, holder_for, remove_stale_holders
 from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
 from tispipe.data import DataReport, TokenizedPair, as_text
@@ -80,20 +80,28 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
         print_summary(manifest, None, result_console())
         return {"manifest": manifest, "skipped": True}
+    replaced = None
     if rank == 0:
-        claim_out(out, state, cfg.overwrite)
-        # --overwrite is an action, not a setting: re-running from config.yaml must not replace this run.
-        write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
+        replaced = claim_out(out, state, cfg.overwrite)
     else:
         distributed.barrier()  # wait for rank 0 to claim OUT and build pi+/pi-; then reuse its saved models
-    pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, items, fingerprints, device, console)
-    if rank == 0:
-        distributed.barrier()
-    fingerprints["pos"] = fingerprint_model(pos_path) if pos_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.pos_prompt)
-    fingerprints["neg"] = fingerprint_model(neg_path) if neg_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.neg_prompt)
-
-    scoring_start = time.perf_counter()
-    scorer = Scorer(cfg, tokenizer, pos_path, neg_path, device, dtype, contrast_prompts)
+    try:
+        if rank == 0:
+            # --overwrite is an action, not a setting: re-running from config.yaml must not replace this run.
+            write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
+        pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, items, fingerprints, device, console)
+        if rank == 0:
+            distributed.barrier()
+        fingerprints["pos"] = fingerprint_model(pos_path) if pos_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.pos_prompt)
+        fingerprints["neg"] = fingerprint_model(neg_path) if neg_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.neg_prompt)
+        scoring_start = time.perf_counter()
+        scorer = Scorer(cfg, tokenizer, pos_path, neg_path, device, dtype, contrast_prompts)
+    except BaseException:
+        if replaced is not None:
+            replaced.restore()  # --overwrite whose models do not build or load: the old run is back, nothing lost
+        raise
+    if replaced is not None:
+        replaced.discard()
     entries, scored = write_shards(out, items, scorer, cfg, lower, upper, console, rank=rank, world=world)
     if world > 1:
         # The sum returns once every rank has written its shards; rank 0 then describes them all.
@@ -237,14 +245,17 @@ def _already_done(out: Path, state: dict[str, Any], overwrite: bool) -> bool:
         return False
 
 
-def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
+def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> SetAside | None:
     """Claim DIR for these settings: refuse a folder started with others (unless overwrite), check it is writable.
 
-    --overwrite removes the shards, manifest and state but keeps DIR/contrast: a saved contrastive
-    model is reused only when its own fingerprint file matches, so a new transform does not retrain.
+    --overwrite sets the old shards, manifest and state aside (returned: `run` deletes them once the new
+    models have loaded, or puts them back) and keeps DIR/contrast: a saved contrastive model is reused
+    only when its own fingerprint file matches, so a new transform does not retrain.
     """
     from tispipe.atomic import atomic_write_json
 
+    remove_stale_holders(out / "shards")
+    replaced = None
     state_path = out / STATE_FILE
     if out.exists() and not out.is_dir():
         raise TispipeError(f"--out {out} is a file, not a folder")
@@ -260,12 +271,7 @@ def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
                 what = "other settings or inputs" if previous is not None else "something that is not a tispipe estimate run"
                 changed = _differences(previous, state) if previous is not None else ""
                 raise TispipeError(f"--out {out} already holds {what}{changed}", hint="pick another --out, or pass --overwrite to replace it")
-            for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG, "config.yaml"):
-                path = out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+            replaced = SetAside([out / name for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG, "config.yaml")], holder_for(out / "shards"))
     shards = out / "shards"
     try:
         shards.mkdir(parents=True, exist_ok=True)
@@ -276,7 +282,10 @@ def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
         probe.unlink()
         atomic_write_json(state_path, state)
     except OSError as e:
+        if replaced is not None:
+            replaced.restore()
         raise TispipeError(f"shards folder {shards} is not writable ({e.strerror or e})") from None
+    return replaced
 
 
 def _differences(previous: dict[str, Any], state: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ generations is the fraction of harmful responses (the toy stand-in for a safety 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import random
@@ -352,11 +353,14 @@ def run(cfg: ToyDataConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise TispipeError(f"--out {out} exists and is not a folder")
+    existing = [name for name in ("train.jsonl", "test.jsonl") if (out / name).exists()]
+    if existing and not cfg.overwrite:
+        raise TispipeError(f"--out {out} already holds {' and '.join(existing)}", hint="pass --overwrite to replace them, or choose another --out")
 
     splits = {"train": generate(cfg.pairs, cfg.seed, "train"), "test": generate(cfg.test_pairs, cfg.seed, "test")}
     for split, rows in splits.items():
         atomic_write_text(out / f"{split}.jsonl", to_jsonl(rows))
-    write_config(cfg, out / "config.yaml")
+    write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")  # --overwrite is an action, not a setting
 
     table = Table(title=f"toy preference data in {out}")
     for column in ("split", "pairs", "words", "noisy", "reward chosen", "reward rejected", "diff sentences"):

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 import yaml
 
 from tispipe import distributed
-from tispipe.atomic import atomic_write_json
+from tispipe.atomic import SetAside, atomic_write_json, holder_for, remove_stale_holders
 from tispipe.checkpoint import (
     TrainState,
     check_checkpoint_world,
@@ -86,6 +85,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = distributed.setup(resolve_device(cfg.device))
     world, rank = distributed.world_size(), distributed.rank()
+    distributed.check_fsdp(cfg.fsdp)
     console = log_console(quiet=rank != 0)
     compute_dtype = resolve_dtype(cfg.dtype, device)
     if compute_dtype == torch.float16:
@@ -95,7 +95,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     plan = weight_plan(cfg, manifest)
     # Only now, with the inputs checked, may an existing OUT be replaced.
     # Only rank 0 may delete (--overwrite) or judge OUT; the other ranks follow its decision.
-    checkpoint, finished = distributed.broadcast_object(claim_out(cfg, out) if rank == 0 else None)
+    checkpoint, finished, replaced = claim_out(cfg, out) if rank == 0 else (None, None, None)
+    checkpoint, finished = distributed.broadcast_object((checkpoint, finished))
     if checkpoint is not None:
         check_checkpoint_world(checkpoint, world, cfg.fsdp)
     if finished is not None:
@@ -106,8 +107,15 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
     # Master weights stay float32; on GPU the forward runs under bf16 autocast.
     ref_name = cfg.ref or cfg.model
-    policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
-    ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
+    try:
+        policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
+        ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
+    except BaseException:
+        if replaced is not None:
+            replaced.restore()  # --overwrite with models that do not load: the old run is back, nothing lost
+        raise
+    if replaced is not None:
+        replaced.discard()
     policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
     model = distributed.wrap_policy(policy, cfg.fsdp, device)  # the policy itself in a single process
 
@@ -252,14 +260,16 @@ def _is_train_folder(out: Path) -> bool:
     return any((out / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", "train_info.json"))
 
 
-def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None]:
-    """Apply --overwrite/--resume to an existing OUT; return (checkpoint to resume from, finished train_info)."""
+def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, SetAside | None]:
+    """Apply --overwrite/--resume to an existing OUT; return (checkpoint to resume from, finished train_info,
+    the old run set aside by --overwrite: `run` deletes it once the new models have loaded, or puts it back)."""
+    remove_stale_holders(out)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         try:  # fail now, not after loading the models
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TispipeError(f"--out {out} is not writable ({e.strerror or e})") from None
-        return None, None
+        return None, None, None
     if not out.is_dir():
         raise TispipeError(f"--out {out} is a file, not a folder")
     if not cfg.resume and not cfg.overwrite:
@@ -270,8 +280,9 @@ def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None]:
     if not _is_train_folder(out):
         raise TispipeError(f"--out {out} holds files that are not a `tispipe train` run; refusing to {'replace' if cfg.overwrite else 'resume'} it")
     if cfg.overwrite:
-        shutil.rmtree(out)
-        return None, None
+        aside = SetAside([out], holder_for(out))
+        out.mkdir()
+        return None, None, aside
     previous = _previous_config(out)
     if previous is not None:
         current = config_dict(cfg)
@@ -284,8 +295,8 @@ def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None]:
             )
     info_path = out / "train_info.json"
     if info_path.is_file():
-        return None, json.loads(info_path.read_text(encoding="utf-8"))
-    return latest_checkpoint(out), None
+        return None, json.loads(info_path.read_text(encoding="utf-8")), None
+    return latest_checkpoint(out), None, None
 
 
 def _previous_config(out: Path) -> dict[str, Any] | None:

@@ -1,0 +1,82 @@
+"""`--overwrite` loses nothing until the new run has started: inputs that fail to load leave the old run
+as it was, and nothing a user made is replaced without `--overwrite`."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import write_jsonl
+from typer.testing import CliRunner
+
+from tispipe.cli import app
+from tispipe.toy import generate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+
+def files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, make_tiny_llama):
+    """A tiny base, a finished prompt-method estimate and a finished dpo training on it."""
+    root = tmp_path_factory.mktemp("overwrite")
+    make_tiny_llama(root / "base")
+    write_jsonl(root / "pairs.jsonl", generate(12, 0, "train"))
+    result = invoke("estimate", "--data", root / "pairs.jsonl", "--model", root / "base", "--method", "prompt", "--out", root / "weights", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = invoke("train", "--shards", root / "weights", "--model", root / "base", "--out", root / "run", "--loss", "dpo", "--max-steps", 2,
+                    "--batch-size", 4, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    broken = root / "broken"  # a tokenizer that loads, weights that do not: no config.json
+    shutil.copytree(root / "base", broken)
+    (broken / "config.json").unlink()
+    return root
+
+
+def test_train_overwrite_with_a_model_that_does_not_load_keeps_the_old_run(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    before = files(run)
+    result = invoke("train", "--shards", finished / "weights", "--model", finished / "broken", "--out", run, "--loss", "dpo", "--overwrite", "--device", "cpu")
+    assert result.exit_code == 1 and "Error: could not load the model" in result.output and "Traceback" not in result.output, result.output
+    assert files(run) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no holder left behind
+
+
+def test_estimate_overwrite_with_a_model_that_does_not_load_keeps_the_old_shards(finished, tmp_path):
+    out = tmp_path / "weights"
+    shutil.copytree(finished / "weights", out)
+    before = files(out)
+    result = invoke("estimate", "--data", finished / "pairs.jsonl", "--model", finished / "broken", "--method", "prompt", "--out", out, "--k", "2",
+                    "--overwrite", "--device", "cpu")
+    assert result.exit_code == 1 and "Error: could not load the model" in result.output and "Traceback" not in result.output, result.output
+    assert files(out) == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".replaced")]
+
+
+def test_train_overwrite_that_starts_replaces_the_old_run(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    result = invoke("train", "--shards", finished / "weights", "--model", finished / "base", "--out", run, "--loss", "dpo", "--max-steps", 1,
+                    "--batch-size", 4, "--overwrite", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert '"steps": 1' in (run / "train_info.json").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_toy_data_does_not_replace_a_users_file_without_overwrite(tmp_path):
+    mine = tmp_path / "train.jsonl"
+    mine.write_text('{"prompt": "mine", "chosen": "a", "rejected": "b"}\n')
+    result = invoke("toy-data", "--out", tmp_path, "--pairs", 4, "--test-pairs", 2)
+    assert result.exit_code == 1 and "Error:" in result.output and "--overwrite" in result.output, result.output
+    assert mine.read_text().startswith('{"prompt": "mine"')
+    assert invoke("toy-data", "--out", tmp_path, "--pairs", 4, "--test-pairs", 2, "--overwrite").exit_code == 0
+    assert len(mine.read_text().splitlines()) == 4
