@@ -546,14 +546,19 @@ def _shards_copy(reference: Path, tmp: Path) -> Path:
     return copy
 
 
-def _rewrite_shard(shards: Path, index: int, change) -> None:
-    """Rewrite shard `index` with `change(rows)` applied (the manifest's checksum is left stale on purpose)."""
+def _rewrite_shard(shards: Path, index: int, change, record: bool = True) -> None:
+    """Rewrite shard `index` with `change(rows)` applied; `record`: update the manifest's entry, as an
+    estimate that wrote those rows would (else its checksum is left stale: a shard changed after the run)."""
     from tispipe.shards import shard_name, write_shard
 
     path = shards / "shards" / shard_name(index)
     rows = pq.read_table(path).to_pylist()
     change(rows)
-    write_shard(path, rows)
+    entry = write_shard(path, rows)
+    if record:
+        manifest = json.loads((shards / "manifest.json").read_text())
+        manifest["shards"][index] = entry
+        (shards / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _train_case(case: str, tmp: Path, reference: Path, base_dir: Path, make_tiny_tokenizer, make_tiny_llama):
@@ -588,6 +593,10 @@ def _train_case(case: str, tmp: Path, reference: Path, base_dir: Path, make_tiny
         shards = _shards_copy(reference, tmp)
         _rewrite_shard(shards, 5, lambda rows: rows[2]["chosen_weights"].__setitem__(1, float("nan")))
         return shards, model, out, [], ["part-00005.parquet, pair 'train-00027': column chosen_weights holds NaN or infinite values"]
+    if case == "shard changed after the run":
+        shards = _shards_copy(reference, tmp)
+        _rewrite_shard(shards, 4, lambda rows: rows.reverse(), record=False)  # same rows, same count, other bytes
+        return shards, model, out, [], ["part-00004.parquet is not the one the manifest lists (sha256 differs)"]
     if case == "infinite log-ratio":
         shards = _shards_copy(reference, tmp)
         _rewrite_shard(shards, 1, lambda rows: rows[0]["rejected_logratio"].__setitem__(0, float("-inf")))
@@ -624,7 +633,7 @@ def _train_case(case: str, tmp: Path, reference: Path, base_dir: Path, make_tiny
 
 @pytest.mark.parametrize("case", [
     "missing manifest", "missing shards folder", "manifest of a newer schema version", "truncated shard", "non-Parquet shard",
-    "missing shard", "NaN weight", "infinite log-ratio", "shards made with another tokenizer", "model folder without weights",
+    "missing shard", "NaN weight", "shard changed after the run", "infinite log-ratio", "shards made with another tokenizer", "model folder without weights",
     "--lower above --upper", "non-positive beta", "non-positive k", "--resume and --overwrite", "output folder not writable",
     "--out is a file",
     pytest.param("--device cuda without a GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),

@@ -389,7 +389,9 @@ def test_nan_reference_logps_stop_dpo_before_anything_is_saved(tiny, tmp_path):
     first = shards_dir / "shards" / shards_module.shard_name(0)
     rows = pq.read_table(first).to_pylist()
     rows[0]["chosen_ref_logps"] = [float("nan")] * len(rows[0]["chosen_ids"])
-    shards_module.write_shard(first, rows)
+    manifest = json.loads((shards_dir / "manifest.json").read_text())
+    manifest["shards"][0] = shards_module.write_shard(first, rows)  # as an estimate that scored a NaN would record it
+    (shards_dir / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "run"
     with pytest.raises(TispipeError, match="column chosen_ref_logps holds NaN"):
         train.run(config((tiny[0], shards_dir), out, loss="dpo", max_steps=None))
@@ -402,3 +404,22 @@ def test_a_step_whose_loss_turns_non_finite_stops_naming_the_step(tiny, tmp_path
         train.run(config(tiny, out, loss="dpo", lr=1e30, max_grad_norm=0, max_steps=5))
     assert not caught.value.message.startswith("step 1 ")  # the first step is finite: it is a later one that blows up
     assert not (out / "model.safetensors").exists() and not (out / "train_info.json").exists()
+
+
+def test_resume_with_another_spelling_of_the_same_paths_is_the_same_run(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train.run(config(tiny, "run", loss="dpo", max_steps=4, save_every=2))
+    (tmp_path / "run" / "train_info.json").unlink()  # as if stopped after its last checkpoint
+    info = train.run(config(tiny, str((tmp_path / "run").resolve()), loss="dpo", max_steps=4, save_every=2, resume=True))
+    assert info["resumed_from_step"] == 4
+
+
+def test_resume_refuses_shards_other_than_those_it_was_trained_on(tiny, tmp_path):
+    shards_dir = tmp_path / "shards"
+    shutil.copytree(tiny[1], shards_dir)
+    train.run(config((tiny[0], shards_dir), tmp_path / "run", loss="dpo", max_steps=4, save_every=2))
+    (tmp_path / "run" / "train_info.json").unlink()
+    manifest = json.loads((shards_dir / "manifest.json").read_text())
+    (shards_dir / "manifest.json").write_text(json.dumps({**manifest, "pairs": 999}))  # another estimate's manifest
+    with pytest.raises(TispipeError, match="was trained on other shards"):
+        train.run(config((tiny[0], shards_dir), tmp_path / "run", loss="dpo", max_steps=4, save_every=2, resume=True))

@@ -84,6 +84,7 @@ def save_checkpoint(
     model_state: dict[str, Any] | None = None,
     optimizer_state: dict[str, Any] | None = None,
     parallel: dict[str, Any] | None = None,
+    manifest_sha256: str | None = None,
 ) -> Path:
     """Write OUT/checkpoints/step-N atomically, prune to the newest KEEP, and return its path.
 
@@ -102,12 +103,16 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")
         extra = {"parallel": parallel} if parallel else {}
+        if manifest_sha256:
+            extra["manifest_sha256"] = manifest_sha256  # the shards it was trained on: a resume on others is refused
         atomic_write_json(tmp / "state.json", {**state.__dict__, "config": config, **extra})
     prune(out)
     return final
 
 
-def checkpoint_all_ranks(out: Path, state: TrainState, policy, model, optimizer, scheduler, config: dict[str, Any], fsdp: bool) -> Path:
+def checkpoint_all_ranks(
+    out: Path, state: TrainState, policy, model, optimizer, scheduler, config: dict[str, Any], fsdp: bool, manifest_sha256: str | None = None
+) -> Path:
     """Every rank calls this at the same step; rank 0 writes the checkpoint, the others wait for it.
 
     `policy` is the bare model (it saves itself), `model` the policy as trained (DDP/FSDP-wrapped
@@ -115,14 +120,14 @@ def checkpoint_all_ranks(out: Path, state: TrainState, policy, model, optimizer,
     """
     world = distributed.world_size()
     if world == 1:
-        return save_checkpoint(out, state, policy, optimizer, scheduler, rng_state(), config)
+        return save_checkpoint(out, state, policy, optimizer, scheduler, rng_state(), config, manifest_sha256=manifest_sha256)
     model_state = distributed.gathered_model_state(model, fsdp)
     optimizer_state = distributed.gathered_optimizer_state(model, optimizer, fsdp)
     path = checkpoints_dir(out) / f"step-{state.step}"
     if distributed.is_main():
         path = save_checkpoint(
             out, state, policy, optimizer, scheduler, rng_state(), config,
-            model_state=model_state, optimizer_state=optimizer_state, parallel={"world_size": world, "fsdp": fsdp},
+            model_state=model_state, optimizer_state=optimizer_state, parallel={"world_size": world, "fsdp": fsdp}, manifest_sha256=manifest_sha256,
         )
     distributed.barrier()
     return path
@@ -173,6 +178,11 @@ def read_state(path: str | Path) -> tuple[TrainState, dict[str, Any]]:
     """(TrainState, config dict) from a checkpoint folder's state.json."""
     data = json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
     return TrainState(data["step"], data["epoch"], data["rows_in_epoch"]), data["config"]
+
+
+def checkpoint_manifest(path: str | Path) -> str | None:
+    """sha256 of the manifest of the shards a checkpoint was trained on (None for checkpoints that predate it)."""
+    return json.loads((Path(path) / "state.json").read_text(encoding="utf-8")).get("manifest_sha256")
 
 
 def checkpoint_parallel(path: str | Path) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, ch
 from tispipe.data import DataReport, TokenizedPair, as_text
 from tispipe.errors import TispipeError
 from tispipe.score import ContrastPrompts, Scorer, write_shards
-from tispipe.shards import shard_entry, shard_name, shard_sizes, write_manifest
+from tispipe.shards import read_manifest, shard_entry, shard_name, shard_sizes, verify_shards, write_manifest
 
 STATE_FILE = "estimate-state.json"
 RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed run's manifest is byte-identical
@@ -75,7 +75,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
     settings = _settings(cfg, lower, upper)
     state = {"settings": settings, "device": torch.device(device).type, "dtype": str(dtype).removeprefix("torch."), "fingerprints": fingerprints}
     # Rank 0 judges and claims OUT; the others follow (and must not read it while rank 0 clears it).
-    if distributed.broadcast_object(_already_done(out, state, cfg.overwrite) if rank == 0 else None):
+    if distributed.broadcast_object(_already_done(out, state, cfg.overwrite, console) if rank == 0 else None):
         console.print(f"{out} already holds a finished estimate with these settings; nothing to do.")
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
         print_summary(manifest, None, result_console())
@@ -102,7 +102,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
         raise
     if replaced is not None:
         replaced.discard()
-    entries, scored = write_shards(out, items, scorer, cfg, lower, upper, console, rank=rank, world=world)
+    entries, scored = write_shards(out, items, scorer, cfg, lower, upper, console, rank=rank, world=world, recorded=recorded_shards(out))
     if world > 1:
         # The sum returns once every rank has written its shards; rank 0 then describes them all.
         scored = dict(zip(("pairs", "tokens"), (int(v) for v in distributed.all_reduce([scored["pairs"], scored["tokens"]]))))
@@ -236,13 +236,29 @@ def _prompt_fingerprint(base: str, system_prompt: str) -> str:
 # ---------------------------------------------------------------- output folder
 
 
-def _already_done(out: Path, state: dict[str, Any], overwrite: bool) -> bool:
+def _already_done(out: Path, state: dict[str, Any], overwrite: bool, console) -> bool:
+    """A finished run with these settings whose shards are all there and intact (else they are rebuilt)."""
     if overwrite or not (out / "manifest.json").is_file() or not (out / STATE_FILE).is_file():
         return False
     try:
-        return json.loads((out / STATE_FILE).read_text(encoding="utf-8")) == state
+        if json.loads((out / STATE_FILE).read_text(encoding="utf-8")) != state:
+            return False
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    try:
+        verify_shards(out, read_manifest(out))
+    except TispipeError as e:
+        console.print(f"{out} holds this run, but {e.message}: rebuilding the missing or damaged shards", highlight=False, soft_wrap=True)
+        return False
+    return True
+
+
+def recorded_shards(out: Path) -> dict[str, str]:
+    """file -> sha256 of the shards a finished run's manifest lists ({} without one): a shard kept on resume must match."""
+    try:
+        return {entry["file"]: entry["sha256"] for entry in read_manifest(out)["shards"]}
+    except TispipeError:
+        return {}
 
 
 def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> SetAside | None:

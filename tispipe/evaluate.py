@@ -54,7 +54,7 @@ from tispipe.console import ProgressLine, log_console, result_console
 from tispipe.errors import TispipeError
 from tispipe.eval_report import comparison_table, render_markdown, write_plots
 from tispipe.generation import generate, reward_scores
-from tispipe.hub import local_folder
+from tispipe.hub import local_folder, same_source
 from tispipe.likelihood import likelihood, likelihood_metrics
 from tispipe.weight_quality import weight_quality
 
@@ -75,18 +75,11 @@ def parse_temperatures(text: str) -> list[float]:
     return values
 
 
-def _same(a: str, b: str) -> bool:
-    """Two model names refer to the same model (same local folder, or the same hub name)."""
-    if os.path.isdir(a) and os.path.isdir(b):
-        return os.path.realpath(a) == os.path.realpath(b)
-    return a == b
-
-
 def check_config(cfg: EvalConfig) -> list[float]:
     if not cfg.model:
         raise TispipeError("give at least one --model to evaluate")
     for i, name in enumerate(cfg.model):
-        if any(_same(name, other) for other in cfg.model[:i]):
+        if any(same_source(name, other) for other in cfg.model[:i]):
             raise TispipeError(f"--model {name} is given twice")
     if cfg.oracle is not None and cfg.oracle not in ORACLES:
         raise TispipeError(f"unknown oracle {cfg.oracle!r}", hint=f"known: {', '.join(ORACLES)}")
@@ -214,9 +207,9 @@ def _models(cfg: EvalConfig) -> tuple[list[str], str]:
     """The models to evaluate, and which of them is the baseline of the win rates."""
     names = list(cfg.model)
     baseline = cfg.baseline or names[0]
-    if not any(_same(baseline, n) for n in names):
+    if not any(same_source(baseline, n) for n in names):
         names.append(baseline)  # evaluated like the others, so its row shows what the win rates compare to
-    return names, next(n for n in names if _same(baseline, n))
+    return names, next(n for n in names if same_source(baseline, n))
 
 
 def _measure(cfg: EvalConfig, names: list[str], pairs, prompts, temperatures: list[float], tokenizer, device: str, log,
@@ -229,7 +222,7 @@ def _measure(cfg: EvalConfig, names: list[str], pairs, prompts, temperatures: li
     samples: list[dict[str, Any]] = []
     for name in names:
         t0 = time.time()
-        model = ref if cfg.ref and _same(name, cfg.ref) else load_model(name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+        model = ref if cfg.ref and same_source(name, cfg.ref) else load_model(name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         with ProgressLine(log, f"likelihood {name}", len(pairs), transient=True) as progress:
             values = likelihood(model, ref, pairs, tokenizer.pad_token_id, cfg.batch_size, device, progress)
         results[name] = {"likelihood": likelihood_metrics(values, cfg.beta)}

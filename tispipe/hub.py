@@ -36,6 +36,14 @@ def is_hub_name(name: str, local_suffixes: tuple[str, ...] = ()) -> bool:
     return not Path(name).expanduser().exists() and bool(_HUB_NAME.match(name)) and not looks_local(name, local_suffixes)
 
 
+def same_source(a: str, b: str) -> bool:
+    """Two names for one model or folder: the same path however spelled (relative, absolute, via a link),
+    or the same hub name."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
 def local_folder(name: str, what: str, hint: str | None = None) -> Path | None:
     """The local folder `name` refers to, or None for a Hub name; a file or a missing local path is an error."""
     path = Path(name).expanduser()

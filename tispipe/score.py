@@ -110,9 +110,11 @@ def shard_rows(items: Sequence[TokenizedPair], scorer: Scorer, cfg: EstimateConf
 
 
 def write_shards(
-    out: Path, items: list[TokenizedPair], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *, rank: int = 0, world: int = 1
+    out: Path, items: list[TokenizedPair], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *, rank: int = 0, world: int = 1,
+    recorded: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any] | None], dict[str, int]]:
-    """Write every missing shard; a complete one (it opens with the right row count) is kept as it is.
+    """Write every missing shard; a complete one (it opens with the right row count and, where a finished
+    run's manifest lists it in `recorded`, has that sha256) is kept as it is.
 
     Under torchrun this rank handles the shards i with i % world == rank; the others' entries stay None.
     """
@@ -128,7 +130,10 @@ def write_shards(
             continue
         path = out / "shards" / shard_name(index)
         try:
-            entries[index] = shard_entry(path, len(chunk))
+            entry = shard_entry(path, len(chunk))
+            if entry["sha256"] != (recorded or {}).get(path.name, entry["sha256"]):
+                raise TispipeError(f"shard {path} differs from the one the manifest lists")
+            entries[index] = entry
         except TispipeError:
             todo.append(index)
     mine = len(range(rank, len(chunks), world))

@@ -82,6 +82,22 @@ def shard_entry(path: Path, rows: int) -> dict[str, Any]:
     return {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
 
 
+def verify_shards(out_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Every shard the manifest lists is there, opens with its row count, and has its recorded sha256.
+
+    Always on when a stage opens a finished folder: a shard swapped for another run's (same row count)
+    or damaged after the run is an error naming it, not silently used. Reading costs about one sha256
+    pass over the shard bytes.
+    """
+    for path, entry in zip(shard_paths(out_dir, manifest), manifest["shards"], strict=True):
+        open_shard(path, entry["rows"])
+        if file_sha256(path) != entry["sha256"]:
+            raise TispipeError(
+                f"shard {path} is not the one the manifest lists (sha256 differs): it was replaced or damaged after the run",
+                hint="re-run the same `tispipe estimate` to rebuild it, or use the shards of that run",
+            )
+
+
 def shard_sizes(pairs: int, shard_size: int) -> list[int]:
     """Rows of each shard when `pairs` pairs are cut into shards of `shard_size` in data order."""
     return [min(shard_size, pairs - start) for start in range(0, pairs, shard_size)]
@@ -109,7 +125,18 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
             f"{path} has schema version {version}, newer than this tispipe reads ({SCHEMA_VERSION})",
             hint="upgrade tispipe",
         )
+    entries = manifest.get("shards")
+    if not isinstance(entries, list) or not all(_is_entry(e) for e in entries):
+        raise TispipeError(f"{path}: `shards` must be a list of {{file, rows, sha256}} entries (a file name, a row count, a hex digest)")
     return manifest
+
+
+def _is_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    file, rows, sha = entry.get("file"), entry.get("rows"), entry.get("sha256")
+    return (isinstance(file, str) and file == Path(file).name and isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0
+            and isinstance(sha, str) and len(sha) == 64)
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:

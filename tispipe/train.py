@@ -40,6 +40,7 @@ from tispipe.checkpoint import (
     TrainState,
     check_checkpoint_world,
     checkpoint_all_ranks,
+    checkpoint_manifest,
     latest_checkpoint,
     load_training_state,
     read_state,
@@ -50,10 +51,11 @@ from tispipe.config_files import config_dict, write_config
 from tispipe.configs import TrainConfig, check_bounds, check_options
 from tispipe.console import ProgressLine, log_console
 from tispipe.errors import TispipeError
+from tispipe.hub import same_source
 from tispipe.metrics_log import MetricsLog, keep_metrics_until, step_line
 from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_device, resolve_dtype
 from tispipe.optim import make_optimizer, make_scheduler
-from tispipe.shards import file_sha256, open_shard, read_manifest, shard_paths, stream_rows
+from tispipe.shards import file_sha256, read_manifest, stream_rows, verify_shards
 from tispipe.steps import epoch_steps, even_steps, planned_steps
 from tispipe.stop import StopRequest
 from tispipe.train_step import REDERIVE_OPTIONS, NonFiniteStep, StepContext, WeightPlan, train_step, weight_plan
@@ -65,6 +67,7 @@ OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant", "cosine")
 # Options that may change between a run and its --resume without changing what is trained.
 RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp")
+PATH_SETTINGS = ("shards", "model", "out", "ref")
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -78,9 +81,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     validate(cfg)
     out = Path(cfg.out)
     manifest = read_manifest(cfg.shards)
-    # Footers only (cheap): a missing, truncated or miscounted shard fails now, not mid-run with OUT half written.
-    for path, entry in zip(shard_paths(cfg.shards, manifest), manifest["shards"]):
-        open_shard(path, entry["rows"])
+    # A missing, truncated, miscounted or swapped shard fails now, not mid-run with OUT half written.
+    verify_shards(cfg.shards, manifest)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = distributed.setup(resolve_device(cfg.device))
@@ -97,8 +99,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     # Only rank 0 may delete (--overwrite) or judge OUT; the other ranks follow its decision.
     checkpoint, finished, replaced = claim_out(cfg, out) if rank == 0 else (None, None, None)
     checkpoint, finished = distributed.broadcast_object((checkpoint, finished))
+    manifest_sha = file_sha256(Path(cfg.shards) / "manifest.json")
     if checkpoint is not None:
         check_checkpoint_world(checkpoint, world, cfg.fsdp)
+        if checkpoint_manifest(checkpoint) not in (None, manifest_sha):
+            raise TispipeError(
+                f"{checkpoint} was trained on other shards than those now in {cfg.shards} (their manifest changed)",
+                hint="resume with the shards it was trained on, or start a new run (another --out)",
+            )
     if finished is not None:
         console.print(f"{out} already holds the finished run ({finished['steps']} steps); nothing to do")
         return finished
@@ -157,7 +165,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         context.filler = [next(iter(first))]
 
     def save(state: TrainState) -> Path:
-        return checkpoint_all_ranks(out, state, policy, model, optimizer, scheduler, config_dict(cfg), cfg.fsdp)
+        return checkpoint_all_ranks(out, state, policy, model, optimizer, scheduler, config_dict(cfg), cfg.fsdp, manifest_sha)
 
     start_step, pairs_seen, started = state.step, 0, time.perf_counter()
     metrics: dict[str, float] = {}
@@ -216,7 +224,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "pairs_per_s": round(pairs_seen / wall, 3) if wall > 0 else None,
         "final_metrics": metrics,
         "shards": str(cfg.shards),
-        "manifest_sha256": file_sha256(Path(cfg.shards) / "manifest.json"),
+        "manifest_sha256": manifest_sha,
         "manifest_fingerprints": manifest.get("fingerprints", {}),
     }
     if rank == 0:
@@ -286,17 +294,24 @@ def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, Se
     previous = _previous_config(out)
     if previous is not None:
         current = config_dict(cfg)
-        differing = sorted(k for k in set(previous) | set(current) if k not in RESUME_MAY_DIFFER and previous.get(k) != current.get(k))
+        differing = sorted(k for k in set(previous) | set(current) if k not in RESUME_MAY_DIFFER and not _same_setting(k, previous.get(k), current.get(k)))
         if differing:
             details = ", ".join(f"{k} ({previous.get(k)!r} -> {current.get(k)!r})" for k in differing)
             raise TispipeError(
                 f"--resume with settings that differ from the run in {out}: {details}",
-                hint="resume with the original settings, or use --overwrite (or another --out) to start a new run",
+                hint=f"resume with the run's own settings (--config {out / 'config.yaml'} --resume), or start a new run in another --out",
             )
     info_path = out / "train_info.json"
     if info_path.is_file():
         return None, json.loads(info_path.read_text(encoding="utf-8")), None
     return latest_checkpoint(out), None, None
+
+
+def _same_setting(name: str, old: Any, new: Any) -> bool:
+    """Paths compare as the files they name, so `--out runs/x` and `--out /abs/runs/x` are one run."""
+    if name in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
+        return same_source(old, new)
+    return old == new
 
 
 def _previous_config(out: Path) -> dict[str, Any] | None:

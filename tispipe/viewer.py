@@ -22,10 +22,11 @@ COLUMNS = ["pair_id", "prompt", "chosen_ids", "rejected_ids", "chosen_logratio",
 
 def run(cfg: InspectConfig) -> None:
     from tispipe.console import log_console, result_console
-    from tispipe.shards import read_manifest
+    from tispipe.shards import read_manifest, verify_shards
 
     check_options(cfg, non_negative=("pair",), at_least_one=("html_pairs",))
     manifest = read_manifest(cfg.folder)
+    verify_shards(cfg.folder, manifest)
     total = sum(entry["rows"] for entry in manifest["shards"])
     if cfg.pair >= total:
         raise TispipeError(f"--pair {cfg.pair} is out of range: {cfg.folder} holds {total} pairs (0..{total - 1})")

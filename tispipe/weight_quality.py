@@ -19,7 +19,7 @@ import numpy as np
 
 from tispipe import metrics
 from tispipe.errors import TispipeError
-from tispipe.shards import iter_shard_rows, read_manifest
+from tispipe.shards import iter_shard_rows, read_manifest, verify_shards
 
 SIDES = ("chosen", "rejected")
 # The label that marks a side's decisive tokens, and the sign that turns r_t into "higher = more decisive".
@@ -99,6 +99,7 @@ def shard_statistics(folder: str | Path, entries: list[dict[str, Any]]) -> dict[
 def weight_quality(folder: str | Path) -> dict[str, Any]:
     """The weights' AUCs and mean weight per label kind, over the labelled rows of a finished estimate run."""
     manifest = read_manifest(folder)
+    verify_shards(folder, manifest)
     values = read_token_values(folder, manifest["shards"], ("weights", "labels"))
     result: dict[str, Any] = {"shards": str(folder), "rows": values["rows"], "labelled_rows": values["labelled_rows"]}
     if not values["labelled_rows"]:

@@ -1,0 +1,94 @@
+"""Shard folders verify themselves: a stage that opens one checks every shard against the manifest's sha256,
+the manifest's entries are type-checked, and re-running `estimate` on a finished folder rebuilds what is
+missing or damaged, ending byte-identical."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import write_jsonl
+from typer.testing import CliRunner
+
+from tispipe.cli import app
+from tispipe.errors import TispipeError
+from tispipe.shards import read_manifest
+from tispipe.toy import generate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def estimated(tmp_path_factory, make_tiny_llama):
+    """A finished prompt-method estimate of 12 pairs in two shards of 6, and the command that made it."""
+    root = tmp_path_factory.mktemp("integrity")
+    make_tiny_llama(root / "base")
+    write_jsonl(root / "pairs.jsonl", generate(12, 0, "train"))
+    command = ["estimate", "--data", root / "pairs.jsonl", "--model", root / "base", "--method", "prompt", "--shard-size", 6, "--device", "cpu"]
+    result = invoke(*command, "--out", root / "weights")
+    assert result.exit_code == 0, result.output
+    return root, command
+
+
+def copy(estimated, tmp_path):
+    root, command = estimated
+    out = tmp_path / "weights"
+    shutil.copytree(root / "weights", out)
+    return out, command, {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())}, (out / "manifest.json").read_bytes()
+
+
+def swap_in_another_shard(out):
+    shutil.copyfile(out / "shards" / "part-00000.parquet", out / "shards" / "part-00001.parquet")  # same row count, other rows
+
+
+@pytest.mark.parametrize("stage", ["train", "inspect", "eval"])
+def test_a_swapped_shard_is_refused_by_every_reader(estimated, tmp_path, stage):
+    root, _ = estimated
+    out, _, _, _ = copy(estimated, tmp_path)
+    swap_in_another_shard(out)
+    args = {
+        "train": ["train", "--shards", out, "--model", root / "base", "--out", tmp_path / "run", "--loss", "dpo", "--device", "cpu"],
+        "inspect": ["inspect", out],
+        "eval": ["eval", "--model", root / "base", "--data", root / "pairs.jsonl", "--split", "train", "--shards", out, "--out", tmp_path / "e",
+                 "--device", "cpu"],
+    }[stage]
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output
+    assert "part-00001.parquet is not the one the manifest lists (sha256 differs)" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "e" / "report.json").exists()
+
+
+def test_a_zeroed_or_missing_sha256_and_bad_entries_are_refused(estimated, tmp_path):
+    out, _, _, _ = copy(estimated, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entries in ([{**manifest["shards"][0], "sha256": "0" * 64}, manifest["shards"][1]],):
+        (out / "manifest.json").write_text(json.dumps({**manifest, "shards": entries}))
+        assert "sha256 differs" in invoke("inspect", out).output
+    for bad in ([{"file": "part-00000.parquet", "rows": "6", "sha256": "x"}], [{"file": "../../etc/passwd", "rows": 6, "sha256": "0" * 64}], "shards", [7]):
+        (out / "manifest.json").write_text(json.dumps({**manifest, "shards": bad}))
+        with pytest.raises(TispipeError, match=r"`shards` must be a list of \{file, rows, sha256\} entries"):
+            read_manifest(out)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "swapped", "truncated"])
+def test_rerunning_estimate_rebuilds_a_damaged_shard_byte_identical(estimated, tmp_path, damage):
+    out, command, shards_before, manifest_before = copy(estimated, tmp_path)
+    shard = out / "shards" / "part-00001.parquet"
+    if damage == "deleted":
+        shard.unlink()
+    elif damage == "swapped":
+        swap_in_another_shard(out)
+    else:
+        shard.write_bytes(shard.read_bytes()[:100])
+    result = invoke(*command, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "rebuilding the missing or damaged shards" in result.output and "nothing to do" not in result.output
+    assert {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())} == shards_before
+    assert (out / "manifest.json").read_bytes() == manifest_before
+    assert "nothing to do" in invoke(*command, "--out", out).output  # and now it is whole again
