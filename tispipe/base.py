@@ -34,7 +34,7 @@ import torch
 from tispipe.atomic import atomic_write_json, staged_folder
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT, InitBaseConfig, check_options
-from tispipe.errors import TispipeError
+from tispipe.errors import TispipeError, wrong_path
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -76,10 +76,14 @@ def read_sft_pairs(path: str | Path) -> list[dict]:
     """The `prompt`/`chosen`/`rejected` strings of a JSONL file (other fields are ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise TispipeError(f"training data {path} does not exist", hint="make it with `tispipe toy-data --out data/toy`")
+        raise wrong_path(path, "training data", hint="make it with `tispipe toy-data --out data/toy`")
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TispipeError(f"{path}:{number}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:

@@ -41,9 +41,12 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except TispipeError as e:
+    except (TispipeError, OSError) as e:
         if os.environ.get("TISPIPE_DEBUG") == "1":
             raise
+        if isinstance(e, OSError):  # the environment, not a bug: a read-only folder, a full disk, a folder where a file should be
+            where = " -> ".join(str(name) for name in (e.filename, e.filename2) if name)
+            e = TispipeError(f"{e.strerror or e}" + (f": {where}" if where else ""), hint="check that the paths exist, are writable and have room")
         typer.echo(f"Error: {e.message}", err=True)
         if e.hint:
             typer.echo(f"Hint: {e.hint}", err=True)

@@ -14,7 +14,7 @@ import tomllib
 import yaml
 
 from tispipe.atomic import atomic_write_text
-from tispipe.errors import TispipeError
+from tispipe.errors import TispipeError, wrong_path
 
 T = TypeVar("T")
 
@@ -23,8 +23,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or YAML config file into a dict with option names as keys (dashes -> underscores)."""
     path = Path(path)
     if not path.is_file():
-        raise TispipeError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise wrong_path(path, "config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TispipeError(f"config file {path} is not UTF-8 text") from None
     try:
         if path.suffix == ".toml":
             values = tomllib.loads(text)

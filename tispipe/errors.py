@@ -14,3 +14,15 @@ class TispipeError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+def wrong_path(path, what: str, want: str = "file", hint: str | None = None) -> TispipeError:
+    """The error for an input `path` that is not an existing `want` ("file" or "folder"): says what it is instead."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        return TispipeError(f"{what} {path} is a folder, not a file", hint=hint)
+    if path.exists():
+        return TispipeError(f"{what} {path} is a file, not a folder", hint=hint)
+    return TispipeError(f"{what} {path} does not exist", hint=hint)

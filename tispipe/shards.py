@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tispipe.atomic import atomic_path, atomic_write_json
-from tispipe.errors import TispipeError
+from tispipe.errors import TispipeError, wrong_path
 
 SCHEMA_VERSION = 1
 
@@ -107,7 +107,7 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     """Load DIR/manifest.json, checking it exists, parses and has a schema version this code reads."""
     path = Path(out_dir) / "manifest.json"
     if not Path(out_dir).is_dir():
-        raise TispipeError(f"shards folder {out_dir} does not exist", hint="run `tispipe estimate --out DIR` first")
+        raise wrong_path(out_dir, "shards folder", want="folder", hint="run `tispipe estimate --out DIR` first")
     if not path.is_file():
         raise TispipeError(
             f"{path} is missing: {out_dir} is not a finished estimate run",
