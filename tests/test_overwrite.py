@@ -80,3 +80,27 @@ def test_toy_data_does_not_replace_a_users_file_without_overwrite(tmp_path):
     assert mine.read_text().startswith('{"prompt": "mine"')
     assert invoke("toy-data", "--out", tmp_path, "--pairs", 4, "--test-pairs", 2, "--overwrite").exit_code == 0
     assert len(mine.read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("stage", ["train", "estimate"])
+def test_a_second_writer_is_refused_naming_the_holder_and_a_stale_lock_is_taken_over(finished, tmp_path, stage):
+    import subprocess
+
+    out = tmp_path / "out"
+    args = {
+        "train": ["train", "--shards", finished / "weights", "--model", finished / "base", "--out", out, "--loss", "dpo", "--max-steps", 1,
+                  "--batch-size", 4, "--device", "cpu"],
+        "estimate": ["estimate", "--data", finished / "pairs.jsonl", "--model", finished / "base", "--method", "prompt", "--out", out, "--device", "cpu"],
+    }[stage]
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / ".out.lock").write_text(str(holder.pid))
+        result = invoke(*args)
+        assert result.exit_code == 1 and f"is being written by another tispipe run (pid {holder.pid})" in result.output, result.output
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = invoke(*args)  # the holder is gone: its lock is stale
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the lock is released at the end

@@ -155,3 +155,41 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold `.NAME.lock` next to the output folder for the whole run: a second writer (with or without
+    --overwrite) is refused, naming the holder's pid. Released on any exit; a lock whose process is gone
+    (killed) is taken over."""
+    from tispipe.errors import TispipeError
+
+    out = Path(out)
+    lock = out.parent / f".{out.name}.lock"
+    # The lock appears with its pid already in it (a hard link of a written file), so a reader never
+    # sees an empty lock and takes it for a stale one.
+    mine = out.parent / f".{out.name}.lock.{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mine.write_text(str(os.getpid()), encoding="utf-8")
+    except OSError:  # nothing can be written there: no second writer either; the stage says what is wrong
+        yield
+        return
+    try:
+        for _ in range(2):
+            try:
+                os.link(mine, lock)
+                break
+            except FileExistsError:
+                holder = lock.read_text(encoding="utf-8", errors="replace").strip()
+                if holder.isdigit() and int(holder) != os.getpid() and _running(int(holder)):
+                    raise TispipeError(f"--out {out} is being written by another tispipe run (pid {holder})", hint="wait for it to finish, or choose another --out") from None
+                lock.unlink(missing_ok=True)  # its process is gone: a stale lock
+        else:
+            raise TispipeError(f"--out {out}: could not take the lock {lock}")
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

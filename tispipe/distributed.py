@@ -32,6 +32,11 @@ def env_world_size() -> int:
         raise TispipeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number") from None
 
 
+def env_rank() -> int:
+    """RANK as torchrun set it (0 when not under torchrun), readable before the process group exists."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def active() -> bool:
     """True inside a process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from tispipe import distributed, weight_quality
-from tispipe.atomic import SetAside, holder_for, remove_stale_holders
+from tispipe.atomic import SetAside, holder_for, output_lock, remove_stale_holders
 from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
 from tispipe.data import DataReport, TokenizedPair, as_text
@@ -49,6 +49,14 @@ RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed 
 
 
 def run(cfg: EstimateConfig) -> dict[str, Any]:
+    """Estimate, holding OUT's lock (rank 0) so that no second run writes into it at the same time."""
+    from contextlib import nullcontext
+
+    with output_lock(cfg.out) if distributed.env_rank() == 0 else nullcontext():
+        return _estimate(cfg)
+
+
+def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     from tispipe.console import log_console, result_console
     from tispipe.data import print_report
     from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_device, resolve_dtype

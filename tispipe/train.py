@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from tispipe import distributed
-from tispipe.atomic import SetAside, atomic_write_json, holder_for, remove_stale_holders
+from tispipe.atomic import SetAside, atomic_write_json, holder_for, output_lock, remove_stale_holders
 from tispipe.checkpoint import (
     TrainState,
     check_checkpoint_world,
@@ -71,6 +71,12 @@ PATH_SETTINGS = ("shards", "model", "out", "ref")
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, holding OUT's lock (rank 0) so that no second run writes into it at the same time."""
+    with output_lock(cfg.out) if distributed.env_rank() == 0 else nullcontext():
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a policy on the shards in cfg.shards and save it to cfg.out; return train_info.
 
     Under torchrun (tispipe.distributed) every rank runs this: the policy is wrapped in
