@@ -136,3 +136,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def invoke_cli(*args):
+    """Run `tispipe ARGS` in this process (typer's CliRunner); arguments may be paths or numbers."""
+    from typer.testing import CliRunner
+
+    from tispipe.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def prompt_estimate(root, make_tiny_llama, *flags) -> list:
+    """A tiny base in ROOT/base, 12 toy pairs in ROOT/pairs.jsonl and a finished prompt-method estimate of
+    them in ROOT/weights (with `flags`); returns the estimate command without its --out."""
+    from tispipe.toy import generate
+
+    make_tiny_llama(root / "base")
+    write_jsonl(root / "pairs.jsonl", generate(12, 0, "train"))
+    command = ["estimate", "--data", root / "pairs.jsonl", "--model", root / "base", "--method", "prompt", "--device", "cpu", *flags]
+    result = invoke_cli(*command, "--out", root / "weights")
+    assert result.exit_code == 0, result.output
+    return command

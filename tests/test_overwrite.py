@@ -6,32 +6,21 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import write_jsonl
-from typer.testing import CliRunner
-
-from tispipe.cli import app
-from tispipe.toy import generate
+from conftest import invoke_cli as invoke
+from conftest import prompt_estimate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-runner = CliRunner()
 
 
 def files(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, make_tiny_llama):
     """A tiny base, a finished prompt-method estimate and a finished dpo training on it."""
     root = tmp_path_factory.mktemp("overwrite")
-    make_tiny_llama(root / "base")
-    write_jsonl(root / "pairs.jsonl", generate(12, 0, "train"))
-    result = invoke("estimate", "--data", root / "pairs.jsonl", "--model", root / "base", "--method", "prompt", "--out", root / "weights", "--device", "cpu")
-    assert result.exit_code == 0, result.output
+    prompt_estimate(root, make_tiny_llama)
     result = invoke("train", "--shards", root / "weights", "--model", root / "base", "--out", root / "run", "--loss", "dpo", "--max-steps", 2,
                     "--batch-size", 4, "--device", "cpu")
     assert result.exit_code == 0, result.output

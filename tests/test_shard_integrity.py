@@ -8,32 +8,20 @@ import json
 import shutil
 
 import pytest
-from conftest import write_jsonl
-from typer.testing import CliRunner
+from conftest import invoke_cli as invoke
+from conftest import prompt_estimate
 
-from tispipe.cli import app
 from tispipe.errors import TispipeError
 from tispipe.shards import read_manifest
-from tispipe.toy import generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
 def estimated(tmp_path_factory, make_tiny_llama):
     """A finished prompt-method estimate of 12 pairs in two shards of 6, and the command that made it."""
     root = tmp_path_factory.mktemp("integrity")
-    make_tiny_llama(root / "base")
-    write_jsonl(root / "pairs.jsonl", generate(12, 0, "train"))
-    command = ["estimate", "--data", root / "pairs.jsonl", "--model", root / "base", "--method", "prompt", "--shard-size", 6, "--device", "cpu"]
-    result = invoke(*command, "--out", root / "weights")
-    assert result.exit_code == 0, result.output
-    return root, command
+    return root, prompt_estimate(root, make_tiny_llama, "--shard-size", 6)
 
 
 def copy(estimated, tmp_path):
