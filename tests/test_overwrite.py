@@ -3,6 +3,7 @@ as it was, and nothing a user made is replaced without `--overwrite`."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -24,29 +25,38 @@ def finished(tmp_path_factory, make_tiny_llama):
     result = invoke("train", "--shards", root / "weights", "--model", root / "base", "--out", root / "run", "--loss", "dpo", "--max-steps", 2,
                     "--batch-size", 4, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    broken = root / "broken"  # a tokenizer that loads, weights that do not: no config.json
-    shutil.copytree(root / "base", broken)
-    (broken / "config.json").unlink()
+    # A tokenizer that loads and weights that do not: found by the cheap check before OUT is touched ...
+    shutil.copytree(root / "base", root / "no-config")
+    (root / "no-config" / "config.json").unlink()
+    # ... or only when the weights are loaded, after --overwrite has set the old run aside.
+    shutil.copytree(root / "base", root / "wrong-shapes")
+    config = json.loads((root / "wrong-shapes" / "config.json").read_text())
+    (root / "wrong-shapes" / "config.json").write_text(json.dumps({**config, "hidden_size": 48}))
     return root
 
 
-def test_train_overwrite_with_a_model_that_does_not_load_keeps_the_old_run(finished, tmp_path):
+BROKEN = {"no-config": "its config.json cannot be read", "wrong-shapes": "could not load the model"}
+
+
+@pytest.mark.parametrize("broken", BROKEN)
+def test_train_overwrite_with_a_model_that_does_not_load_keeps_the_old_run(finished, tmp_path, broken):
     run = tmp_path / "run"
     shutil.copytree(finished / "run", run)
     before = files(run)
-    result = invoke("train", "--shards", finished / "weights", "--model", finished / "broken", "--out", run, "--loss", "dpo", "--overwrite", "--device", "cpu")
-    assert result.exit_code == 1 and "Error: could not load the model" in result.output and "Traceback" not in result.output, result.output
+    result = invoke("train", "--shards", finished / "weights", "--model", finished / broken, "--out", run, "--loss", "dpo", "--overwrite", "--device", "cpu")
+    assert result.exit_code == 1 and BROKEN[broken] in result.output and "Traceback" not in result.output, result.output
     assert files(run) == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no holder left behind
 
 
-def test_estimate_overwrite_with_a_model_that_does_not_load_keeps_the_old_shards(finished, tmp_path):
+@pytest.mark.parametrize("broken", BROKEN)
+def test_estimate_overwrite_with_a_model_that_does_not_load_keeps_the_old_shards(finished, tmp_path, broken):
     out = tmp_path / "weights"
     shutil.copytree(finished / "weights", out)
     before = files(out)
-    result = invoke("estimate", "--data", finished / "pairs.jsonl", "--model", finished / "broken", "--method", "prompt", "--out", out, "--k", "2",
+    result = invoke("estimate", "--data", finished / "pairs.jsonl", "--model", finished / broken, "--method", "prompt", "--out", out, "--k", "2",
                     "--overwrite", "--device", "cpu")
-    assert result.exit_code == 1 and "Error: could not load the model" in result.output and "Traceback" not in result.output, result.output
+    assert result.exit_code == 1 and BROKEN[broken] in result.output and "Traceback" not in result.output, result.output
     assert files(out) == before
     assert not [p for p in out.iterdir() if p.name.endswith(".replaced")]
 

@@ -193,7 +193,7 @@ def test_resume_gives_the_same_losses_and_weights(tiny, tmp_path, monkeypatch, h
         assert checkpoints == ["step-2", "step-4"]  # periodic only, the newest two
         assert len(read_metrics(interrupted)) == 5  # step 5 was logged, then lost with the crash
     else:
-        assert checkpoints == [] and len(read_metrics(interrupted)) == 1  # resuming starts over
+        assert not interrupted.exists()  # a new run that fails before its first checkpoint leaves nothing; resuming starts over
     if how == "sigint":  # the command the hint prints
         from typer.testing import CliRunner
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -32,6 +33,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.filename is None:  # a failed write names no file: say which one it was
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -65,11 +70,13 @@ def staged_folder(final: str | Path, prefix: str | None = None) -> Iterator[Path
     A folder named `final` is therefore always complete: the old one (if any) is moved aside before
     the rename and deleted after it, so a kill at any moment leaves either the old folder or the new
     one under that name, never a half-deleted or half-written mix. Leftovers of a kill are hidden
-    folders starting with `prefix` (default `.NAME.`), which their owners clean up.
+    folders `PREFIX*.tmp` (default prefix `.NAME.`), removed by the next staging of the same name.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{final.name}.", suffix=".tmp", dir=final.parent))
+    prefix = prefix or f".{final.name}."
+    remove_leftovers(final.parent, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         fsync_dir(tmp)
@@ -92,7 +99,8 @@ def staged_files(folder: str | Path, prefix: str = ".staged-") -> Iterator[Path]
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    remove_leftovers(folder, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder))
     try:
         yield tmp
         for path in tmp.iterdir():
@@ -100,6 +108,13 @@ def staged_files(folder: str | Path, prefix: str = ".staged-") -> Iterator[Path]
         fsync_dir(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_leftovers(folder: Path, prefix: str) -> None:
+    """Delete the staging folders `PREFIX*.tmp` (and `*.tmp.old`) in `folder` that a killed run left: with
+    the output locked (`output_lock`), no live run stages there under the same prefix."""
+    for leftover in [*folder.glob(f"{glob.escape(prefix)}*.tmp"), *folder.glob(f"{glob.escape(prefix)}*.tmp.old")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 class SetAside:
@@ -155,6 +170,49 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_writable(folder: str | Path, option: str = "--out") -> None:
+    """Fail now, before any work, when files cannot be made in `folder` (made if absent): read-only, not a
+    folder, no permission. Nothing is left behind: a folder made only for the probe is removed."""
+    from tispipe.errors import TispipeError
+
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise TispipeError(f"{option} {folder} is not writable ({e.strerror or e})", hint="choose a folder you can write to") from None
+    finally:
+        for made in missing:  # innermost first
+            with contextlib.suppress(OSError):
+                made.rmdir()
+
+
+@contextlib.contextmanager
+def cleaned_up_on_failure(out: str | Path, saved: Callable[[Path], bool]) -> Iterator[None]:
+    """A run into a new (absent or empty) OUT that fails before `saved(OUT)` holds (a checkpoint, a finished
+    shard) takes OUT away again, so a failed first try leaves no half-made run; what can be resumed stays.
+    An OS error (a full disk, a folder turned read-only) becomes a one-line error that says which."""
+    from tispipe.errors import TispipeError
+
+    out = Path(out)
+    new = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    try:
+        yield
+    except BaseException as e:
+        kept = out.is_dir() and (not new or saved(out))
+        if not kept:
+            shutil.rmtree(out, ignore_errors=True)
+        # safetensors reports a failed write as its own error type, not as an OSError
+        if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+            raise
+        reason = f"{e.strerror}" + (f" ({e.filename})" if e.filename else "") if isinstance(e, OSError) and e.strerror else str(e)
+        fate = "what it finished is kept: re-run the same command to resume" if kept else "nothing of it was kept"
+        raise TispipeError(f"writing {out}: {reason}; {fate}", hint="free some space or fix the permissions, then re-run") from e
 
 
 @contextlib.contextmanager

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -183,8 +182,6 @@ def train_dpo(
 
 def _save(model, tokenizer, folder: Path, identity: dict[str, Any], stats: dict[str, float]) -> None:
     """Save whole or not at all (atomic.staged_folder): a half-saved model is never taken for a finished one."""
-    for stale in folder.parent.glob(f".{folder.name}.*.tmp*"):  # left by a run killed while saving
-        shutil.rmtree(stale, ignore_errors=True)
     with staged_folder(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

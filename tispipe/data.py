@@ -334,8 +334,9 @@ def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataR
         extra = {k: v for k, v in row.items() if k not in ("pair_id", "prompt", "chosen", "rejected")}
         pair = TokenizedPair(row["pair_id"], prompt, chosen, rejected, encoded.prompt_ids, encoded.chosen_ids, encoded.rejected_ids, encoded.truncated, extra)
         if labels:
-            pair.chosen_labels = _labels_for(tokenizer, chosen, extra.get("chosen_spans"), pair.chosen_ids, pair.pair_id)
-            pair.rejected_labels = _labels_for(tokenizer, rejected, extra.get("rejected_spans"), pair.rejected_ids, pair.pair_id)
+            where = f"{report.source}, pair {pair.pair_id!r}"
+            pair.chosen_labels = _labels_for(tokenizer, chosen, extra.get("chosen_spans"), pair.chosen_ids, f"{where}, chosen_spans")
+            pair.rejected_labels = _labels_for(tokenizer, rejected, extra.get("rejected_spans"), pair.rejected_ids, f"{where}, rejected_spans")
         pairs.append(pair)
     report.kept = len(pairs)
     if not pairs:
@@ -343,13 +344,13 @@ def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataR
     return pairs
 
 
-def _labels_for(tokenizer, response, spans, ids: list[int], pair_id: str) -> list[int] | None:
+def _labels_for(tokenizer, response, spans, ids: list[int], where: str) -> list[int] | None:
     if spans is None or not isinstance(response, str):
         return None
     try:
         return token_labels(tokenizer, response, spans, ids)
     except TispipeError as e:
-        raise TispipeError(f"pair {pair_id!r}: {e.message}") from None
+        raise TispipeError(f"{where}: {e.message}", hint=e.hint) from None
 
 
 def print_report(report: DataReport, console) -> None:

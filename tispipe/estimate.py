@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from tispipe import distributed, weight_quality
-from tispipe.atomic import SetAside, holder_for, output_lock, remove_stale_holders
+from tispipe.atomic import SetAside, cleaned_up_on_failure, holder_for, output_lock, remove_stale_holders
 from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
 from tispipe.data import DataReport, TokenizedPair, as_text
@@ -49,17 +49,23 @@ RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed 
 
 
 def run(cfg: EstimateConfig) -> dict[str, Any]:
-    """Estimate, holding OUT's lock (rank 0) so that no second run writes into it at the same time."""
-    from contextlib import nullcontext
-
-    with output_lock(cfg.out) if distributed.env_rank() == 0 else nullcontext():
+    """Estimate, holding OUT's lock (rank 0) so that no second run writes into it at the same time; a new
+    OUT that the run fails in before finishing a shard or a contrastive model is removed again."""
+    if distributed.env_rank() != 0:
         return _estimate(cfg)
+    with output_lock(cfg.out), cleaned_up_on_failure(cfg.out, _holds_work):
+        return _estimate(cfg)
+
+
+def _holds_work(out: Path) -> bool:
+    """A finished shard or contrastive model: work a re-run resumes from."""
+    return any((out / "shards").glob("part-*.parquet")) or any((out / "contrast").glob("*/model.safetensors"))
 
 
 def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     from tispipe.console import log_console, result_console
     from tispipe.data import print_report
-    from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_device, resolve_dtype
+    from tispipe.models import check_model, fingerprint_model, fingerprint_tokenizer, load_tokenizer, resolve_device, resolve_dtype
     from tispipe.weights import DEFAULT_BOUNDS
 
     started = time.perf_counter()
@@ -74,6 +80,9 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    for option, name in (("--model", cfg.model), ("--pos-model", cfg.pos_model), ("--neg-model", cfg.neg_model)):
+        if name:
+            check_model(name, option, tokenizer, cfg.trust_remote_code)
     items, report, contrast_prompts = load_scoring_pairs(cfg, tokenizer)
     print_report(report, console)
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from typing import Any
 import torch
 
 from tispipe import metrics
-from tispipe.atomic import atomic_write_json, atomic_write_text
+from tispipe.atomic import check_writable, cleaned_up_on_failure, staged_files
 from tispipe.configs import EvalConfig, check_options
 from tispipe.console import ProgressLine, log_console, result_console
 from tispipe.errors import TispipeError
@@ -107,16 +106,12 @@ def distinct_prompts(pairs, limit: int) -> list:
 
 
 def _tokenizer_for(names: list[str], trust_remote_code: bool):
-    """The tokenizer of the first model; every other model folder that has one must match it."""
-    from tispipe.models import fingerprint_tokenizer, load_tokenizer
+    """The tokenizer of the first model; every model must load and fit it (`models.check_model`)."""
+    from tispipe.models import check_model, load_tokenizer
 
     tokenizer = load_tokenizer(names[0], trust_remote_code=trust_remote_code)
-    expected = fingerprint_tokenizer(tokenizer)
-    for name in names[1:]:
-        if os.path.isdir(name) and not any((Path(name) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-            continue
-        if fingerprint_tokenizer(load_tokenizer(name, trust_remote_code=trust_remote_code)) != expected:
-            raise TispipeError(f"{name} uses a different tokenizer from {names[0]}", hint="compare models that share one tokenizer")
+    for name in names:
+        check_model(name, "--model", tokenizer, trust_remote_code)
     return tokenizer
 
 
@@ -142,6 +137,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
 
     started = time.time()
     temperatures = check_config(cfg)
+    check_writable(cfg.out)
     log = log_console()
     device = resolve_device(cfg.device)
     names, baseline = _models(cfg)
@@ -282,11 +278,12 @@ def _write(cfg: EvalConfig, report: dict[str, Any], samples: list[dict[str, Any]
     from tispipe.config_files import write_config
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_markdown(report))
-    write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")  # --overwrite is an action, not a setting
+    # Staged, then moved in: a full disk leaves the earlier report (or nothing) in OUT, never a mix.
+    with cleaned_up_on_failure(out, saved=lambda _: False), staged_files(out, prefix=".eval-") as tmp:
+        (tmp / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        write_config(dataclasses.replace(cfg, overwrite=False), tmp / "config.yaml")  # --overwrite is an action, not a setting
 
 
 def generation_metrics(samples: list[dict], name: str, baseline: str, temperatures: list[float], scorers: list[str]) -> dict[str, Any]:

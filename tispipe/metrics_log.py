@@ -42,6 +42,22 @@ def keep_metrics_until(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def logged_metrics(path: Path | None, step: int) -> dict[str, float]:
+    """The logged metrics of `step` ({} when none): the real final metrics of a run whose last step was
+    done before a kill, by an earlier process."""
+    if path is None or not path.is_file():
+        return {}
+    found: dict[str, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step") == step:
+            found = record
+    return found
+
+
 def step_line(m: dict[str, float]) -> str:
     """A step's metrics as the progress line shows them: loss, accuracy, reward margin and means, KL, |grad|, lr, rate, epoch."""
     parts = [f"loss {m['loss']:.4f}", f"acc {m['rewards/accuracies']:.2f}", f"margin {m['rewards/margins']:+.3f}",

@@ -116,9 +116,11 @@ def load_model(
             if "sdpa" not in str(e).lower():
                 raise
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - damaged weights raise SafetensorError, RuntimeError, EOFError ...
         if folder is not None:
-            raise TispipeError(f"could not load the model in {name_or_path}: {_first_line(e)}") from None
+            raise TispipeError(f"could not load the model in {name_or_path}: {_first_line(e)}") from e
+        if not isinstance(e, (OSError, ValueError)):
+            raise
         raise _hub_error(name_or_path, "model", e) from None
     model.to(device)
     if for_training:
@@ -127,6 +129,43 @@ def load_model(
         model.eval()
         model.requires_grad_(False)
     return model
+
+
+def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bool = False) -> None:
+    """Fail now, before any output is claimed, when the model `option` names cannot serve with `tokenizer`:
+    an unreadable config, a damaged safetensors file, a tokenizer of its own that differs, or fewer
+    embedding rows than the tokenizer has ids. Cheap: reads the config and the safetensors headers only."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    folder = _local_folder(name_or_path, "model")
+    try:
+        config = AutoConfig.from_pretrained(str(folder or name_or_path), trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - a damaged config.json raises JSON, OS and value errors
+        if folder is None:
+            raise _hub_error(name_or_path, "model", e) from None
+        raise TispipeError(f"{option} {name_or_path}: its config.json cannot be read: {_first_line(e)}") from e
+    if folder is not None:
+        for weights in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(weights), "pt"):
+                    pass
+            except Exception as e:  # noqa: BLE001 - SafetensorError is not exported under one name
+                raise TispipeError(f"{option} {name_or_path}: {weights.name} is damaged ({_first_line(e)})") from e
+        if any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+            own = load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
+            if fingerprint_tokenizer(own) != fingerprint_tokenizer(tokenizer):
+                raise TispipeError(
+                    f"{option} {name_or_path} has a tokenizer of its own (fingerprint {fingerprint_tokenizer(own)}) that differs "
+                    f"from the one in use (fingerprint {fingerprint_tokenizer(tokenizer)})",
+                    hint="every model of a run must share one tokenizer",
+                )
+    vocab_size = getattr(config.get_text_config(), "vocab_size", None)
+    if isinstance(vocab_size, int) and vocab_size < len(tokenizer):
+        raise TispipeError(
+            f"{option} {name_or_path} has {vocab_size} embedding rows, fewer than the {len(tokenizer)} token ids of the tokenizer in use",
+            hint="every model of a run must share one tokenizer",
+        )
 
 
 def load_reward_model(name: str, *, device: str, dtype: str, trust_remote_code: bool):

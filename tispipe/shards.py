@@ -161,25 +161,46 @@ def open_shard(path: Path, expected_rows: int | None = None) -> pq.ParquetFile:
 
 
 FLOAT_COLUMNS = [f"{side}_{name}" for side in ("chosen", "rejected") for name in ("logratio", "weights", "ref_logps")]
+PER_TOKEN = ("logratio", "weights", "ref_logps", "labels")  # one value per response token, as `{side}_ids`
 
 
-def _check_finite(row: dict[str, Any], path: Path, index: int) -> None:
-    """Every float a row holds is finite: a NaN reference log-prob would silently turn every parameter NaN."""
+def check_row(row: dict[str, Any], path: Path, index: int, vocab_size: int | None = None) -> None:
+    """A row read from a shard agrees with itself and with the model: every float finite (a NaN reference
+    log-prob would silently turn every parameter NaN), every token id in [0, vocab_size), every response
+    non-empty with one value per token in each per-token column. Only the columns read are checked."""
+    where = f"shard {path}, " + (f"pair {row['pair_id']!r}" if "pair_id" in row else f"row {index}")
     for name in FLOAT_COLUMNS:
         values = row.get(name)
         if values is not None and not all(math.isfinite(v) for v in values):
-            where = f"pair {row['pair_id']!r}" if "pair_id" in row else f"row {index}"
-            raise TispipeError(f"shard {path}, {where}: column {name} holds NaN or infinite values")
+            raise TispipeError(f"{where}: column {name} holds NaN or infinite values")
+    for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        ids = row.get(column)
+        if ids and (min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size)):
+            bad = min(ids) if min(ids) < 0 else max(ids)
+            limit = f"0..{vocab_size - 1}" if vocab_size is not None else "0 or more"
+            raise TispipeError(f"{where}: token id {bad} in {column} is outside the vocabulary ({limit})", hint="re-run `tispipe estimate` with the model you train")
+    for side in ("chosen", "rejected"):
+        ids = row.get(f"{side}_ids")
+        if ids is None:
+            continue
+        if not ids:
+            raise TispipeError(f"{where}: the {side} response has no tokens")
+        for name in PER_TOKEN:
+            values = row.get(f"{side}_{name}")
+            if values is not None and len(values) != len(ids):
+                raise TispipeError(f"{where}: column {side}_{name} holds {len(values)} values for {len(ids)} {side} tokens")
 
 
-def iter_shard_rows(path: Path, columns: list[str] | None = None, expected_rows: int | None = None, batch_size: int = 256) -> Iterator[dict[str, Any]]:
-    """Yield the rows of one shard as dicts, one record batch in memory at a time."""
+def iter_shard_rows(
+    path: Path, columns: list[str] | None = None, expected_rows: int | None = None, batch_size: int = 256, vocab_size: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield the rows of one shard as dicts, one record batch in memory at a time, each checked by `check_row`."""
     shard = open_shard(path, expected_rows)
     try:
         index = 0
         for batch in shard.iter_batches(batch_size=batch_size, columns=columns):
             for row in batch.to_pylist():
-                _check_finite(row, path, index)
+                check_row(row, path, index, vocab_size)
                 index += 1
                 yield row
     except (pa.ArrowInvalid, OSError) as e:
@@ -197,6 +218,7 @@ def stream_rows(
     skip: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    vocab_size: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the rows of all shards in a seeded, approximately shuffled order.
 
@@ -204,7 +226,8 @@ def stream_rows(
     buffer of `shuffle_buffer` rows, so memory does not grow with the data. The order is a pure
     function of (seed, epoch, manifest), so a resumed run replays it and drops the first `skip` rows
     to land on the exact position it stopped at. With world_size > 1 each rank keeps every
-    world_size-th row of the same global order, so ranks see disjoint parts.
+    world_size-th row of the same global order, so ranks see disjoint parts. Token ids must be below
+    `vocab_size` (`check_row`).
     """
     rng = random.Random(f"{seed}-{epoch}")
     entries = list(zip(shard_paths(out_dir, manifest), manifest["shards"]))
@@ -213,7 +236,7 @@ def stream_rows(
     def global_order() -> Iterator[dict[str, Any]]:
         buffer: list[dict[str, Any]] = []
         for path, entry in entries:
-            for row in iter_shard_rows(path, columns, entry["rows"]):
+            for row in iter_shard_rows(path, columns, entry["rows"], vocab_size=vocab_size):
                 if len(buffer) < shuffle_buffer:
                     buffer.append(row)
                     continue

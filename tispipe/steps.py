@@ -30,9 +30,14 @@ def planned_steps(cfg: TrainConfig, rows_per_epoch: int, world: int = 1) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps is not None else total
 
 
-def epoch_steps(cfg: TrainConfig, manifest: dict[str, Any], columns: list[str], epoch: int, skip: int, rank: int, world: int) -> Iterator[Step]:
-    """This rank's optimizer steps of `epoch`, starting `skip` rows (of the global order) into it."""
-    stream = functools.partial(stream_rows, cfg.shards, manifest, seed=cfg.seed, epoch=epoch, shuffle_buffer=cfg.shuffle_buffer, columns=columns)
+def epoch_steps(
+    cfg: TrainConfig, manifest: dict[str, Any], columns: list[str], epoch: int, skip: int, rank: int, world: int, vocab_size: int | None = None
+) -> Iterator[Step]:
+    """This rank's optimizer steps of `epoch`, starting `skip` rows (of the global order) into it; token ids
+    must be below `vocab_size`."""
+    stream = functools.partial(
+        stream_rows, cfg.shards, manifest, seed=cfg.seed, epoch=epoch, shuffle_buffer=cfg.shuffle_buffer, columns=columns, vocab_size=vocab_size
+    )
     if not cfg.length_group_steps:
         rows = stream(skip=rank_skip(skip, rank, world), rank=rank, world_size=world)
         return step_batches(rows, cfg.batch_size, cfg.grad_accum)

@@ -209,6 +209,7 @@ def token_labels(tokenizer, text: str, spans: Sequence[Sequence[int]], ids: Sequ
     Token t gets the label of a span [start, end, label] overlapping its characters, else 0; EOS gets 0.
     Uses the tokenizer's offset mapping on the text; the ids it gives must be the stored ones.
     """
+    check_spans(spans, len(text))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     text_ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
     n = len(ids)
@@ -223,3 +224,19 @@ def token_labels(tokenizer, text: str, spans: Sequence[Sequence[int]], ids: Sequ
                 break
         labels.append(label)
     return labels + [0] * (n - len(labels))  # EOS
+
+
+def check_spans(spans, text_length: int) -> None:
+    """Spans must be a list of [start, end, label] with integers 0 <= start < end <= text_length and a
+    label of -1, 0 or +1; anything else is a TispipeError saying which span and why."""
+    if not isinstance(spans, list):
+        raise TispipeError(f"spans must be a list of [start, end, label], not {type(spans).__name__}")
+    for i, span in enumerate(spans):
+        ok_shape = isinstance(span, list) and len(span) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+        if not ok_shape:
+            raise TispipeError(f"span {i} is {span!r}; a span is [start, end, label], three integers")
+        start, end, label = span
+        if not 0 <= start < end <= text_length:
+            raise TispipeError(f"span {i} {span!r} is not within the text (0 <= start < end <= {text_length})")
+        if label not in (-1, 0, 1):
+            raise TispipeError(f"span {i} {span!r} has label {label}; labels are +1 helpful, -1 harmful or 0")

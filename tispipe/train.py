@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from tispipe import distributed
-from tispipe.atomic import SetAside, atomic_write_json, holder_for, output_lock, remove_stale_holders
+from tispipe.atomic import SetAside, atomic_write_json, check_writable, cleaned_up_on_failure, holder_for, output_lock, remove_stale_holders
 from tispipe.checkpoint import (
     TrainState,
     check_checkpoint_world,
@@ -52,8 +52,8 @@ from tispipe.configs import TrainConfig, check_bounds, check_options
 from tispipe.console import ProgressLine, log_console
 from tispipe.errors import TispipeError
 from tispipe.hub import same_source
-from tispipe.metrics_log import MetricsLog, keep_metrics_until, step_line
-from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_device, resolve_dtype
+from tispipe.metrics_log import MetricsLog, keep_metrics_until, logged_metrics, step_line
+from tispipe.models import check_model, fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_device, resolve_dtype
 from tispipe.optim import make_optimizer, make_scheduler
 from tispipe.shards import file_sha256, read_manifest, stream_rows, verify_shards
 from tispipe.steps import epoch_steps, even_steps, planned_steps
@@ -71,8 +71,11 @@ PATH_SETTINGS = ("shards", "model", "out", "ref")
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, holding OUT's lock (rank 0) so that no second run writes into it at the same time."""
-    with output_lock(cfg.out) if distributed.env_rank() == 0 else nullcontext():
+    """Train, holding OUT's lock (rank 0) so that no second run writes into it at the same time; a new OUT
+    that the run fails in before its first checkpoint is removed again."""
+    if distributed.env_rank() != 0:
+        return _train(cfg)
+    with output_lock(cfg.out), cleaned_up_on_failure(cfg.out, lambda out: latest_checkpoint(out) is not None):
         return _train(cfg)
 
 
@@ -100,6 +103,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         raise TispipeError("--dtype float16 is not supported for training (no loss scaling)", hint="use bfloat16 or float32")
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     check_tokenizer(tokenizer, manifest, cfg)
+    check_model(cfg.model, "--model", tokenizer, cfg.trust_remote_code)
+    if needs_ref(cfg) and cfg.ref:
+        check_model(cfg.ref, "--ref", tokenizer, cfg.trust_remote_code)
     plan = weight_plan(cfg, manifest)
     # Only now, with the inputs checked, may an existing OUT be replaced.
     # Only rank 0 may delete (--overwrite) or judge OUT; the other ranks follow its decision.
@@ -167,7 +173,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     context = StepContext(model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
     if world > 1:
         # A rank whose share of a step ran out still joins every gradient sync, with a zero-weighted row.
-        first = stream_rows(cfg.shards, manifest, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, columns=columns, rank=rank, world_size=world)
+        first = stream_rows(cfg.shards, manifest, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, columns=columns, rank=rank, world_size=world, vocab_size=len(tokenizer))
         context.filler = [next(iter(first))]
 
     def save(state: TrainState) -> Path:
@@ -183,7 +189,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 break
             skip = state.rows_in_epoch if epoch == state.epoch else 0
             state = TrainState(state.step, epoch, skip)
-            batches = epoch_steps(cfg, manifest, columns, epoch, skip, rank, world)
+            batches = epoch_steps(cfg, manifest, columns, epoch, skip, rank, world, vocab_size=len(tokenizer))
             if world > 1:
                 batches = even_steps(batches, math.ceil(rows_per_epoch / per_step) - skip // per_step)
             for micro_batches in batches:
@@ -216,6 +222,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             else:
                 state = TrainState(state.step, epoch + 1, 0)
     wall = time.perf_counter() - started
+    metrics = metrics or logged_metrics(log_path, state.step)  # every step was done by an earlier (killed) process
 
     save(state)
     full_state = distributed.gathered_model_state(model, cfg.fsdp)
@@ -236,10 +243,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if rank == 0:
         atomic_write_json(out / "train_info.json", info)
     distributed.barrier()  # no rank returns before OUT is complete
-    console.print(
-        f"Done: {state.step} steps, {pairs_seen} pairs in {wall:.1f} s ({info['pairs_per_s']} pairs/s); "
-        f"final loss {metrics.get('loss', float('nan')):.4f}; model saved to {out}"
-    )
+    done = f"{pairs_seen} pairs in {wall:.1f} s ({info['pairs_per_s']} pairs/s)" if pairs_seen else "every step done by the run it resumes"
+    console.print(f"Done: {state.step} steps, {done}; final loss {metrics.get('loss', float('nan')):.4f}; model saved to {out}")
     return info
 
 
@@ -279,10 +284,8 @@ def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, Se
     the old run set aside by --overwrite: `run` deletes it once the new models have loaded, or puts it back)."""
     remove_stale_holders(out)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        try:  # fail now, not after loading the models
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TispipeError(f"--out {out} is not writable ({e.strerror or e})") from None
+        check_writable(out)  # now, not after loading the models
+        out.mkdir(exist_ok=True)
         return None, None, None
     if not out.is_dir():
         raise TispipeError(f"--out {out} is a file, not a folder")

@@ -25,13 +25,20 @@ def run(cfg: InspectConfig) -> None:
     from tispipe.shards import read_manifest, verify_shards
 
     check_options(cfg, non_negative=("pair",), at_least_one=("html_pairs",))
+    if cfg.html:
+        from tispipe.atomic import check_writable
+
+        if Path(cfg.html).is_dir():
+            raise TispipeError(f"--html {cfg.html} is a folder, not a file")
+        check_writable(Path(cfg.html).parent, "--html")
     manifest = read_manifest(cfg.folder)
     verify_shards(cfg.folder, manifest)
     total = sum(entry["rows"] for entry in manifest["shards"])
     if cfg.pair >= total:
         raise TispipeError(f"--pair {cfg.pair} is out of range: {cfg.folder} holds {total} pairs (0..{total - 1})")
     tokenizer = _tokenizer(manifest)
-    rows = list(read_rows(Path(cfg.folder), manifest, cfg.pair, cfg.html_pairs if cfg.html else 1))
+    vocab_size = len(tokenizer) if tokenizer is not None else None
+    rows = list(read_rows(Path(cfg.folder), manifest, cfg.pair, cfg.html_pairs if cfg.html else 1, vocab_size))
     scale = _scale(manifest)
     show_pair(rows[0], tokenizer, scale, result_console())
     if cfg.html:
@@ -42,15 +49,15 @@ def run(cfg: InspectConfig) -> None:
         log_console().print(f"Wrote {len(rows)} pairs to {cfg.html}")
 
 
-def read_rows(folder: Path, manifest: dict[str, Any], start: int, count: int) -> Iterator[dict[str, Any]]:
-    """Rows start .. start+count-1 in data order, reading only the shards that hold them."""
+def read_rows(folder: Path, manifest: dict[str, Any], start: int, count: int, vocab_size: int | None = None) -> Iterator[dict[str, Any]]:
+    """Rows start .. start+count-1 in data order, reading only the shards that hold them (ids below `vocab_size`)."""
     from tispipe.shards import iter_shard_rows, shard_paths
 
     offset = 0
     for path, entry in zip(shard_paths(folder, manifest), manifest["shards"], strict=True):
         end = offset + entry["rows"]
         if end > start and offset < start + count:
-            for index, row in enumerate(iter_shard_rows(path, COLUMNS, entry["rows"]), start=offset):
+            for index, row in enumerate(iter_shard_rows(path, COLUMNS, entry["rows"], vocab_size=vocab_size), start=offset):
                 if start <= index < start + count:
                     yield row
         offset = end
