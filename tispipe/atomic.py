@@ -99,7 +99,7 @@ def staged_files(folder: str | Path, prefix: str = ".staged-") -> Iterator[Path]
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(folder, prefix)
+    remove_leftovers(folder, prefix, patterns=("*",))  # older versions staged without the .tmp suffix
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder))
     try:
         yield tmp
@@ -110,11 +110,13 @@ def staged_files(folder: str | Path, prefix: str = ".staged-") -> Iterator[Path]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_leftovers(folder: Path, prefix: str) -> None:
-    """Delete the staging folders `PREFIX*.tmp` (and `*.tmp.old`) in `folder` that a killed run left: with
-    the output locked (`output_lock`), no live run stages there under the same prefix."""
-    for leftover in [*folder.glob(f"{glob.escape(prefix)}*.tmp"), *folder.glob(f"{glob.escape(prefix)}*.tmp.old")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+def remove_leftovers(folder: Path, prefix: str, patterns: tuple[str, ...] = ("*.tmp", "*.tmp.old")) -> None:
+    """Delete the staging folders PREFIX + pattern in `folder` that a killed run left: with the output
+    locked (`output_lock`), no live run stages there under the same prefix."""
+    for pattern in patterns:
+        for leftover in folder.glob(glob.escape(prefix) + pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 class SetAside:

@@ -174,34 +174,66 @@ def prune(out: str | Path, keep: int = KEEP) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def damaged(path: str | Path, name: str, error: Exception | None = None) -> TispipeError:
+    """The error for a checkpoint file that cannot be read; the hint names the checkpoint to fall back on."""
+    path = Path(path)
+    older = [p for p in list_checkpoints(path.parent.parent) if p != path]
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0] if error is not None else ""
+    why = f" ({first if len(first) <= 100 else type(error).__name__ + ': ' + first[:80] + '...'})" if first else ""
+    hint = f"delete {path} to resume from {older[-1]}" if older else "no other checkpoint is left: start again in another --out, or with --overwrite"
+    return TispipeError(f"checkpoint {path}: {name} is damaged{why}", hint=hint)
+
+
+def _state_json(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's state.json, checked: integer step, epoch and rows_in_epoch, and a config object."""
+    try:
+        data = json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(path, "state.json", e) from None
+    counts = all(isinstance(data.get(k), int) and data[k] >= 0 for k in ("step", "epoch", "rows_in_epoch")) if isinstance(data, dict) else False
+    if not counts or not isinstance(data.get("config"), dict) or not isinstance(data.get("parallel") or {}, dict):
+        raise damaged(path, "state.json")
+    return data
+
+
 def read_state(path: str | Path) -> tuple[TrainState, dict[str, Any]]:
     """(TrainState, config dict) from a checkpoint folder's state.json."""
-    data = json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
+    data = _state_json(path)
     return TrainState(data["step"], data["epoch"], data["rows_in_epoch"]), data["config"]
 
 
 def checkpoint_manifest(path: str | Path) -> str | None:
     """sha256 of the manifest of the shards a checkpoint was trained on (None for checkpoints that predate it)."""
-    return json.loads((Path(path) / "state.json").read_text(encoding="utf-8")).get("manifest_sha256")
+    return _state_json(path).get("manifest_sha256")
 
 
 def checkpoint_parallel(path: str | Path) -> dict[str, Any]:
     """{"world_size", "fsdp"} of the run that wrote a checkpoint (one process, no FSDP for older ones)."""
-    data = json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
-    return {"world_size": 1, "fsdp": False, **(data.get("parallel") or {})}
+    return {"world_size": 1, "fsdp": False, **(_state_json(path).get("parallel") or {})}
 
 
 def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, scheduler, device: str, load_optimizer=None) -> dict[str, Any]:
-    """Restore optimizer and scheduler state from a checkpoint; return its RNG state (apply it with set_rng_state).
+    """Restore optimizer, scheduler and RNG state from a checkpoint (a damaged file is a `damaged` error); return the RNG state.
 
     The model weights are loaded by the caller (from_pretrained on the same folder). `load_optimizer`
     takes the saved optimizer state instead of `optimizer.load_state_dict` (FSDP scatters it to shards).
     """
     path = Path(path)
-    saved = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-    (load_optimizer or optimizer.load_state_dict)(saved)
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    return torch.load(path / "rng.pt", weights_only=True)
+    # Damage shows as many error types (unpickling, zip, key, shape): each is named by its file.
+    try:
+        (load_optimizer or optimizer.load_state_dict)(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    except Exception as e:  # noqa: BLE001
+        raise damaged(path, "optimizer.pt", e) from e
+    try:
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    except Exception as e:  # noqa: BLE001
+        raise damaged(path, "scheduler.pt", e) from e
+    try:
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        set_rng_state(rng)
+    except Exception as e:  # noqa: BLE001
+        raise damaged(path, "rng.pt", e) from e
+    return rng
 
 
 def check_checkpoint_world(checkpoint: Path, world: int, fsdp: bool) -> None:

@@ -258,7 +258,7 @@ def _already_done(out: Path, state: dict[str, Any], overwrite: bool, console) ->
     if overwrite or not (out / "manifest.json").is_file() or not (out / STATE_FILE).is_file():
         return False
     try:
-        if json.loads((out / STATE_FILE).read_text(encoding="utf-8")) != state:
+        if not same_run(json.loads((out / STATE_FILE).read_text(encoding="utf-8")), state):
             return False
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
@@ -299,7 +299,7 @@ def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> SetAside | N
                 previous = json.loads(state_path.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 previous = None
-        if previous != state:
+        if previous is None or not same_run(previous, state):
             if not overwrite:
                 what = "other settings or inputs" if previous is not None else "something that is not a tispipe estimate run"
                 changed = _differences(previous, state) if previous is not None else ""
@@ -321,8 +321,22 @@ def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> SetAside | N
     return replaced
 
 
+# Inputs named by path: their fingerprints say whether they are the same, whatever the spelling or place.
+INPUT_PATHS = ("data", "model", "pos_model", "neg_model")
+
+
+def same_run(previous: Any, state: dict[str, Any]) -> bool:
+    """Whether a recorded state is this run's: same settings, fingerprints, device and dtype, with the
+    inputs compared by fingerprint, not by the strings that named them."""
+    def identity(s: dict[str, Any]) -> dict[str, Any]:
+        return {**s, "settings": {k: v for k, v in (s.get("settings") or {}).items() if k not in INPUT_PATHS}}
+
+    return isinstance(previous, dict) and identity(previous) == identity(state)
+
+
 def _differences(previous: dict[str, Any], state: dict[str, Any]) -> str:
-    changed = [k for k in sorted(set(previous.get("settings", {})) | set(state["settings"])) if previous.get("settings", {}).get(k) != state["settings"].get(k)]
+    names = sorted((set(previous.get("settings", {})) | set(state["settings"])) - set(INPUT_PATHS))
+    changed = [k for k in names if previous.get("settings", {}).get(k) != state["settings"].get(k)]
     changed += [f"{k} fingerprint" for k in sorted(state["fingerprints"]) if previous.get("fingerprints", {}).get(k) != state["fingerprints"][k]]
     changed += [k for k in ("device", "dtype") if previous.get(k) != state[k]]
     return f" (differs in: {', '.join(changed)})" if changed else ""

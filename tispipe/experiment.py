@@ -63,6 +63,8 @@ def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, An
         return METHODS
     names = [n.strip() for n in cfg.methods.split(",") if n.strip()]
     known = {m[0]: m for m in METHODS}
+    by_lower = {name.lower(): name for name in known}
+    names = [by_lower.get(n.lower(), n) for n in names]  # `dpo` is DPO
     unknown = [n for n in names if n not in known]
     if unknown:
         raise TispipeError(f"unknown method(s) {', '.join(unknown)}", hint=f"known: {', '.join(known)}")

@@ -21,6 +21,7 @@ from tispipe.tokenization import ensure_pad_token
 quiet_transformers()
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 def resolve_device(device: str) -> str:
@@ -82,7 +83,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(str(folder or name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         if folder is not None:
-            raise TispipeError(f"folder {name_or_path} has no loadable tokenizer: {_first_line(e)}") from None
+            if not any((folder / f).exists() for f in TOKENIZER_FILES):
+                raise TispipeError(
+                    f"folder {name_or_path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})",
+                    hint="save the tokenizer next to the model (tokenizer.save_pretrained(folder))",
+                ) from None
+            reason = " ".join(line.strip() for line in str(e).splitlines())  # transformers' messages span lines
+            raise TispipeError(f"folder {name_or_path} has no loadable tokenizer: {reason}") from None
         raise _hub_error(name_or_path, "tokenizer", e) from None
     ensure_pad_token(tokenizer)
     return tokenizer
@@ -152,7 +159,7 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
                     pass
             except Exception as e:  # noqa: BLE001 - SafetensorError is not exported under one name
                 raise TispipeError(f"{option} {name_or_path}: {weights.name} is damaged ({_first_line(e)})") from e
-        if any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        if any((folder / f).exists() for f in TOKENIZER_FILES):
             own = load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
             if fingerprint_tokenizer(own) != fingerprint_tokenizer(tokenizer):
                 raise TispipeError(

@@ -41,11 +41,11 @@ from tispipe.checkpoint import (
     check_checkpoint_world,
     checkpoint_all_ranks,
     checkpoint_manifest,
+    damaged,
     latest_checkpoint,
     load_training_state,
     read_state,
     save_final_model,
-    set_rng_state,
 )
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import TrainConfig, check_bounds, check_options
@@ -66,7 +66,7 @@ WEIGHTINGS = ("estimated", "equal", "random")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant", "cosine")
 # Options that may change between a run and its --resume without changing what is trained.
-RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp")
+RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp", "out")  # a moved run folder resumes where it is
 PATH_SETTINGS = ("shards", "model", "out", "ref")
 
 
@@ -130,9 +130,11 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
         ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
-    except BaseException:
+    except BaseException as e:
         if replaced is not None:
             replaced.restore()  # --overwrite with models that do not load: the old run is back, nothing lost
+        if checkpoint is not None and isinstance(e, TispipeError) and str(checkpoint) in e.message:
+            raise TispipeError(e.message, hint=damaged(checkpoint, "model").hint) from e
         raise
     if replaced is not None:
         replaced.discard()
@@ -148,7 +150,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     state = TrainState(step=0, epoch=0, rows_in_epoch=0)
     if checkpoint is not None:
         state, _ = read_state(checkpoint)
-        set_rng_state(load_training_state(checkpoint, optimizer, scheduler, device, distributed.optimizer_loader(model, optimizer, cfg.fsdp)))
+        load_training_state(checkpoint, optimizer, scheduler, device, distributed.optimizer_loader(model, optimizer, cfg.fsdp))
         console.print(f"Resuming from {checkpoint} (step {state.step}, epoch {state.epoch}, {state.rows_in_epoch} rows into it)")
     else:
         if cfg.resume and out.exists():
@@ -308,11 +310,19 @@ def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, Se
             details = ", ".join(f"{k} ({previous.get(k)!r} -> {current.get(k)!r})" for k in differing)
             raise TispipeError(
                 f"--resume with settings that differ from the run in {out}: {details}",
-                hint=f"resume with the run's own settings (--config {out / 'config.yaml'} --resume), or start a new run in another --out",
+                hint=f"resume with the run's own settings (--config {out / 'config.yaml'} --out {out} --resume), or start a new run in another --out",
             )
     info_path = out / "train_info.json"
     if info_path.is_file():
-        return None, json.loads(info_path.read_text(encoding="utf-8")), None
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            info = None
+        if isinstance(info, dict) and isinstance(info.get("steps"), int):
+            return None, info, None
+        # The run's record of having finished is damaged: finish it again from its last checkpoint.
+        log_console().print(f"[yellow]Note:[/yellow] {info_path} is damaged; finishing the run again from its newest checkpoint")
+        info_path.unlink()
     return latest_checkpoint(out), None, None
 
 
@@ -326,7 +336,13 @@ def _same_setting(name: str, old: Any, new: Any) -> bool:
 def _previous_config(out: Path) -> dict[str, Any] | None:
     path = out / "config.yaml"
     if path.is_file():
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (UnicodeDecodeError, yaml.YAMLError):
+            previous = None
+        if not isinstance(previous, dict):
+            raise TispipeError(f"{path} is damaged (not a YAML mapping)", hint=f"delete it: the newest checkpoint in {out / 'checkpoints'} holds the run's settings too")
+        return previous
     checkpoint = latest_checkpoint(out)
     return read_state(checkpoint)[1] if checkpoint else None
 
