@@ -98,3 +98,24 @@ def test_stale_holders_of_dead_processes_are_removed(tmp_path):
     (tmp_path / ".other.1.replaced").mkdir()  # another path's holder is not touched
     remove_stale_holders(tmp_path / "run")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, ".other.1.replaced"])
+
+
+def test_a_failed_write_names_the_file_it_was_for(tmp_path):
+    target = tmp_path / "report.json"
+    with pytest.raises(OSError) as error, atomic_path(target):
+        raise OSError(28, "No space left on device")  # what a write to a full disk raises: no file name
+    assert error.value.filename == str(target) and error.value.errno == 28
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staging_removes_what_a_killed_run_left(tmp_path):
+    (tmp_path / ".model.killed.tmp").mkdir()
+    (tmp_path / ".model.killed.tmp.old").mkdir()
+    (tmp_path / ".model.1234.replaced").mkdir()  # a set-aside holder is not a staging leftover
+    with staged_folder(tmp_path / "model") as tmp:
+        (tmp / "a").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.1234.replaced", "model"]
+    (tmp_path / "model" / ".final-killed.tmp").mkdir()
+    with staged_files(tmp_path / "model", prefix=".final-") as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["a", "b"]

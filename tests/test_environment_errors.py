@@ -3,6 +3,8 @@ that cannot be written. Each is one `Error:` line naming the path and exit code 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -48,3 +50,83 @@ def test_a_file_given_as_the_shards_folder_says_so(tmp_path):
 def test_an_output_folder_that_cannot_be_made_is_one_line(where):
     line = one_error(["toy-data", "--out", where, "--pairs", 3, "--test-pairs", 1])
     assert where in line
+
+
+@pytest.fixture(scope="module")
+def estimated(tmp_path_factory, make_tiny_llama):
+    """A tiny base, 12 toy pairs and a finished prompt estimate of them in two shards."""
+    from conftest import prompt_estimate
+
+    root = tmp_path_factory.mktemp("environment")
+    prompt_estimate(root, make_tiny_llama, "--shard-size", 6)
+    return root
+
+
+def command(root, stage: str, out) -> list:
+    return {
+        "toy-data": ["toy-data", "--out", out, "--pairs", 3, "--test-pairs", 1],
+        "init-base": ["init-base", "--data", root / "pairs.jsonl", "--out", out, "--epochs", 1],
+        "estimate": ["estimate", "--data", root / "pairs.jsonl", "--model", root / "base", "--method", "prompt", "--out", out, "--device", "cpu"],
+        "train": ["train", "--shards", root / "weights", "--model", root / "base", "--out", out, "--max-steps", 1, "--device", "cpu"],
+        "eval": ["eval", "--model", root / "base", "--data", root / "pairs.jsonl", "--split", "train", "--oracle", "toy", "--num-prompts", 2,
+                 "--max-new-tokens", 4, "--out", out, "--device", "cpu"],
+        "inspect": ["inspect", root / "weights", "--html", out / "page.html"],
+    }[stage]
+
+
+@pytest.mark.parametrize("stage", ["toy-data", "init-base", "estimate", "train", "eval", "inspect"])
+def test_every_stage_checks_that_out_is_writable_before_it_works(estimated, stage):
+    # /sys is read-only even for root, so this holds in containers where permissions do not
+    line = one_error(command(estimated, stage, Path("/sys/tispipe-read-only")))
+    assert "/sys/tispipe-read-only" in line and "not writable" in line, line
+
+
+def no_space(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_during_estimate_keeps_the_finished_shards_and_resumes(estimated, tmp_path, monkeypatch):
+    from tispipe import shards
+
+    real, written = shards.write_shard, []
+
+    def second_fails(*args, **kwargs):
+        if written:
+            no_space()
+        written.append(1)
+        return real(*args, **kwargs)
+
+    out = tmp_path / "weights"
+    monkeypatch.setattr(shards, "write_shard", second_fails)
+    line = one_error([*command(estimated, "estimate", out), "--shard-size", 6])
+    assert line == f"Error: writing {out}: No space left on device; what it finished is kept: re-run the same command to resume"
+    assert [p.name for p in (out / "shards").glob("*.parquet")] == ["part-00000.parquet"]
+    monkeypatch.setattr(shards, "write_shard", real)
+    assert runner.invoke(app, [str(a) for a in [*command(estimated, "estimate", out), "--shard-size", 6]]).exit_code == 0
+    for name in ("part-00000.parquet", "part-00001.parquet"):
+        assert (out / "shards" / name).read_bytes() == (estimated / "weights" / "shards" / name).read_bytes()
+
+
+@pytest.mark.parametrize("stage", ["toy-data", "eval"])
+def test_a_full_disk_leaves_no_half_made_output(estimated, tmp_path, monkeypatch, stage):
+    from tispipe import evaluate, toy
+
+    if stage == "eval":
+        monkeypatch.setattr(evaluate, "render_markdown", no_space)
+    else:
+        monkeypatch.setattr(toy, "to_jsonl", no_space)
+    out = tmp_path / "out"
+    line = one_error(command(estimated, stage, out))
+    assert line == f"Error: writing {out}: No space left on device; nothing of it was kept"
+    assert not out.exists()
+
+
+def test_a_full_disk_during_eval_overwrite_keeps_the_old_report_whole(estimated, tmp_path, monkeypatch):
+    from tispipe import evaluate
+
+    out = tmp_path / "out"
+    assert runner.invoke(app, [str(a) for a in command(estimated, "eval", out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(evaluate, "render_markdown", no_space)
+    one_error([*command(estimated, "eval", out), "--overwrite", "--temperatures", "0.5"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not a new samples.jsonl beside an old report

@@ -80,3 +80,50 @@ def test_rerunning_estimate_rebuilds_a_damaged_shard_byte_identical(estimated, t
     assert {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())} == shards_before
     assert (out / "manifest.json").read_bytes() == manifest_before
     assert "nothing to do" in invoke(*command, "--out", out).output  # and now it is whole again
+
+
+def tamper(out, change):
+    """Rewrite row 2 of the first shard with `change(row)` and give the manifest the new sha256, as someone
+    editing the folder by hand would: only the row checks can catch it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tispipe.shards import file_sha256
+
+    path = out / "shards" / "part-00000.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    change(rows[2])
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = file_sha256(path)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return rows[2]["pair_id"]
+
+
+ROW_DAMAGE = {
+    "id beyond the vocabulary": (lambda r: r["chosen_ids"].__setitem__(0, 99_999), "token id 99999 in chosen_ids is outside the vocabulary"),
+    "negative id": (lambda r: r["rejected_ids"].__setitem__(0, -5), "token id -5 in rejected_ids is outside the vocabulary"),
+    "weights too short": (lambda r: r.__setitem__("chosen_weights", r["chosen_weights"][:-2]), "column chosen_weights holds"),
+    "log-ratio too long": (lambda r: r.__setitem__("rejected_logratio", r["rejected_logratio"] + [0.0]), "column rejected_logratio holds"),
+    "empty response": (lambda r: r.__setitem__("chosen_ids", []), "the chosen response has no tokens"),
+}
+# train reads the columns its loss needs (here the stored weights, not the log-ratios); inspect reads all but the prompt ids
+CASES = [(stage, damage) for damage in ROW_DAMAGE for stage in ("train", "inspect") if (stage, damage) != ("train", "log-ratio too long")]
+
+
+@pytest.mark.parametrize(("stage", "damage"), CASES)
+def test_rows_that_disagree_with_themselves_or_the_model_are_named(estimated, tmp_path, damage, stage):
+    root, _ = estimated
+    out, _, _, _ = copy(estimated, tmp_path)
+    change, message = ROW_DAMAGE[damage]
+    pair_id = tamper(out, change)
+    args = {
+        "train": ["train", "--shards", out, "--model", root / "base", "--out", tmp_path / "run", "--batch-size", 12, "--device", "cpu"],
+        "inspect": ["inspect", out, "--pair", 2],
+    }[stage]
+    result = invoke(*args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0] and repr(pair_id) in errors[0], result.output
+    assert not (tmp_path / "run").exists()  # a new run that fails before its first checkpoint leaves nothing

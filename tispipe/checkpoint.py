@@ -19,6 +19,7 @@ import json
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,21 +220,22 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer, sche
     takes the saved optimizer state instead of `optimizer.load_state_dict` (FSDP scatters it to shards).
     """
     path = Path(path)
-    # Damage shows as many error types (unpickling, zip, key, shape): each is named by its file.
-    try:
-        (load_optimizer or optimizer.load_state_dict)(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-    except Exception as e:  # noqa: BLE001
-        raise damaged(path, "optimizer.pt", e) from e
-    try:
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    except Exception as e:  # noqa: BLE001
-        raise damaged(path, "scheduler.pt", e) from e
-    try:
-        rng = torch.load(path / "rng.pt", weights_only=True)
-        set_rng_state(rng)
-    except Exception as e:  # noqa: BLE001
-        raise damaged(path, "rng.pt", e) from e
-    return rng
+
+    def restore(name: str, apply, to: str = "cpu") -> Any:
+        # Damage shows as many error types (unpickling, zip, key, shape): each is named by its file, and
+        # the unpickler's warnings about junk bytes are not shown on top.
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                saved = torch.load(path / name, map_location=to, weights_only=True)
+            apply(saved)
+            return saved
+        except Exception as e:  # noqa: BLE001
+            raise damaged(path, name, e) from e
+
+    restore("optimizer.pt", load_optimizer or optimizer.load_state_dict, to=device)  # the RNG state must stay on the CPU
+    restore("scheduler.pt", scheduler.load_state_dict)
+    return restore("rng.pt", set_rng_state)
 
 
 def check_checkpoint_world(checkpoint: Path, world: int, fsdp: bool) -> None:
