@@ -57,7 +57,9 @@ def command_fields(cls: type) -> list[dataclasses.Field]:
     """The config's fields in the order its help lists them: the command's own first, then the shared ones."""
     own = cls.__dict__.get("__annotations__", {})
     fields = dataclasses.fields(cls)
-    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
+    inherited = [f for f in fields if f.name not in own]
+    required_first = sorted(inherited, key=lambda f: f.default is not dataclasses.MISSING)  # --data before the options of reading it
+    return [f for f in fields if f.name in own] + required_first
 
 
 def _optional(hint: Any) -> Any:
@@ -97,6 +99,9 @@ def stage_command(cls: type, stage: str, summary: str) -> Callable[..., None]:
 app.command("toy-data")(stage_command(configs.ToyDataConfig, "toy", "Generate the synthetic harmlessness preference set (with token-level ground-truth labels)."))
 app.command("init-base")(stage_command(configs.InitBaseConfig, "base", "Train the tiny offline base model (tokenizer + Llama-style LM, SFT on the toy data)."))
 app.command("estimate")(stage_command(configs.EstimateConfig, "estimate", "Stage one: build pi+/pi-, score every response token once, write token weights to Parquet shards."))
+app.command("generate")(stage_command(
+    configs.GenerateConfig, "generate_pairs", "Make preference pairs from the model itself: each prompt answered under the good and the bad system prompt."
+))
 app.command("inspect")(stage_command(configs.InspectConfig, "viewer", "Show token weights: a pair coloured by weight in the terminal, and optionally an HTML page."))
 app.command("train")(stage_command(configs.TrainConfig, "train", "Stage two: train a policy on the weight shards with TIS-DPO (or DPO, IPO, TDPO)."))
 app.command("eval")(stage_command(configs.EvalConfig, "evaluate", "Compare models on held-out pairs: preference accuracy, KL, sampled rewards, win rates, weight AUC."))

@@ -39,10 +39,9 @@ def required(help: str, *, argument: bool = False) -> Any:
 
 
 @dataclass(kw_only=True)
-class DataOptions:
-    """How `--data` is read and tokenized (tispipe.data); shared by estimate and eval."""
+class ReadOptions:
+    """How a data source is read and tokenized (tispipe.data): the options of `DataOptions` but the source."""
 
-    data: str = required("Preference data: .jsonl/.json/.parquet/.csv file, folder of them, save_to_disk folder, or hub name.")
     split: str = option("train", "Split to read (for folders with splits and hub data sets).")
     limit: int | None = option(None, "Use only the first N rows.")
     format: str = option("auto", "auto, standard, implicit, conversational or pairwise.")
@@ -55,9 +54,20 @@ class DataOptions:
     max_prompt_length: int = option(256, "Longest prompt in tokens (cut from the left).")
     chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template when it has one.")
 
+    def read_options(self, data: str) -> DataOptions:
+        """These reading options applied to the source `data`, as tispipe.data takes them."""
+        return DataOptions(data=data, **{f.name: getattr(self, f.name) for f in dataclasses.fields(ReadOptions)})
+
+
+@dataclass(kw_only=True)
+class DataOptions(ReadOptions):
+    """How `--data` is read and tokenized (tispipe.data); shared by estimate and eval."""
+
+    data: str = required("Preference data: .jsonl/.json/.parquet/.csv file, folder of them, save_to_disk folder, or hub name.")
+
     def data_options(self) -> DataOptions:
         """Just the data fields, as tispipe.data takes them."""
-        return DataOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataOptions)})
+        return self.read_options(self.data)
 
 
 @dataclass(kw_only=True)
@@ -112,14 +122,20 @@ class InitBaseConfig(SeedOption, ThreadsOption, OverwriteOption):
 
 
 @dataclass(kw_only=True)
-class EstimateConfig(DataOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+class ContrastPromptOptions:
+    """The two system prompts of the contrast: pi+/pi- of `estimate --method prompt`, the two sides of `generate`."""
+
+    pos_prompt: str = option(HARMLESS_SYSTEM_PROMPT, "System prompt of the good side: pi+ for --method prompt, the chosen responses of generate (default: the paper's harmless prompt).")
+    neg_prompt: str = option(HARMFUL_SYSTEM_PROMPT, "System prompt of the bad side: pi- for --method prompt, the rejected responses of generate (default: the paper's harmful prompt).")
+
+
+@dataclass(kw_only=True)
+class EstimateConfig(DataOptions, ContrastPromptOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     model: str = required("Base model folder (or hub name): the reference, and what pi+/pi- are built from.")
     out: str = required("Output folder: shards/, manifest.json, contrast/.")
     method: str = option("dpo", "How pi+/pi- are made: prompt (system prompts), sft or dpo (trained on the pairs).")
     pos_model: str | None = option(None, "Use this existing model as pi+ (with --neg-model) instead of building one.")
     neg_model: str | None = option(None, "Use this existing model as pi- (with --pos-model).")
-    pos_prompt: str = option(HARMLESS_SYSTEM_PROMPT, "System prompt of pi+ for --method prompt (default: the paper's harmless prompt).")
-    neg_prompt: str = option(HARMFUL_SYSTEM_PROMPT, "System prompt of pi- for --method prompt (default: the paper's harmful prompt).")
     transform: str = option("exp", "exp (paper Eq. 19), rank (the authors' rank_based, 0.7 to 1.3) or linear (threshold_and_scale).")
     k: float = option(1.0, "Scale k of the exp transform.")
     lower: float | None = option(None, "Clamp bound L on r_t (default: -0.5 for exp, -1.5 for linear).")
@@ -138,6 +154,20 @@ class EstimateConfig(DataOptions, ModelOptions, SeedOption, ThreadsOption, Overw
     def builds_contrast_models(self) -> bool:
         """pi+/pi- are trained here (tispipe.contrast), not given."""
         return self.method in ("sft", "dpo") and not self.pos_model
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(ReadOptions, ContrastPromptOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+    model: str = required("The model that answers each prompt twice, under --pos-prompt and under --neg-prompt.")
+    prompts: str = required("Prompts: any source --data reads, a prompts-only file (a prompt column) or the prompts of a pair set.")
+    out: str = required("Output folder: train-NNNNN.jsonl pair shards (estimate --data reads it), manifest.json.")
+    num_samples: int = option(1, "Pairs per prompt (each one chosen and one rejected sample).")
+    temperature: float = option(1.0, "Sampling temperature (0: greedy).")
+    top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens with this much probability (1: all).")
+    max_new_tokens: int = option(64, "Longest response in tokens.")
+    require_eos: bool = option(False, "Drop pairs whose responses were cut off at --max-new-tokens without an EOS.")
+    batch_size: int = option(32, "Prompts per generation batch.")
+    shard_size: int = option(1000, "Prompts per output shard (the unit a resumed run redoes).")
 
 
 @dataclass(kw_only=True)

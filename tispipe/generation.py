@@ -12,11 +12,14 @@ from tispipe.batching import left_pad
 
 
 @torch.no_grad()
-def generate(model, prompt_ids: list[list[int]], *, temperature: float, max_new_tokens: int, eos_id: int, pad_id: int, batch_size: int, seed: int, device: str, progress=None) -> list[tuple[list[int], bool]]:
+def generate(
+    model, prompt_ids: list[list[int]], *, temperature: float, max_new_tokens: int, eos_id: int, pad_id: int, batch_size: int, seed: int, device: str,
+    top_p: float = 1.0, progress=None,
+) -> list[tuple[list[int], bool]]:
     """One response per prompt: (token ids without the EOS, whether EOS was produced).
 
-    Plain ancestral sampling at `temperature` (no top-k/top-p), greedy at 0. The RNG is reseeded
-    here, so every model sees the same random stream for the same call.
+    Ancestral sampling at `temperature` (no top-k; nucleus `top_p`, 1 = off), greedy at 0. The RNG
+    is reseeded here, so every model sees the same random stream for the same call.
     """
     from transformers import GenerationConfig
 
@@ -26,7 +29,7 @@ def generate(model, prompt_ids: list[list[int]], *, temperature: float, max_new_
         do_sample=sampling,
         temperature=temperature if sampling else None,
         top_k=0 if sampling else None,
-        top_p=1.0 if sampling else None,
+        top_p=top_p if sampling else None,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
     )
