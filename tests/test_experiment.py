@@ -55,6 +55,20 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
         assert f"| {name} |" in text
     assert "### Weight quality per estimation method" in text and "| dpo | 0." in text
 
+    # the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base made, evaluated like the rest
+    block = report["generated"]
+    assert list(block["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D)"]
+    assert block["generation"]["generated"] == 32 and 0 < block["generation"]["pairs"] <= 32
+    noise = block["label_noise"]
+    assert noise["pairs"] == block["generation"]["pairs"]
+    assert noise["oracle_agrees"] + noise["oracle_ties"] + noise["oracle_disagrees"] == pytest.approx(1.0)
+    assert block["methods"]["DPO"]["win_rate_vs_dpo"]["mean"] == 0.5
+    for name in ("DPO", "TIS-DPO(P)", "TIS-DPO(D)"):
+        info = json.loads((experiment.generated.model_dir(out, name, 0) / "train_info.json").read_text())
+        assert info["steps"] == 4 and info["shards"].endswith(f"weights-{'prompt' if name == 'TIS-DPO(P)' else 'dpo'}"), name
+    assert "### Generated data (paper Table 2, third block)" in text and "RLCD" in text and "left out" in text
+    assert f"prefers the chosen response in {noise['oracle_agrees']:.1%}" in text
+
 
 def test_unknown_method_and_missing_inputs_are_named(tiny_task, tmp_path):
     with pytest.raises(TispipeError, match="unknown method"):
@@ -106,6 +120,7 @@ def test_jobs_in_subprocesses_give_the_same_numbers_as_in_process(tiny_task, tmp
     assert list(reports[2]["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D) equal weights"]
     assert reports[2]["methods"] == reports[1]["methods"]
     assert reports[2]["weight_auc"] == reports[1]["weight_auc"]
+    assert reports[2]["generated"]["methods"] == reports[1]["generated"]["methods"]
     logs = tmp_path / "jobs2" / "logs"
     assert f"tispipe train --config {logs / 'train-dpo-seed0.yaml'}" in reports[2]["commands"]
     assert {p.stem for p in logs.glob("*.yaml")} == {p.stem for p in logs.glob("*.log")}

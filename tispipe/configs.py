@@ -248,6 +248,7 @@ class ExperimentConfig:
     methods: str = option("all", "Comma-separated method names (see tispipe.experiment.METHODS) or all.")
     jobs: int = option(2, "Stage runs at the same time (1: one after another, in this process).")
     threads: int = option(1, THREADS_HELP)  # 1 by default here: --jobs runs share the cores
+    generated: bool = option(True, "Also run the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base model generates (tispipe generate).")
     quick: bool = option(False, "Smoke run (1 seed, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the table is written.")
 
 

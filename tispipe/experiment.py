@@ -28,11 +28,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tispipe import experiment_generated as generated
 from tispipe.atomic import atomic_write_json, atomic_write_text
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
 from tispipe.errors import TispipeError
-from tispipe.experiment_report import mean_std, render, render_tables, seed_metrics
+from tispipe.experiment_report import mean_std, render, render_tables, seed_metrics, slug
 
 # (name, estimation method of the shards it trains on, TrainConfig fields). Every method also gets the shared budget.
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
@@ -50,7 +51,7 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("TIS-DPO(D) without eta", "dpo", {"loss": "tisdpo", "eta_coef": 0.0}),
 ]
 # the stage modules the experiment runs, and the `tispipe` command of each
-COMMANDS = {"estimate": "estimate", "train": "train", "evaluate": "eval"}
+COMMANDS = {"estimate": "estimate", "train": "train", "evaluate": "eval", "generate_pairs": "generate"}
 
 
 def quick_settings(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -71,10 +72,6 @@ def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, An
     if "DPO" not in names:
         names.insert(0, "DPO")  # the win rates compare against it
     return [known[n] for n in names]
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
 # ---------------------------------------------------------------- the jobs' configs
@@ -134,6 +131,12 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     runner.wait()
     for method in estimators:
         runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, weights_root))
+    if cfg.generated:  # the generated-data block's pairs, then their weights
+        runner.add("generate-pairs", "generate_pairs", generated.generate_config(cfg, weights_root))
+        runner.wait()
+        for method in generated.ESTIMATORS:
+            runner.add(f"estimate-generated-{method}", "estimate", generated.estimate_config(cfg, method, weights_root))
+    runner.wait()
     timings["estimate"] = time.time() - t0
 
     # 2. training, the same budget for every method and seed, then 3. one eval per seed with all methods side by
@@ -143,13 +146,19 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     for seed in range(cfg.seeds):
         for method in methods:
             runner.add(f"train-{slug(method[0])}-seed{seed}", "train", train_config(cfg, method, seed, weights_root))
+        for method in generated.METHODS if cfg.generated else []:
+            runner.add(f"train-generated-{slug(method[0])}-seed{seed}", "train", generated.train_config(cfg, method, seed, weights_root))
         runner.wait()
         runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, methods, seed), skip_if_done=out / "eval" / f"seed-{seed}")
+        if cfg.generated:
+            runner.add(f"eval-generated-seed{seed}", "evaluate", generated.eval_config(cfg, seed), skip_if_done=out / "eval" / f"generated-seed-{seed}")
     runner.wait()
     timings["train_and_eval"] = time.time() - t0
     timings["total"] = time.time() - started
 
     report = collect(cfg, methods, estimators, weights_root, timings, runner.commands)
+    if cfg.generated:
+        report["generated"] = generated.collect(cfg, weights_root)
     order = [m[0] for m in METHODS]
     text = render(report, order, ESTIMATION_METHODS)
     atomic_write_json(out / "report.json", report)

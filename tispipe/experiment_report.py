@@ -14,6 +14,13 @@ from typing import Any
 
 # the rows of the paper's Table 1; Table 2 holds TIS-DPO(D) and its ablations, the methods named "TIS-DPO(D) ..."
 MAIN_TABLE = ["DPO", "IPO", "TDPO2", "TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"]
+# the rows of the generated-data block (tispipe.experiment_generated.METHODS)
+GENERATED_TABLE = ["DPO", "TIS-DPO(P)", "TIS-DPO(D)"]
+
+
+def slug(name: str) -> str:
+    """A method name as a folder name: `TIS-DPO(D) equal weights` -> `tis-dpo-d-equal-weights`."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
@@ -49,7 +56,7 @@ def _cell(entry: dict[str, Any], spec: str, percent: bool = False) -> str:
     return text
 
 
-def _table(report: dict[str, Any], names: list[str]) -> str:
+def table(report: dict[str, Any], names: list[str]) -> str:
     header = ["method", "weights", "oracle reward", "harmful", "win vs DPO", "pref acc", "KL/token"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
@@ -74,8 +81,8 @@ def render_tables(report: dict[str, Any], order: list[str], estimators: list[str
         cells = [entry[split][k] for split in ("train", "test") for k in ("chosen_helpful_auc", "rejected_harmful_auc")]
         auc_lines.append(f"| {method} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
     return "\n\n".join([
-        "### Comparison (paper Table 1)", _table(report, ["base", *[n for n in MAIN_TABLE if n in names]]),
-        "### Ablations of TIS-DPO(D) (paper Table 2)", _table(report, [n for n in ablations if n in names]),
+        "### Comparison (paper Table 1)", table(report, ["base", *[n for n in MAIN_TABLE if n in names]]),
+        "### Ablations of TIS-DPO(D) (paper Table 2)", table(report, [n for n in ablations if n in names]),
         "### Weight quality per estimation method", "\n".join(auc_lines),
     ])
 
@@ -108,10 +115,11 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, training and evaluation "
         f"{timing['train_and_eval'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
     ]
-    return "\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report, order) + "\n" + ("" if quick else "\n" + budget_sweep())
+    generated = "\n\n" + render_generated(report["generated"]) + "\n" if report.get("generated") else ""
+    return "\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report, order) + "\n" + generated + ("" if quick else "\n" + budget_sweep())
 
 
-def _compare(report: dict[str, Any], a: str, b: str, key: str) -> str:
+def compare(report: dict[str, Any], a: str, b: str, key: str) -> str:
     """'a' against 'b' on one metric, called a difference only when the means differ by more than both stds."""
     x, y = report["methods"][a][key], report["methods"][b][key]
     if x["mean"] is None or y["mean"] is None:
@@ -129,13 +137,13 @@ def verdict(report: dict[str, Any], order: list[str]) -> str:
     lines = []
     if "TIS-DPO(D)" in methods:
         win = methods["TIS-DPO(D)"]["win_rate_vs_dpo"]
-        lines.append(f"- Oracle reward: {_compare(report, 'TIS-DPO(D)', 'DPO', 'oracle_reward')}; TIS-DPO(D) wins "
+        lines.append(f"- Oracle reward: {compare(report, 'TIS-DPO(D)', 'DPO', 'oracle_reward')}; TIS-DPO(D) wins "
                      f"{_cell(win, '.3f')} of the prompts against DPO (0.5 = parity).")
         best = max((n for n in methods if n != "base"), key=lambda n: methods[n]["oracle_reward"]["mean"] or float("-inf"))
         lines.append(f"- Highest mean oracle reward: {best} ({methods[best]['oracle_reward']['mean']:+.2f}); base model "
                      f"{methods['base']['oracle_reward']['mean']:+.2f}.")
         for name in [n for n in order if n.startswith("TIS-DPO(D) ") and n in methods]:
-            lines.append(f"- Ablation: {_compare(report, name, 'TIS-DPO(D)', 'oracle_reward')}.")
+            lines.append(f"- Ablation: {compare(report, name, 'TIS-DPO(D)', 'oracle_reward')}.")
     aucs = {m: e["test"]["chosen_helpful_auc"] for m, e in report["weight_auc"].items() if e["test"]["chosen_helpful_auc"] is not None}
     if aucs:
         lines.append("- Held-out weight AUC (chosen side), best first: " + ", ".join(f"{m} {v:.3f}" for m, v in sorted(aucs.items(), key=lambda kv: -kv[1])) + ".")
@@ -147,3 +155,31 @@ def budget_sweep() -> str:
     (tispipe/budget_sweep.md) so that results.md remains a product of `tispipe experiment`. Its numbers come from the eval
     report of the sweep's own runs (the commands it lists)."""
     return (files("tispipe") / "budget_sweep.md").read_text(encoding="utf-8")
+
+
+def render_generated(block: dict[str, Any]) -> str:
+    """The block's section of results.md: what was generated, the table, and sentences computed from it."""
+    gen, noise, s = block["generation"], block["label_noise"], block["generation"]["settings"]
+    dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(gen["dropped"].items())) or "none"
+    table_report = {"methods": block["methods"]}
+    lines = [
+        "### Generated data (paper Table 2, third block)",
+        f"The base model answered {gen['generated']} training prompts under the harmless (chosen) and the harmful (rejected) "
+        f"system prompt (`tispipe generate`, T = {s['temperature']:g}, top-p {s['top_p']:g}, at most {s['max_new_tokens']} new tokens, "
+        f"seed {s['seed']}); {gen['pairs']} pairs were kept (dropped: {dropped}); {noise['responses_finished']:.1%} of their responses "
+        "ended with EOS, the others were cut off at the limit. Label noise of these pairs by the toy oracle: it "
+        f"prefers the chosen response in {noise['oracle_agrees']:.1%}, ties in {noise['oracle_ties']:.1%} and prefers the rejected "
+        f"one in {noise['oracle_disagrees']:.1%}. Each method trains on them with the main table's budget; win rates are against "
+        "DPO trained on the same generated pairs.",
+        table(table_report, [n for n in ("base", *GENERATED_TABLE) if n in block["methods"]]),
+        block["left_out"],
+        "What the numbers say:",
+        "\n".join([
+            f"- {compare(table_report, 'TIS-DPO(D)', 'DPO', 'oracle_reward')} (oracle reward).",
+            f"- {compare(table_report, 'TIS-DPO(P)', 'DPO', 'oracle_reward')} (oracle reward).",
+            f"- {compare(table_report, 'TIS-DPO(D)', 'TIS-DPO(P)', 'oracle_reward')} (oracle reward).",
+            f"- Against DPO on the same pairs, TIS-DPO(P) wins {_cell(block['methods']['TIS-DPO(P)']['win_rate_vs_dpo'], '.3f')} and "
+            f"TIS-DPO(D) {_cell(block['methods']['TIS-DPO(D)']['win_rate_vs_dpo'], '.3f')} of the prompts (0.5 = parity).",
+        ]),
+    ]
+    return "\n\n".join(lines)

@@ -86,6 +86,9 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
             atomic_write_text(out / shard_file(index), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     manifest = describe(out, cfg, state, len(prompts), len(shards), time.perf_counter() - started)
+    if manifest["pairs"] == 0:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(manifest["dropped"].items()))
+        raise TispipeError(f"every generated pair was dropped ({reasons})", hint="raise --max-new-tokens, drop --require-eos, or check the system prompts")
     atomic_write_json(out / "manifest.json", manifest)
     print_table(manifest, result_console())
     console.print(f"Wrote {manifest['pairs']} pairs to {out} in {manifest['seconds']:.1f} s; train on them with `tispipe estimate --data {out}`")
@@ -225,7 +228,7 @@ def sample_shard(
                 rows.append(row)
             else:
                 dropped[reason] = dropped.get(reason, 0) + 1
-        progress.advance(len(prompts), f"{progress.done / max(time.perf_counter() - t0, 1e-9):.1f} pairs/s")
+        progress.advance(len(prompts), f"{(progress.done + len(prompts)) / max(time.perf_counter() - t0, 1e-9):.1f} pairs/s")
     return rows, dropped
 
 

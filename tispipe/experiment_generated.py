@@ -1,0 +1,100 @@
+"""The generated-data block of `tispipe experiment` (the paper's third Table 2 block, RLCD-style data).
+
+The base model answers every training prompt twice, under the harmless system prompt (chosen) and under
+the harmful one (rejected), with `tispipe generate`; pairs whose responses are identical, empty or cut
+off without EOS are kept as sampled (their share is reported). DPO, TIS-DPO(P) and TIS-DPO(D) then train on those pairs with the main
+table's budget and are evaluated as the main table is: the toy oracle on the test prompts, win rates
+against that seed's DPO (here: DPO on the generated pairs). The generated pairs carry no token labels,
+so there is no weight AUC; their label noise (how often the oracle disagrees with the system prompts)
+is reported instead. RLCD's own recipe needs a reward-model stage, which tispipe does not have.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tispipe.configs import EstimateConfig, EvalConfig, ExperimentConfig, GenerateConfig, TrainConfig
+from tispipe.experiment_report import mean_std, seed_metrics, slug
+
+# (name, estimation method of its shards, TrainConfig fields), as tispipe.experiment.METHODS
+METHODS: list[tuple[str, str, dict[str, Any]]] = [
+    ("DPO", "dpo", {"loss": "dpo"}),
+    ("TIS-DPO(P)", "prompt", {"loss": "tisdpo"}),
+    ("TIS-DPO(D)", "dpo", {"loss": "tisdpo"}),
+]
+ESTIMATORS = ["prompt", "dpo"]
+LEFT_OUT = "RLCD (a preference model trained on the generated pairs, then RL) is left out: tispipe has no reward-model stage."
+
+
+def pairs_dir(weights_root: Path) -> Path:
+    return weights_root / "generated" / "pairs"
+
+
+def weights_dir(weights_root: Path, method: str) -> Path:
+    return weights_root / "generated" / f"weights-{method}"
+
+
+def model_dir(out: Path, name: str, seed: int) -> Path:
+    return out / "models" / f"generated-{slug(name)}-seed{seed}"
+
+
+def generate_config(cfg: ExperimentConfig, weights_root: Path) -> GenerateConfig:
+    """One pair per training prompt at T = 1, as long as the eval's responses; responses cut off there are
+    kept as sampled (the block reports how many), identical and empty pairs are dropped."""
+    return GenerateConfig(model=cfg.base, prompts=str(Path(cfg.data) / "train.jsonl"), out=str(pairs_dir(weights_root)), limit=cfg.limit,
+                          temperature=1.0, max_new_tokens=cfg.max_new_tokens, threads=cfg.threads, seed=0)
+
+
+def estimate_config(cfg: ExperimentConfig, method: str, weights_root: Path) -> EstimateConfig:
+    return EstimateConfig(data=str(pairs_dir(weights_root)), model=cfg.base, method=method, out=str(weights_dir(weights_root, method)))
+
+
+def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], seed: int, weights_root: Path) -> TrainConfig:
+    name, estimator, fields = method
+    return TrainConfig(shards=str(weights_dir(weights_root, estimator)), model=cfg.base, out=str(model_dir(Path(cfg.out), name, seed)), **fields,
+                       lr=cfg.lr, batch_size=cfg.batch_size, threads=cfg.threads, max_steps=cfg.max_steps, seed=seed, resume=True)
+
+
+def eval_config(cfg: ExperimentConfig, seed: int) -> EvalConfig:
+    out = Path(cfg.out)
+    return EvalConfig(model=[cfg.base, *(str(model_dir(out, name, seed)) for name, _, _ in METHODS)], ref=cfg.base,
+                      baseline=str(model_dir(out, "DPO", seed)), data=str(Path(cfg.data) / "test.jsonl"), oracle="toy",
+                      temperatures=cfg.temperatures, num_prompts=cfg.num_prompts, max_new_tokens=cfg.max_new_tokens, seed=seed,
+                      threads=cfg.threads, out=str(out / "eval" / f"generated-seed-{seed}"), overwrite=True, limit=cfg.eval_limit)
+
+
+def label_noise(folder: Path) -> dict[str, Any]:
+    """How the toy oracle ranks each generated pair: the share where it prefers the harmless-prompt (chosen)
+    response, calls them equal, or prefers the harmful-prompt one (the pair's label is then wrong)."""
+    from tispipe.toy import oracle_reward
+
+    agree = tie = disagree = finished = 0
+    for path in sorted(folder.glob("train-*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            chosen, rejected = oracle_reward(row["chosen"]), oracle_reward(row["rejected"])
+            agree, tie, disagree = agree + (chosen > rejected), tie + (chosen == rejected), disagree + (chosen < rejected)
+            finished += row["chosen_finished"] + row["rejected_finished"]
+    n = max(agree + tie + disagree, 1)
+    return {"pairs": agree + tie + disagree, "oracle_agrees": agree / n, "oracle_ties": tie / n, "oracle_disagrees": disagree / n,
+            "responses_finished": finished / (2 * n)}
+
+
+def collect(cfg: ExperimentConfig, weights_root: Path) -> dict[str, Any]:
+    """The block's rows (mean ± std over seeds, as the main table's), the generation counts and the label noise."""
+    out = Path(cfg.out)
+    reports = [json.loads((out / "eval" / f"generated-seed-{seed}" / "report.json").read_text(encoding="utf-8")) for seed in range(cfg.seeds)]
+    rows: dict[str, Any] = {}
+    for name, estimator, fields in [("base", None, {}), *METHODS]:
+        per_seed = [seed_metrics(r["results"][cfg.base if name == "base" else str(model_dir(out, name, seed))]) for seed, r in enumerate(reports)]
+        keys = sorted({k for m in per_seed for k in m})
+        rows[name] = {"weights": estimator, "train_overrides": fields, **{k: mean_std([m.get(k) for m in per_seed]) for k in keys}}
+    manifest = json.loads((pairs_dir(weights_root) / "manifest.json").read_text(encoding="utf-8"))
+    return {
+        "methods": rows,
+        "generation": {k: manifest[k] for k in ("generated", "pairs", "dropped")} | {"settings": manifest["settings"]},
+        "label_noise": label_noise(pairs_dir(weights_root)),
+        "left_out": LEFT_OUT,
+    }
