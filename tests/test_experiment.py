@@ -88,9 +88,9 @@ def test_every_method_builds_a_valid_train_config(tmp_path):
     from tispipe import train
 
     cfg = experiment.ExperimentConfig(out=str(tmp_path), lr=2e-5, max_steps=120)
-    for method in experiment.METHODS:
+    for method in experiment.METHODS + experiment.generated.METHODS:
         name, estimator, fields = method
-        train_cfg = experiment.train_config(cfg, method, 1, tmp_path)
+        train_cfg = experiment.train_config(cfg, method, 1, tmp_path / f"weights-{estimator}", experiment.model_dir(tmp_path, name, 1))
         assert isinstance(train_cfg, experiment.TrainConfig), name
         train.validate(train_cfg)  # known loss / weighting names, bounds that make sense
         assert all(getattr(train_cfg, k) == v for k, v in fields.items()), name

@@ -33,7 +33,7 @@ from tispipe.atomic import atomic_write_json, atomic_write_text
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
 from tispipe.errors import TispipeError
-from tispipe.experiment_report import mean_std, render, render_tables, seed_metrics, slug
+from tispipe.experiment_report import method_rows, render, render_tables, slug
 
 # (name, estimation method of the shards it trains on, TrainConfig fields). Every method also gets the shared budget.
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
@@ -91,20 +91,19 @@ def held_out_estimate_config(cfg: ExperimentConfig, method: str, weights_root: P
                           out=str(Path(cfg.out) / "weights-test" / method), overwrite=True, limit=cfg.eval_limit)
 
 
-def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], seed: int, weights_root: Path) -> TrainConfig:
-    """One method's training for one seed: its own fields plus the budget every method shares."""
-    name, estimator, fields = method
-    return TrainConfig(shards=str(weights_root / f"weights-{estimator}"), model=cfg.base, out=str(model_dir(Path(cfg.out), name, seed)), **fields,
+def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], seed: int, shards: Path, out: Path) -> TrainConfig:
+    """One method's training for one seed on `shards` into `out`: its own fields plus the budget every method shares."""
+    _, _, fields = method
+    return TrainConfig(shards=str(shards), model=cfg.base, out=str(out), **fields,
                        lr=cfg.lr, batch_size=cfg.batch_size, threads=cfg.threads, max_steps=cfg.max_steps, seed=seed, resume=True)
 
 
-def eval_config(cfg: ExperimentConfig, methods: list[tuple[str, str, dict[str, Any]]], seed: int) -> EvalConfig:
-    """The base and every method's model of one seed side by side, win rates against that seed's DPO."""
-    out = Path(cfg.out)
-    return EvalConfig(model=[cfg.base, *(str(model_dir(out, name, seed)) for name, _, _ in methods)], ref=cfg.base,
-                      baseline=str(model_dir(out, "DPO", seed)), data=str(Path(cfg.data) / "test.jsonl"), oracle="toy",
+def eval_config(cfg: ExperimentConfig, models: list[Path], baseline: Path, seed: int, out: Path) -> EvalConfig:
+    """The base and `models` of one seed side by side on the test split, win rates against `baseline` (that seed's DPO)."""
+    return EvalConfig(model=[cfg.base, *map(str, models)], ref=cfg.base,
+                      baseline=str(baseline), data=str(Path(cfg.data) / "test.jsonl"), oracle="toy",
                       temperatures=cfg.temperatures, num_prompts=cfg.num_prompts, max_new_tokens=cfg.max_new_tokens, seed=seed,
-                      threads=cfg.threads, out=str(out / "eval" / f"seed-{seed}"), overwrite=True, limit=cfg.eval_limit)
+                      threads=cfg.threads, out=str(out), overwrite=True, limit=cfg.eval_limit)
 
 
 # ---------------------------------------------------------------- the stage
@@ -145,13 +144,19 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     t0 = time.time()
     for seed in range(cfg.seeds):
         for method in methods:
-            runner.add(f"train-{slug(method[0])}-seed{seed}", "train", train_config(cfg, method, seed, weights_root))
+            shards, model = weights_root / f"weights-{method[1]}", model_dir(out, method[0], seed)
+            runner.add(f"train-{slug(method[0])}-seed{seed}", "train", train_config(cfg, method, seed, shards, model))
         for method in generated.METHODS if cfg.generated else []:
-            runner.add(f"train-generated-{slug(method[0])}-seed{seed}", "train", generated.train_config(cfg, method, seed, weights_root))
+            shards, model = generated.weights_dir(weights_root, method[1]), generated.model_dir(out, method[0], seed)
+            runner.add(f"train-generated-{slug(method[0])}-seed{seed}", "train", train_config(cfg, method, seed, shards, model))
         runner.wait()
-        runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, methods, seed), skip_if_done=out / "eval" / f"seed-{seed}")
+        models = [model_dir(out, name, seed) for name, _, _ in methods]
+        runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", seed), seed, out / "eval" / f"seed-{seed}"),
+                   skip_if_done=out / "eval" / f"seed-{seed}")
         if cfg.generated:
-            runner.add(f"eval-generated-seed{seed}", "evaluate", generated.eval_config(cfg, seed), skip_if_done=out / "eval" / f"generated-seed-{seed}")
+            models = [generated.model_dir(out, name, seed) for name, _, _ in generated.METHODS]
+            evaluation = eval_config(cfg, models, generated.model_dir(out, "DPO", seed), seed, out / "eval" / f"generated-seed-{seed}")
+            runner.add(f"eval-generated-seed{seed}", "evaluate", evaluation, skip_if_done=out / "eval" / f"generated-seed-{seed}")
     runner.wait()
     timings["train_and_eval"] = time.time() - t0
     timings["total"] = time.time() - started
@@ -294,11 +299,7 @@ def collect(cfg: ExperimentConfig, methods, estimators: list[str], weights_root:
 
     out = Path(cfg.out)
     reports = [json.loads((out / "eval" / f"seed-{seed}" / "report.json").read_text(encoding="utf-8")) for seed in range(cfg.seeds)]
-    rows: dict[str, Any] = {}
-    for name, estimator, fields in [("base", None, {}), *methods]:
-        per_seed = [seed_metrics(r["results"][cfg.base if name == "base" else str(model_dir(out, name, seed))]) for seed, r in enumerate(reports)]
-        keys = sorted({k for m in per_seed for k in m})
-        rows[name] = {"weights": estimator, "train_overrides": fields, **{k: mean_std([m.get(k) for m in per_seed]) for k in keys}}
+    rows = method_rows(reports, methods, cfg.base, lambda name, seed: model_dir(out, name, seed))
     auc: dict[str, Any] = {}
     for method in estimators:
         train_quality = weight_quality(str(weights_root / f"weights-{method}"))

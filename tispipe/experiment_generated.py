@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tispipe.configs import EstimateConfig, EvalConfig, ExperimentConfig, GenerateConfig, TrainConfig
-from tispipe.experiment_report import mean_std, seed_metrics, slug
+from tispipe.configs import EstimateConfig, ExperimentConfig, GenerateConfig
+from tispipe.experiment_report import method_rows, slug
 
 # (name, estimation method of its shards, TrainConfig fields), as tispipe.experiment.METHODS
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
@@ -51,20 +51,6 @@ def estimate_config(cfg: ExperimentConfig, method: str, weights_root: Path) -> E
     return EstimateConfig(data=str(pairs_dir(weights_root)), model=cfg.base, method=method, out=str(weights_dir(weights_root, method)))
 
 
-def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], seed: int, weights_root: Path) -> TrainConfig:
-    name, estimator, fields = method
-    return TrainConfig(shards=str(weights_dir(weights_root, estimator)), model=cfg.base, out=str(model_dir(Path(cfg.out), name, seed)), **fields,
-                       lr=cfg.lr, batch_size=cfg.batch_size, threads=cfg.threads, max_steps=cfg.max_steps, seed=seed, resume=True)
-
-
-def eval_config(cfg: ExperimentConfig, seed: int) -> EvalConfig:
-    out = Path(cfg.out)
-    return EvalConfig(model=[cfg.base, *(str(model_dir(out, name, seed)) for name, _, _ in METHODS)], ref=cfg.base,
-                      baseline=str(model_dir(out, "DPO", seed)), data=str(Path(cfg.data) / "test.jsonl"), oracle="toy",
-                      temperatures=cfg.temperatures, num_prompts=cfg.num_prompts, max_new_tokens=cfg.max_new_tokens, seed=seed,
-                      threads=cfg.threads, out=str(out / "eval" / f"generated-seed-{seed}"), overwrite=True, limit=cfg.eval_limit)
-
-
 def label_noise(folder: Path) -> dict[str, Any]:
     """How the toy oracle ranks each generated pair: the share where it prefers the harmless-prompt (chosen)
     response, calls them equal, or prefers the harmful-prompt one (the pair's label is then wrong)."""
@@ -86,11 +72,7 @@ def collect(cfg: ExperimentConfig, weights_root: Path) -> dict[str, Any]:
     """The block's rows (mean ± std over seeds, as the main table's), the generation counts and the label noise."""
     out = Path(cfg.out)
     reports = [json.loads((out / "eval" / f"generated-seed-{seed}" / "report.json").read_text(encoding="utf-8")) for seed in range(cfg.seeds)]
-    rows: dict[str, Any] = {}
-    for name, estimator, fields in [("base", None, {}), *METHODS]:
-        per_seed = [seed_metrics(r["results"][cfg.base if name == "base" else str(model_dir(out, name, seed))]) for seed, r in enumerate(reports)]
-        keys = sorted({k for m in per_seed for k in m})
-        rows[name] = {"weights": estimator, "train_overrides": fields, **{k: mean_std([m.get(k) for m in per_seed]) for k in keys}}
+    rows = method_rows(reports, METHODS, cfg.base, lambda name, seed: model_dir(out, name, seed))
     manifest = json.loads((pairs_dir(weights_root) / "manifest.json").read_text(encoding="utf-8"))
     return {
         "methods": rows,

@@ -46,6 +46,17 @@ def seed_metrics(result: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def method_rows(reports: list[dict[str, Any]], methods, base: str, model_dir) -> dict[str, Any]:
+    """{name: weights, train overrides, and each table metric as mean_std over the seeds} for the base and
+    `methods`, from one eval report per seed; `model_dir(name, seed)` is where a method's model of a seed is."""
+    rows: dict[str, Any] = {}
+    for name, estimator, fields in [("base", None, {}), *methods]:
+        per_seed = [seed_metrics(r["results"][base if name == "base" else str(model_dir(name, seed))]) for seed, r in enumerate(reports)]
+        keys = sorted({k for m in per_seed for k in m})
+        rows[name] = {"weights": estimator, "train_overrides": fields, **{k: mean_std([m.get(k) for m in per_seed]) for k in keys}}
+    return rows
+
+
 def _cell(entry: dict[str, Any], spec: str, percent: bool = False) -> str:
     if entry is None or entry.get("mean") is None:
         return "n/a"
