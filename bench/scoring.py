@@ -53,8 +53,8 @@ def useful_flops(items, config, models: int = 3) -> float:
 def tispipe_scoring(model: str, items, batch_size: int) -> float:
     """Seconds for tispipe.score.shard_rows (batched scoring, weights, row building) over `items`."""
     from tispipe.configs import EstimateConfig
-    from tispipe.score import Scorer, shard_rows
     from tispipe.models import load_tokenizer
+    from tispipe.score import Scorer, shard_rows
 
     cfg = EstimateConfig(data="", model=model, out="", method="sft", pos_model=model, neg_model=model, batch_size=batch_size)
     scorer = Scorer(cfg, load_tokenizer(model), model, model, "cpu", torch.float32)
