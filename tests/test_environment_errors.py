@@ -130,3 +130,12 @@ def test_a_full_disk_during_eval_overwrite_keeps_the_old_report_whole(estimated,
     monkeypatch.setattr(evaluate, "render_markdown", no_space)
     one_error([*command(estimated, "eval", out), "--overwrite", "--temperatures", "0.5"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not a new samples.jsonl beside an old report
+
+
+@pytest.mark.parametrize("stage", ["toy-data", "train"])
+def test_an_out_nested_in_folders_that_do_not_exist_yet_is_made(estimated, tmp_path, stage):
+    # the writability probe removes the folders it made; the stage must still make them all
+    out = tmp_path / "a" / "b" / "c"
+    result = runner.invoke(app, [str(a) for a in command(estimated, stage, out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_dir() and any(out.iterdir())

@@ -287,7 +287,7 @@ def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, Se
     remove_stale_holders(out)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         check_writable(out)  # now, not after loading the models
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         return None, None, None
     if not out.is_dir():
         raise TispipeError(f"--out {out} is a file, not a folder")
