@@ -197,3 +197,21 @@ def test_bad_options_are_one_line(base, tmp_path, extra, message):
     result = invoke(*args(base, tmp_path / "pairs", *extra))
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "pairs").exists()
+
+
+def test_ctrl_c_says_what_is_saved_and_the_same_command_resumes(base, reference, tmp_path, monkeypatch):
+    real, calls = generate_pairs.sample_shard, []
+
+    def interrupted_on_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    out = tmp_path / "pairs"
+    monkeypatch.setattr(generate_pairs, "sample_shard", interrupted_on_the_third)
+    result = invoke(*args(base, out))
+    assert result.exit_code == 1 and f"Error: interrupted: 2 of 3 shards are saved in {out}" in result.output, result.output
+    monkeypatch.setattr(generate_pairs, "sample_shard", real)
+    assert invoke(*args(base, out)).exit_code == 0
+    assert shards(out) == shards(reference)

@@ -44,7 +44,7 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
     import torch
 
     from tispipe.config_files import write_config
-    from tispipe.console import log_console, result_console
+    from tispipe.console import ProgressLine, log_console, result_console
     from tispipe.models import check_model, fingerprint_model, load_model, load_tokenizer
 
     started = time.perf_counter()
@@ -74,13 +74,16 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
     if len(todo) < len(shards):
         console.print(f"Resuming: {len(shards) - len(todo)} of {len(shards)} shards are already complete")
     device = str(next(model.parameters()).device)
-    from tispipe.console import ProgressLine
-
     progress = ProgressLine(console, "Generating", sum(len(shards[i]) for i in todo) * cfg.num_samples)
     t0 = time.perf_counter()
     with progress:
         for index in todo:
-            rows, dropped = sample_shard(model, tokenizer, shards[index], index, cfg, device, progress, t0)
+            try:
+                rows, dropped = sample_shard(model, tokenizer, shards[index], index, cfg, device, progress, t0)
+            except KeyboardInterrupt:
+                progress.stop()
+                saved = sum(complete(out, i) for i in range(len(shards)))
+                raise TispipeError(f"interrupted: {saved} of {len(shards)} shards are saved in {out}", hint="run the same command again to resume") from None
             # The counts first, then the shard: a shard that exists is complete and has its counts beside it.
             atomic_write_json(out / counts_file(index), dropped)
             atomic_write_text(out / shard_file(index), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
