@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from tispipe import distributed, weight_quality
+from tispipe import distributed, figures, weight_quality
 from tispipe.atomic import SetAside, cleaned_up_on_failure, holder_for, output_lock, remove_stale_holders
 from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
@@ -140,9 +140,9 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
         "pairs": len(items),
         "tokens": {"chosen": sum(len(i.chosen_ids) for i in items), "rejected": sum(len(i.rejected_ids) for i in items)},
         "shards": entries,
-        **weight_quality.shard_statistics(out, entries),
+        **weight_quality.shard_statistics(values := weight_quality.read_token_values(out, entries, weight_quality.STATISTICS_COLUMNS)),
     }
-
+    figures.weights_figure(values, out / "weights.png")  # before the manifest: a folder with a manifest is complete
     write_manifest(out, manifest)
     timings = {
         "total_seconds": time.perf_counter() - started,

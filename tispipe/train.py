@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import yaml
 
-from tispipe import distributed
+from tispipe import distributed, figures
 from tispipe.atomic import SetAside, atomic_write_json, check_writable, cleaned_up_on_failure, holder_for, output_lock, remove_stale_holders
 from tispipe.checkpoint import (
     TrainState,
@@ -52,7 +52,7 @@ from tispipe.configs import TrainConfig, check_bounds, check_options
 from tispipe.console import ProgressLine, log_console
 from tispipe.errors import TispipeError
 from tispipe.hub import same_source
-from tispipe.metrics_log import MetricsLog, keep_metrics_until, logged_metrics, step_line
+from tispipe.metrics_log import MetricsLog, keep_metrics_until, logged_metrics, read_metrics, step_line
 from tispipe.models import check_model, fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_device, resolve_dtype
 from tispipe.optim import make_optimizer, make_scheduler
 from tispipe.shards import file_sha256, read_manifest, stream_rows, verify_shards
@@ -243,6 +243,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         "manifest_fingerprints": manifest.get("fingerprints", {}),
     }
     if rank == 0:
+        figures.training_figure(read_metrics(out / "metrics.jsonl"), out / "training.png")  # the paper's Fig. 3 (right)
         atomic_write_json(out / "train_info.json", info)
     distributed.barrier()  # no rank returns before OUT is complete
     done = f"{pairs_seen} pairs in {wall:.1f} s ({info['pairs_per_s']} pairs/s)" if pairs_seen else "every step done by the run it resumes"
