@@ -45,6 +45,7 @@ from tispipe.score import ContrastPrompts, Scorer, write_shards
 from tispipe.shards import read_manifest, shard_entry, shard_name, shard_sizes, verify_shards, write_manifest
 
 STATE_FILE = "estimate-state.json"
+TOKENIZER_DIR = "tokenizer"  # a copy of the tokenizer the shards' token ids come from
 RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed run's manifest is byte-identical
 
 
@@ -106,6 +107,7 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
         if rank == 0:
             # --overwrite is an action, not a setting: re-running from config.yaml must not replace this run.
             write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
+            save_tokenizer(tokenizer, out / TOKENIZER_DIR)  # the folder reads anywhere, without the base model
         pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, items, fingerprints, device, console)
         if rank == 0:
             distributed.barrier()
@@ -158,6 +160,14 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     distributed.barrier()  # the other ranks return once the manifest is there
     print_summary(manifest, timings, result_console())
     return {"manifest": manifest, "timings": timings, "skipped": False}
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """The tokenizer's files (a few MB at most) in `folder`, whole or not at all."""
+    from tispipe.atomic import staged_folder
+
+    with staged_folder(folder) as tmp:
+        tokenizer.save_pretrained(tmp)
 
 
 # ---------------------------------------------------------------- options
@@ -304,7 +314,7 @@ def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> SetAside | N
                 what = "other settings or inputs" if previous is not None else "something that is not a tispipe estimate run"
                 changed = _differences(previous, state) if previous is not None else ""
                 raise TispipeError(f"--out {out} already holds {what}{changed}", hint="pick another --out, or pass --overwrite to replace it")
-            replaced = SetAside([out / name for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG, "config.yaml")], holder_for(out / "shards"))
+            replaced = SetAside([out / name for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG, "config.yaml", TOKENIZER_DIR)], holder_for(out / "shards"))
     shards = out / "shards"
     try:
         shards.mkdir(parents=True, exist_ok=True)

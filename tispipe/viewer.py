@@ -36,7 +36,7 @@ def run(cfg: InspectConfig) -> None:
     total = sum(entry["rows"] for entry in manifest["shards"])
     if cfg.pair >= total:
         raise TispipeError(f"--pair {cfg.pair} is out of range: {cfg.folder} holds {total} pairs (0..{total - 1})")
-    tokenizer = _tokenizer(manifest)
+    tokenizer = _tokenizer(Path(cfg.folder), manifest)
     vocab_size = len(tokenizer) if tokenizer is not None else None
     rows = list(read_rows(Path(cfg.folder), manifest, cfg.pair, cfg.html_pairs if cfg.html else 1, vocab_size))
     scale = _scale(manifest)
@@ -63,13 +63,22 @@ def read_rows(folder: Path, manifest: dict[str, Any], start: int, count: int, vo
         offset = end
 
 
-def _tokenizer(manifest: dict[str, Any]):
-    """The base model's tokenizer, or None (tokens are then shown as ids) when it cannot be loaded here."""
-    try:
-        from tispipe.models import load_tokenizer
+def _tokenizer(folder: Path, manifest: dict[str, Any]):
+    """The tokenizer copy in FOLDER/tokenizer (estimate writes it), else the base model's; None, said in one
+    line, when neither loads here (tokens are then shown as ids)."""
+    from tispipe.console import log_console
+    from tispipe.models import load_tokenizer
 
-        return load_tokenizer(manifest["settings"]["model"], manifest["settings"].get("trust_remote_code", False))
-    except (TispipeError, OSError, KeyError):
+    settings = manifest.get("settings") or {}
+    copy = folder / "tokenizer"
+    source = str(copy) if copy.is_dir() else settings.get("model")
+    try:
+        if source is None:
+            raise TispipeError("the manifest names no model")
+        return load_tokenizer(source, settings.get("trust_remote_code", False))
+    except (TispipeError, OSError) as e:
+        reason = e.message if isinstance(e, TispipeError) else str(e)
+        log_console().print(f"[yellow]Note:[/yellow] tokens are shown as ids: no tokenizer loads here ({reason})", soft_wrap=True, highlight=False)
         return None
 
 
