@@ -155,7 +155,7 @@ def _legend(scale: float) -> str:
         w = math.exp(x * scale)
         red, green, blue = weight_rgb(w, scale)
         cells.append(f'<span class="swatch" style="background:rgb({red},{green},{blue})">w = {w:.2f}</span>')
-    return '<div class="legend">' + "".join(cells) + ' <span class="t helpful">helpful</span> <span class="t harmful">harmful</span></div>'
+    return '<div class="legend">' + "".join(cells) + ' <span class="helpful">helpful</span> <span class="harmful">harmful</span></div>'
 
 
 def html_page(rows: list[dict[str, Any]], tokenizer, scale: float, manifest: dict[str, Any]) -> str:
