@@ -93,6 +93,9 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     if distributed.broadcast_object(already_done(out, state, cfg.overwrite, console) if rank == 0 else None):
         console.print(f"{out} already holds a finished estimate with these settings; nothing to do.")
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        if rank == 0 and not (out / TOKENIZER_DIR).is_dir():  # a folder from before the copy and the figure existed
+            save_tokenizer(tokenizer, out / TOKENIZER_DIR)
+            figures.weights_figure(weight_quality.read_token_values(out, manifest["shards"], weight_quality.STATISTICS_COLUMNS), out / "weights.png")
         print_summary(manifest, None, result_console())
         return {"manifest": manifest, "skipped": True}
     replaced = None
