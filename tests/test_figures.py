@@ -143,3 +143,20 @@ def test_report_to_a_backend_that_cannot_run_is_refused_before_anything_is_writt
     result = invoke_cli("train", "--shards", tmp_path, "--model", tmp_path, "--out", tmp_path / "run", "--report-to", backend)
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_rerunning_estimate_on_an_older_folder_adds_the_tokenizer_copy_and_the_figure(tmp_path, make_tiny_llama):
+    import shutil
+
+    from conftest import invoke_cli, prompt_estimate
+
+    command = prompt_estimate(tmp_path, make_tiny_llama)
+    weights = tmp_path / "weights"
+    shards = {p.name: p.read_bytes() for p in (weights / "shards").iterdir()}
+    shutil.rmtree(weights / "tokenizer")
+    (weights / "weights.png").unlink()
+    result = invoke_cli(*command, "--out", weights)
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
+    assert (weights / "tokenizer" / "tokenizer.json").is_file()
+    assert_png(weights / "weights.png")
+    assert {p.name: p.read_bytes() for p in (weights / "shards").iterdir()} == shards
