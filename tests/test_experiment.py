@@ -68,6 +68,9 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
         assert info["steps"] == 4 and info["shards"].endswith(f"weights-{'prompt' if name == 'TIS-DPO(P)' else 'dpo'}"), name
     assert "### Generated data (paper Table 2, third block)" in text and "RLCD" in text and "left out" in text
     assert f"prefers the chosen response in {noise['oracle_agrees']:.1%}" in text
+    for name in ("results-comparison.png", "results-ablations.png", "results-generated.png"):  # drawn from report.json
+        assert (docs / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in text
+    assert json.loads((docs / "results-comparison.json").read_text())["mean"][1] == report["methods"]["DPO"]["oracle_reward"]["mean"]
 
 
 def test_unknown_method_and_missing_inputs_are_named(tiny_task, tmp_path):

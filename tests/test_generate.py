@@ -169,8 +169,9 @@ def test_prompts_only_files_and_implicit_pair_sets_give_the_same_prompts(base, t
         result = invoke("generate", "--model", base / "base", "--prompts", source, "--out", out, "--max-new-tokens", 4, "--device", "cpu")
         assert result.exit_code == 0, result.output
         assert json.loads((out / "manifest.json").read_text())["generated"] == expected
-    prompts = [r["prompt"] for r in read_rows(tmp_path / "implicit")]
-    assert all(p.startswith("\n\nHuman: ") and p.endswith("\n\nAssistant:") for p in prompts)
+    # the transcripts' prompts as chat turns (the tokenizer has a template): one user turn each, no markers left
+    expected = [[{"role": "user", "content": r["prompt"]}] for r in generate(3, 0, "train")]
+    assert [r["prompt"] for r in read_rows(tmp_path / "implicit")] == expected
 
 
 def test_other_settings_are_refused_and_overwrite_replaces(base, reference, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -43,3 +44,25 @@ def test_token_texts_join_back_to_the_decoded_text(tiny_tokenizer, text):
     assert "\ufffd" not in "".join(pieces)
     if not text.isascii():  # a character split over tokens shows up whole with its last token
         assert "" in pieces
+
+
+def test_a_shard_folder_moved_away_from_its_base_model_still_reads_as_text(tmp_path, make_tiny_llama):
+    import shutil
+
+    from conftest import invoke_cli, prompt_estimate
+
+    prompt_estimate(tmp_path, make_tiny_llama)
+    moved = tmp_path / "elsewhere" / "weights"
+    shutil.move(tmp_path / "weights", moved)
+    shutil.rmtree(tmp_path / "base")  # the manifest's model path leads nowhere now
+    result = invoke_cli("inspect", moved, "--html", tmp_path / "page.html")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "page.html").read_text()
+    assert "Note:" not in result.output, result.output
+    assert "&lt;|endoftext|&gt;" in page and not re.search(r">\[\d+\]<", page)  # tokens decoded by the folder's own copy
+
+    shutil.rmtree(moved / "tokenizer")  # a folder written before the copy existed, read where its base is gone
+    result = invoke_cli("inspect", moved)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("Note:")]
+    assert len(notes) == 1 and "tokens are shown as ids: no tokenizer loads here" in notes[0], result.output

@@ -207,6 +207,7 @@ class TrainConfig(ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     shuffle_buffer: int = option(1000, "Rows in the streaming shuffle buffer (bounds memory).")
     length_group_steps: int = option(16, "Batch pairs of similar length together within windows of N steps (less padding, same rows per epoch); 0: off.")
     save_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
+    report_to: str = option("none", "Also log each step's metrics to: none, tensorboard, wandb or trackio (TRL's report_to; each needs its package).")
     resume: bool = option(False, "Continue the run in --out from its latest checkpoint.")
     fsdp: bool = option(False, "Under torchrun: shard the policy with FSDP instead of DDP (GPU; also runs on CPU with gloo).")
 

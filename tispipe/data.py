@@ -24,7 +24,8 @@ from typing import Any
 from tispipe.configs import DataOptions
 from tispipe.errors import TispipeError
 from tispipe.readers import read_records
-from tispipe.tokenization import encode_pair, encode_prompt, token_labels
+from tispipe.tokenization import encode_pair, encode_prompt, has_chat_template, token_labels
+from tispipe.transcripts import as_messages, is_transcript
 
 FORMATS = ("standard", "implicit", "conversational", "pairwise")
 # The prompt of an implicit pair ends with the last of these that both transcripts share.
@@ -53,6 +54,7 @@ class DataReport:
     truncated: int = 0
     detected: bool = True  # False when `format` was forced
     preference_column: str | None = None
+    transcripts: str | None = None  # implicit HH text: "chat turns" (rendered by the template) or "raw text"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -321,8 +323,13 @@ def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataR
     onto their response tokens (`tokenization.token_labels`); rows without spans get None.
     """
     pairs = []
+    as_turns = opts.chat_template and has_chat_template(tokenizer)
     for row in rows:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        if report.format == "implicit" and is_transcript(prompt):
+            report.transcripts = "chat turns" if as_turns else "raw text"
+            if as_turns:
+                prompt, chosen, rejected = as_messages(prompt, chosen, rejected)
         encoded = encode_pair(
             tokenizer, prompt, chosen, rejected, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length, chat_template=opts.chat_template
         )
@@ -359,6 +366,8 @@ def print_report(report: DataReport, console) -> None:
 
     how = "Detected format" if report.detected else "Format"
     extra = f" (preference column {report.preference_column})" if report.preference_column else ""
+    if report.transcripts:
+        extra += "; HH transcripts as " + ("chat turns, rendered by the tokenizer's template" if report.transcripts == "chat turns" else "raw text, as given")
     console.print(f"{how}: {report.format}{extra}  [dim]{report.source}[/dim]")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("read", str(report.read))

@@ -35,17 +35,15 @@ from typing import Any
 
 import torch
 
-from tispipe import distributed, weight_quality
-from tispipe.atomic import SetAside, cleaned_up_on_failure, holder_for, output_lock, remove_stale_holders
+from tispipe import distributed, figures, weight_quality
+from tispipe.atomic import cleaned_up_on_failure, output_lock
 from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
 from tispipe.data import DataReport, TokenizedPair, as_text
 from tispipe.errors import TispipeError
+from tispipe.estimate_out import RUN_LOG, TOKENIZER_DIR, already_done, claim_out, recorded_shards
 from tispipe.score import ContrastPrompts, Scorer, write_shards
-from tispipe.shards import read_manifest, shard_entry, shard_name, shard_sizes, verify_shards, write_manifest
-
-STATE_FILE = "estimate-state.json"
-RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed run's manifest is byte-identical
+from tispipe.shards import shard_entry, shard_name, shard_sizes, write_manifest
 
 
 def run(cfg: EstimateConfig) -> dict[str, Any]:
@@ -92,9 +90,12 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     settings = _settings(cfg, lower, upper)
     state = {"settings": settings, "device": torch.device(device).type, "dtype": str(dtype).removeprefix("torch."), "fingerprints": fingerprints}
     # Rank 0 judges and claims OUT; the others follow (and must not read it while rank 0 clears it).
-    if distributed.broadcast_object(_already_done(out, state, cfg.overwrite, console) if rank == 0 else None):
+    if distributed.broadcast_object(already_done(out, state, cfg.overwrite, console) if rank == 0 else None):
         console.print(f"{out} already holds a finished estimate with these settings; nothing to do.")
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        if rank == 0 and not (out / TOKENIZER_DIR).is_dir():  # a folder from before the copy and the figure existed
+            save_tokenizer(tokenizer, out / TOKENIZER_DIR)
+            figures.weights_figure(weight_quality.read_token_values(out, manifest["shards"], weight_quality.STATISTICS_COLUMNS), out / "weights.png")
         print_summary(manifest, None, result_console())
         return {"manifest": manifest, "skipped": True}
     replaced = None
@@ -106,6 +107,7 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
         if rank == 0:
             # --overwrite is an action, not a setting: re-running from config.yaml must not replace this run.
             write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
+            save_tokenizer(tokenizer, out / TOKENIZER_DIR)  # the folder reads anywhere, without the base model
         pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, items, fingerprints, device, console)
         if rank == 0:
             distributed.barrier()
@@ -140,9 +142,9 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
         "pairs": len(items),
         "tokens": {"chosen": sum(len(i.chosen_ids) for i in items), "rejected": sum(len(i.rejected_ids) for i in items)},
         "shards": entries,
-        **weight_quality.shard_statistics(out, entries),
+        **weight_quality.shard_statistics(values := weight_quality.read_token_values(out, entries, weight_quality.STATISTICS_COLUMNS)),
     }
-
+    figures.weights_figure(values, out / "weights.png")  # before the manifest: a folder with a manifest is complete
     write_manifest(out, manifest)
     timings = {
         "total_seconds": time.perf_counter() - started,
@@ -158,6 +160,14 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     distributed.barrier()  # the other ranks return once the manifest is there
     print_summary(manifest, timings, result_console())
     return {"manifest": manifest, "timings": timings, "skipped": False}
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """The tokenizer's files (a few MB at most) in `folder`, whole or not at all."""
+    from tispipe.atomic import staged_folder
+
+    with staged_folder(folder) as tmp:
+        tokenizer.save_pretrained(tmp)
 
 
 # ---------------------------------------------------------------- options
@@ -248,98 +258,6 @@ def fingerprint_pairs(pairs: Sequence[TokenizedPair]) -> str:
 
 def _prompt_fingerprint(base: str, system_prompt: str) -> str:
     return hashlib.sha256(f"{base}\0{system_prompt}".encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- output folder
-
-
-def _already_done(out: Path, state: dict[str, Any], overwrite: bool, console) -> bool:
-    """A finished run with these settings whose shards are all there and intact (else they are rebuilt)."""
-    if overwrite or not (out / "manifest.json").is_file() or not (out / STATE_FILE).is_file():
-        return False
-    try:
-        if not same_run(json.loads((out / STATE_FILE).read_text(encoding="utf-8")), state):
-            return False
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    try:
-        verify_shards(out, read_manifest(out))
-    except TispipeError as e:
-        console.print(f"{out} holds this run, but {e.message}: rebuilding the missing or damaged shards", highlight=False, soft_wrap=True)
-        return False
-    return True
-
-
-def recorded_shards(out: Path) -> dict[str, str]:
-    """file -> sha256 of the shards a finished run's manifest lists ({} without one): a shard kept on resume must match."""
-    try:
-        return {entry["file"]: entry["sha256"] for entry in read_manifest(out)["shards"]}
-    except TispipeError:
-        return {}
-
-
-def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> SetAside | None:
-    """Claim DIR for these settings: refuse a folder started with others (unless overwrite), check it is writable.
-
-    --overwrite sets the old shards, manifest and state aside (returned: `run` deletes them once the new
-    models have loaded, or puts them back) and keeps DIR/contrast: a saved contrastive model is reused
-    only when its own fingerprint file matches, so a new transform does not retrain.
-    """
-    from tispipe.atomic import atomic_write_json
-
-    remove_stale_holders(out / "shards")
-    replaced = None
-    state_path = out / STATE_FILE
-    if out.exists() and not out.is_dir():
-        raise TispipeError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        previous = None
-        if state_path.is_file():
-            try:
-                previous = json.loads(state_path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                previous = None
-        if previous is None or not same_run(previous, state):
-            if not overwrite:
-                what = "other settings or inputs" if previous is not None else "something that is not a tispipe estimate run"
-                changed = _differences(previous, state) if previous is not None else ""
-                raise TispipeError(f"--out {out} already holds {what}{changed}", hint="pick another --out, or pass --overwrite to replace it")
-            replaced = SetAside([out / name for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG, "config.yaml")], holder_for(out / "shards"))
-    shards = out / "shards"
-    try:
-        shards.mkdir(parents=True, exist_ok=True)
-        for stale in [*shards.glob(".*.tmp"), *out.glob(".*.tmp")]:  # temporary files of a killed run
-            stale.unlink(missing_ok=True)
-        probe = shards / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-        atomic_write_json(state_path, state)
-    except OSError as e:
-        if replaced is not None:
-            replaced.restore()
-        raise TispipeError(f"shards folder {shards} is not writable ({e.strerror or e})") from None
-    return replaced
-
-
-# Inputs named by path: their fingerprints say whether they are the same, whatever the spelling or place.
-INPUT_PATHS = ("data", "model", "pos_model", "neg_model")
-
-
-def same_run(previous: Any, state: dict[str, Any]) -> bool:
-    """Whether a recorded state is this run's: same settings, fingerprints, device and dtype, with the
-    inputs compared by fingerprint, not by the strings that named them."""
-    def identity(s: dict[str, Any]) -> dict[str, Any]:
-        return {**s, "settings": {k: v for k, v in (s.get("settings") or {}).items() if k not in INPUT_PATHS}}
-
-    return isinstance(previous, dict) and identity(previous) == identity(state)
-
-
-def _differences(previous: dict[str, Any], state: dict[str, Any]) -> str:
-    names = sorted((set(previous.get("settings", {})) | set(state["settings"])) - set(INPUT_PATHS))
-    changed = [k for k in names if previous.get("settings", {}).get(k) != state["settings"].get(k)]
-    changed += [f"{k} fingerprint" for k in sorted(state["fingerprints"]) if previous.get("fingerprints", {}).get(k) != state["fingerprints"][k]]
-    changed += [k for k in ("device", "dtype") if previous.get(k) != state[k]]
-    return f" (differs in: {', '.join(changed)})" if changed else ""
 
 
 # ---------------------------------------------------------------- contrastive models

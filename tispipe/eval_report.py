@@ -1,4 +1,4 @@
-"""Presenting a `tispipe eval` report: the comparison table (terminal and Markdown), report.md and plots.
+"""Presenting a `tispipe eval` report: the comparison table (terminal and Markdown), report.md and its figures.
 
 Everything here reads the report dict that tispipe.evaluate builds (and writes to report.json).
 """
@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-
-from tispipe.atomic import atomic_path
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -98,30 +96,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "".join(text)
 
 
-def write_plots(report: dict[str, Any], out: Path) -> str:
-    """Reward and win rate against temperature as PNGs, when matplotlib is importable; returns a note."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plots written"
+def figure_names(report: dict[str, Any]) -> list[str]:
+    """The PNGs `write_figures` draws for this report: reward per temperature, and reward against KL when
+    there is a reference to measure KL to; none without generation scores."""
     if not report["scorers"]:
-        return "no generation scores: no plots written"
-    out.mkdir(parents=True, exist_ok=True)
-    primary = report["scorers"][0]
-    temps = report["temperatures"]
-    for key, what in ((f"{primary}_reward", "mean reward"), (f"{primary}_win_rate", "win rate")):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for name in report["models"]:
-            gen = report["results"][name]["generation"]
-            ax.plot(temps, [gen[f"{t:g}"][key]["estimate" if what == "mean reward" else "rate"] for t in temps], marker="o", label=_short(name))
-        ax.set_xlabel("temperature")
-        ax.set_ylabel(what if what == "mean reward" else f"win rate vs {_short(report['baseline'])}")
-        ax.legend()
-        fig.tight_layout()
-        with atomic_path(out / f"{what.replace(' ', '_')}_vs_temperature.png") as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-    return "plots written: mean_reward_vs_temperature.png, win_rate_vs_temperature.png"
+        return []
+    return ["reward_by_temperature.png"] + (["reward_vs_kl.png"] if report["reference"] else [])
+
+
+def write_figures(report: dict[str, Any], folder: Path) -> None:
+    """The report's figures (tispipe.figures), scored by its first scorer, into `folder`."""
+    from tispipe import figures
+
+    names = figure_names(report)
+    if "reward_by_temperature.png" in names:
+        figures.temperature_figure(report, report["scorers"][0], folder / "reward_by_temperature.png")
+    if "reward_vs_kl.png" in names:
+        figures.reward_kl_figure(report, report["scorers"][0], folder / "reward_vs_kl.png")

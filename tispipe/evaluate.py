@@ -27,12 +27,12 @@ For every `--model` (plus `--baseline` when it is not one of them):
    1.0 is a perfect ranking, 0.5 is chance, below 0.5 is the wrong way round.
 
 Outputs in `out`: report.json (every number + the config), report.md, samples.jsonl, config.yaml, and
-PNG plots when matplotlib is importable; the comparison table is printed at the end (stdout; progress
+the figures (reward_by_temperature.png, reward_vs_kl.png, each with its .json); the comparison table is printed at the end (stdout; progress
 and notes go to stderr).
 
 Here: the stage and its checks. The measuring lives in tispipe.likelihood (part 1) and
 tispipe.generation (part 2), the weight AUC in tispipe.weight_quality (part 3), the tables, report.md
-and plots in tispipe.eval_report.
+and figures in tispipe.eval_report.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from tispipe.atomic import check_writable, cleaned_up_on_failure, staged_files
 from tispipe.configs import EvalConfig, check_options
 from tispipe.console import ProgressLine, log_console, result_console
 from tispipe.errors import TispipeError
-from tispipe.eval_report import comparison_table, render_markdown, write_plots
+from tispipe.eval_report import comparison_table, figure_names, render_markdown, write_figures
 from tispipe.generation import generate, reward_scores
 from tispipe.hub import local_folder, same_source
 from tispipe.likelihood import likelihood, likelihood_metrics
@@ -187,7 +187,8 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
     }
     if weights is not None and not weights["labelled_rows"]:
         notes.append(f"weight quality skipped: the shards in {cfg.shards} carry no token labels")
-    notes.append(write_plots(report, Path(cfg.out)))
+    names = figure_names(report)
+    notes.append(f"figures: {', '.join(names)}" if names else "no generation scores: no figures")
     timing["total"] = time.time() - started
     report["timing_seconds"] = timing
 
@@ -274,7 +275,7 @@ def _score(cfg: EvalConfig, samples: list[dict[str, Any]], device: str, log) -> 
 
 
 def _write(cfg: EvalConfig, report: dict[str, Any], samples: list[dict[str, Any]]) -> None:
-    """samples.jsonl, report.json, report.md and config.yaml into `cfg.out`."""
+    """samples.jsonl, report.json, report.md, config.yaml and the figures into `cfg.out`."""
     from tispipe.config_files import write_config
 
     out = Path(cfg.out)
@@ -283,6 +284,7 @@ def _write(cfg: EvalConfig, report: dict[str, Any], samples: list[dict[str, Any]
         (tmp / "samples.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        write_figures(report, tmp)
         write_config(dataclasses.replace(cfg, overwrite=False), tmp / "config.yaml")  # --overwrite is an action, not a setting
 
 

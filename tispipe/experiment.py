@@ -33,7 +33,7 @@ from tispipe.atomic import atomic_write_json, atomic_write_text
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
 from tispipe.errors import TispipeError
-from tispipe.experiment_report import method_rows, render, render_tables, slug
+from tispipe.experiment_report import method_rows, render, render_tables, slug, write_figures
 
 # (name, estimation method of the shards it trains on, TrainConfig fields). Every method also gets the shared budget.
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
@@ -166,12 +166,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         report["generated"] = generated.collect(cfg, weights_root)
     order = [m[0] for m in METHODS]
     text = render(report, order, ESTIMATION_METHODS)
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "results.md", text)
-    if cfg.results:
-        Path(cfg.results).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(cfg.results) / "report.json", report)
-        atomic_write_text(Path(cfg.results) / "results.md", text)
+    for folder in [out, *([Path(cfg.results)] if cfg.results else [])]:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_figures(report, folder)
+        atomic_write_json(folder / "report.json", report)
+        atomic_write_text(folder / "results.md", text)
     print(render_tables(report, order, ESTIMATION_METHODS))
     say(f"Wrote {out / 'results.md'}{' and ' + str(Path(cfg.results) / 'results.md') if cfg.results else ''} in {timings['total'] / 60:.1f} min")
     return report

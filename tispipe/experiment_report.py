@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 # the rows of the paper's Table 1; Table 2 holds TIS-DPO(D) and its ablations, the methods named "TIS-DPO(D) ..."
@@ -117,6 +118,7 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         "share of test pairs where the implicit reward beta·(log pi - log pi_ref) prefers the chosen response; "
         "*KL/token* = KL(pi || base) per response token on the test pairs.",
         render_tables(report, order, estimators),
+        " ".join(f"![{title}]({name})" for name, _, title in figures_of(report) if name != "results-generated.png"),
         "Weight AUC: how well the estimated weights rank the ground-truth decisive tokens (helpful phrases in chosen, "
         "harmful phrases in rejected responses) above the other tokens of that side; 0.5 is chance. *train* = the shards "
         "training used, *test* = the same pi+/pi- scoring the held-out test pairs.",
@@ -183,6 +185,7 @@ def render_generated(block: dict[str, Any]) -> str:
         f"one in {noise['oracle_disagrees']:.1%}. Each method trains on them with the main table's budget; win rates are against "
         "DPO trained on the same generated pairs.",
         table(table_report, [n for n in ("base", *GENERATED_TABLE) if n in block["methods"]]),
+        "![Generated data: oracle reward](results-generated.png)",
         block["left_out"],
         "What the numbers say:",
         "\n".join([
@@ -194,3 +197,23 @@ def render_generated(block: dict[str, Any]) -> str:
         ]),
     ]
     return "\n\n".join(lines)
+
+
+def figures_of(report: dict[str, Any]) -> list[tuple[str, list[str], str]]:
+    """(file name, rows, title) of each bar chart of an experiment report: the comparison, the ablations and,
+    when it ran, the generated-data block."""
+    ablations = ["TIS-DPO(D)"] + [n for n in report["methods"] if n.startswith("TIS-DPO(D) ")]
+    charts = [("results-comparison.png", ["base", *MAIN_TABLE], "Comparison (paper Table 1): oracle reward"),
+              ("results-ablations.png", ablations, "Ablations of TIS-DPO(D) (paper Table 2): oracle reward")]
+    if report.get("generated"):
+        charts.append(("results-generated.png", ["base", *GENERATED_TABLE], "Generated data (Table 2, third block): oracle reward"))
+    return charts
+
+
+def write_figures(report: dict[str, Any], folder: Path) -> None:
+    """Bar charts of the oracle reward per method (tispipe.figures.methods_figure) into `folder`."""
+    from tispipe import figures
+
+    for name, rows, title in figures_of(report):
+        source = report["generated"]["methods"] if name == "results-generated.png" else report["methods"]
+        figures.methods_figure(source, rows, folder / name, title)

@@ -55,7 +55,7 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     check_model(cfg.model, "--model", tokenizer, cfg.trust_remote_code)
-    prompts, source = read_prompts(cfg)
+    prompts, source = read_prompts(cfg, tokenizer)
     console.print(f"Prompts: {len(prompts)} from {source}; {cfg.num_samples} pair(s) each", highlight=False)
     state = {"settings": settings(cfg), "fingerprints": {"model": fingerprint_model(cfg.model), "prompts": fingerprint_prompts(prompts)}}
     claim_out(out, state, cfg.overwrite)
@@ -139,9 +139,10 @@ def counts_file(index: int) -> str:
 # ---------------------------------------------------------------- prompts
 
 
-def read_prompts(cfg: GenerateConfig) -> tuple[list[dict[str, Any]], str]:
+def read_prompts(cfg: GenerateConfig, tokenizer) -> tuple[list[dict[str, Any]], str]:
     """[{"prompt_id", "prompt"}] in source order: a file with a prompt column and no responses is read as
-    prompts; anything else as pairs (every format --data reads), of which the prompts are kept."""
+    prompts; anything else as pairs (every format --data reads), of which the prompts are kept. HH
+    transcripts become chat turns when the tokenizer has a template, as in `data.tokenize_pairs`."""
     from tispipe.data import load_pairs, print_report
     from tispipe.readers import read_records
 
@@ -162,11 +163,21 @@ def read_prompts(cfg: GenerateConfig) -> tuple[list[dict[str, Any]], str]:
                 raise TispipeError(f"{where}: column {cfg.prompt_column!r} holds no prompt (a non-empty string or message list)")
             prompts.append({"prompt_id": str(record.get("pair_id", f"row-{index}")), "prompt": prompt})
         return prompts, source
-    rows, report = load_pairs(opts)
     from tispipe.console import log_console
+    from tispipe.tokenization import has_chat_template
+    from tispipe.transcripts import as_messages, is_transcript
 
+    rows, report = load_pairs(opts)
+    as_turns = cfg.chat_template and has_chat_template(tokenizer)
+    prompts = []
+    for row in rows:
+        prompt = row["prompt"]
+        if report.format == "implicit" and is_transcript(prompt):
+            report.transcripts = "chat turns" if as_turns else "raw text"
+            prompt = as_messages(prompt, row["chosen"], row["rejected"])[0] if as_turns else prompt
+        prompts.append({"prompt_id": row["pair_id"], "prompt": prompt})
     print_report(report, log_console())
-    return [{"prompt_id": row["pair_id"], "prompt": row["prompt"]} for row in rows], source
+    return prompts, source
 
 
 def fingerprint_prompts(prompts: list[dict[str, Any]]) -> str:

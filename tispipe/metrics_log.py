@@ -42,20 +42,25 @@ def keep_metrics_until(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def logged_metrics(path: Path | None, step: int) -> dict[str, float]:
-    """The logged metrics of `step` ({} when none): the real final metrics of a run whose last step was
-    done before a kill, by an earlier process."""
-    if path is None or not path.is_file():
-        return {}
-    found: dict[str, float] = {}
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """Every logged step of OUT/metrics.jsonl, in order (lines that do not parse are skipped)."""
+    records = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("step") == step:
-            found = record
-    return found
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
+def logged_metrics(path: Path | None, step: int) -> dict[str, float]:
+    """The logged metrics of `step` ({} when none): the real final metrics of a run whose last step was
+    done before a kill, by an earlier process."""
+    if path is None or not path.is_file():
+        return {}
+    return next((r for r in reversed(read_metrics(path)) if r.get("step") == step), {})
 
 
 def step_line(m: dict[str, float]) -> str:

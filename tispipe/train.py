@@ -23,7 +23,6 @@ The parts: order of steps `tispipe.steps`, one step (loss, token weights) `tispi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import time
@@ -32,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from tispipe import distributed
-from tispipe.atomic import SetAside, atomic_write_json, check_writable, cleaned_up_on_failure, holder_for, output_lock, remove_stale_holders
+from tispipe import distributed, figures
+from tispipe.atomic import atomic_write_json, cleaned_up_on_failure, output_lock
 from tispipe.checkpoint import (
     TrainState,
     check_checkpoint_world,
@@ -51,13 +49,14 @@ from tispipe.config_files import config_dict, write_config
 from tispipe.configs import TrainConfig, check_bounds, check_options
 from tispipe.console import ProgressLine, log_console
 from tispipe.errors import TispipeError
-from tispipe.hub import same_source
-from tispipe.metrics_log import MetricsLog, keep_metrics_until, logged_metrics, step_line
+from tispipe.metrics_log import MetricsLog, keep_metrics_until, logged_metrics, read_metrics, step_line
 from tispipe.models import check_model, fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_device, resolve_dtype
 from tispipe.optim import make_optimizer, make_scheduler
 from tispipe.shards import file_sha256, read_manifest, stream_rows, verify_shards
 from tispipe.steps import epoch_steps, even_steps, planned_steps
 from tispipe.stop import StopRequest
+from tispipe.trackers import Tracker, check_report_to
+from tispipe.train_out import claim_out
 from tispipe.train_step import REDERIVE_OPTIONS, NonFiniteStep, StepContext, WeightPlan, train_step, weight_plan
 from tispipe.weights import TRANSFORMS
 
@@ -65,9 +64,6 @@ LOSSES = ("tisdpo", "dpo", "ipo", "tdpo1", "tdpo2")
 WEIGHTINGS = ("estimated", "equal", "random")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant", "cosine")
-# Options that may change between a run and its --resume without changing what is trained.
-RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp", "out")  # a moved run folder resumes where it is
-PATH_SETTINGS = ("shards", "model", "out", "ref")
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -185,7 +181,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     log_path = out / "metrics.jsonl" if rank == 0 else None
     per_step = cfg.batch_size * cfg.grad_accum * world
-    with StopRequest() as stop, MetricsLog(log_path) as log, ProgressLine(console, "train", total_steps, state.step) as progress:
+    tracker = Tracker(cfg.report_to if rank == 0 else "none", out, out.name, config_dict(cfg))
+    with StopRequest() as stop, MetricsLog(log_path) as log, tracker, ProgressLine(console, "train", total_steps, state.step) as progress:
         for epoch in range(state.epoch, cfg.epochs):
             if state.step >= total_steps:
                 break
@@ -209,6 +206,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 elapsed = time.perf_counter() - started
                 metrics.update(step=state.step, epoch=epoch + state.rows_in_epoch / max(1, rows_per_epoch), pairs_per_s=pairs_seen / elapsed)
                 log.write(metrics)
+                tracker.log(metrics, state.step)
                 progress.update(state.step, step_line(metrics))
                 if state.step >= total_steps:
                     break  # the final checkpoint and model are saved below
@@ -243,6 +241,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         "manifest_fingerprints": manifest.get("fingerprints", {}),
     }
     if rank == 0:
+        figures.training_figure(read_metrics(out / "metrics.jsonl"), out / "training.png")  # the paper's Fig. 3 (right)
         atomic_write_json(out / "train_info.json", info)
     distributed.barrier()  # no rank returns before OUT is complete
     done = f"{pairs_seen} pairs in {wall:.1f} s ({info['pairs_per_s']} pairs/s)" if pairs_seen else "every step done by the run it resumes"
@@ -263,6 +262,7 @@ def validate(cfg: TrainConfig) -> None:
         non_negative=("threads", "eta_coef", "alpha", "weight_decay", "warmup_steps", "max_grad_norm", "save_every", "length_group_steps"),
     )
     check_bounds(cfg.lower, cfg.upper)
+    check_report_to(cfg.report_to)
     if cfg.mu is not None and cfg.mu == 0:
         raise TispipeError("--mu must not be 0 (every weight would be k)")
     if cfg.weighting != "estimated":
@@ -275,76 +275,6 @@ def validate(cfg: TrainConfig) -> None:
             )
     if cfg.resume and cfg.overwrite:
         raise TispipeError("give --resume or --overwrite, not both")
-
-
-def _is_train_folder(out: Path) -> bool:
-    return any((out / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", "train_info.json"))
-
-
-def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, SetAside | None]:
-    """Apply --overwrite/--resume to an existing OUT; return (checkpoint to resume from, finished train_info,
-    the old run set aside by --overwrite: `run` deletes it once the new models have loaded, or puts it back)."""
-    remove_stale_holders(out)
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        check_writable(out)  # now, not after loading the models
-        out.mkdir(parents=True, exist_ok=True)
-        return None, None, None
-    if not out.is_dir():
-        raise TispipeError(f"--out {out} is a file, not a folder")
-    if not cfg.resume and not cfg.overwrite:
-        raise TispipeError(
-            f"--out {out} already exists",
-            hint="add --resume to continue it, --overwrite to start over, or choose another --out",
-        )
-    if not _is_train_folder(out):
-        raise TispipeError(f"--out {out} holds files that are not a `tispipe train` run; refusing to {'replace' if cfg.overwrite else 'resume'} it")
-    if cfg.overwrite:
-        aside = SetAside([out], holder_for(out))
-        out.mkdir()
-        return None, None, aside
-    previous = _previous_config(out)
-    if previous is not None:
-        current = config_dict(cfg)
-        differing = sorted(k for k in set(previous) | set(current) if k not in RESUME_MAY_DIFFER and not _same_setting(k, previous.get(k), current.get(k)))
-        if differing:
-            details = ", ".join(f"{k} ({previous.get(k)!r} -> {current.get(k)!r})" for k in differing)
-            raise TispipeError(
-                f"--resume with settings that differ from the run in {out}: {details}",
-                hint=f"resume with the run's own settings (--config {out / 'config.yaml'} --out {out} --resume), or start a new run in another --out",
-            )
-    info_path = out / "train_info.json"
-    if info_path.is_file():
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            info = None
-        if isinstance(info, dict) and isinstance(info.get("steps"), int):
-            return None, info, None
-        # The run's record of having finished is damaged: finish it again from its last checkpoint.
-        log_console().print(f"[yellow]Note:[/yellow] {info_path} is damaged; finishing the run again from its newest checkpoint")
-        info_path.unlink()
-    return latest_checkpoint(out), None, None
-
-
-def _same_setting(name: str, old: Any, new: Any) -> bool:
-    """Paths compare as the files they name, so `--out runs/x` and `--out /abs/runs/x` are one run."""
-    if name in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
-        return same_source(old, new)
-    return old == new
-
-
-def _previous_config(out: Path) -> dict[str, Any] | None:
-    path = out / "config.yaml"
-    if path.is_file():
-        try:
-            previous = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (UnicodeDecodeError, yaml.YAMLError):
-            previous = None
-        if not isinstance(previous, dict):
-            raise TispipeError(f"{path} is damaged (not a YAML mapping)", hint=f"delete it: the newest checkpoint in {out / 'checkpoints'} holds the run's settings too")
-        return previous
-    checkpoint = latest_checkpoint(out)
-    return read_state(checkpoint)[1] if checkpoint else None
 
 
 def check_tokenizer(tokenizer, manifest: dict[str, Any], cfg: TrainConfig) -> None:

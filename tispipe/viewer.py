@@ -36,7 +36,7 @@ def run(cfg: InspectConfig) -> None:
     total = sum(entry["rows"] for entry in manifest["shards"])
     if cfg.pair >= total:
         raise TispipeError(f"--pair {cfg.pair} is out of range: {cfg.folder} holds {total} pairs (0..{total - 1})")
-    tokenizer = _tokenizer(manifest)
+    tokenizer = _tokenizer(Path(cfg.folder), manifest)
     vocab_size = len(tokenizer) if tokenizer is not None else None
     rows = list(read_rows(Path(cfg.folder), manifest, cfg.pair, cfg.html_pairs if cfg.html else 1, vocab_size))
     scale = _scale(manifest)
@@ -63,13 +63,22 @@ def read_rows(folder: Path, manifest: dict[str, Any], start: int, count: int, vo
         offset = end
 
 
-def _tokenizer(manifest: dict[str, Any]):
-    """The base model's tokenizer, or None (tokens are then shown as ids) when it cannot be loaded here."""
-    try:
-        from tispipe.models import load_tokenizer
+def _tokenizer(folder: Path, manifest: dict[str, Any]):
+    """The tokenizer copy in FOLDER/tokenizer (estimate writes it), else the base model's; None, said in one
+    line, when neither loads here (tokens are then shown as ids)."""
+    from tispipe.console import log_console
+    from tispipe.models import load_tokenizer
 
-        return load_tokenizer(manifest["settings"]["model"], manifest["settings"].get("trust_remote_code", False))
-    except (TispipeError, OSError, KeyError):
+    settings = manifest.get("settings") or {}
+    copy = folder / "tokenizer"
+    source = str(copy) if copy.is_dir() else settings.get("model")
+    try:
+        if source is None:
+            raise TispipeError("the manifest names no model")
+        return load_tokenizer(source, settings.get("trust_remote_code", False))
+    except (TispipeError, OSError) as e:
+        reason = e.message if isinstance(e, TispipeError) else str(e)
+        log_console().print(f"[yellow]Note:[/yellow] tokens are shown as ids: no tokenizer loads here ({reason})", soft_wrap=True, highlight=False)
         return None
 
 
@@ -133,7 +142,20 @@ def _side_html(row: dict[str, Any], side: str, tokenizer, scale: float) -> str:
             f'<span class="t{mark}" style="background:rgb({red},{green},{blue})" title="r_t = {r_t:.4f}&#10;w_t = {w_t:.4f}{mark}">'
             f"{html_lib.escape(piece) or '&#8203;'}</span>"
         )
-    return "".join(spans)
+    weights = row[f"{side}_weights"]
+    note = f'<div class="range">w {min(weights):.3f} to {max(weights):.3f}, mean {sum(weights) / len(weights):.3f}, {len(weights)} tokens</div>'
+    return "".join(spans) + note
+
+
+def _legend(scale: float) -> str:
+    """The colour scale as swatches from w = exp(-scale) through 1 to exp(scale)."""
+    stops = [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]
+    cells = []
+    for x in stops:
+        w = math.exp(x * scale)
+        red, green, blue = weight_rgb(w, scale)
+        cells.append(f'<span class="swatch" style="background:rgb({red},{green},{blue})">w = {w:.2f}</span>')
+    return '<div class="legend">' + "".join(cells) + ' <span class="helpful">helpful</span> <span class="harmful">harmful</span></div>'
 
 
 def html_page(rows: list[dict[str, Any]], tokenizer, scale: float, manifest: dict[str, Any]) -> str:
@@ -156,8 +178,12 @@ th {{ text-align: left; padding: 0.4em 0.6em; }}
 .t {{ color: #000; }}
 .helpful {{ text-decoration: underline 2px green; }}
 .harmful {{ text-decoration: underline 2px red; }}
+.range {{ color: #666; font-family: sans-serif; font-size: 0.8em; margin-top: 0.3em; }}
+.legend {{ margin: 0.5em 0 1em 0; }}
+.swatch {{ display: inline-block; padding: 0.2em 0.6em; border: 1px solid #ccc; font-family: monospace; font-size: 0.85em; }}
 </style></head><body>
 <h1>{html_lib.escape(title)}</h1>
+{_legend(scale)}
 <p>Background: log(w_t) on a diverging scale, green for w &gt; 1, red for w &lt; 1, full colour at |log w| = {scale:.2f}.
 Hover a token for r_t = log &pi;<sup>+</sup> &minus; log &pi;<sup>&minus;</sup> and w_t. Underlined: ground-truth labels (green helpful, red harmful).</p>
 <table><tr><th>chosen</th><th>rejected</th></tr>

@@ -77,9 +77,12 @@ def summary(values: np.ndarray) -> dict[str, Any]:
     }
 
 
-def shard_statistics(folder: str | Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The manifest's `weights` and `logratio` summaries per side and, when every row has labels, its `auc`."""
-    values = read_token_values(folder, entries, ("weights", "logratio", "labels"))
+STATISTICS_COLUMNS = ("weights", "logratio", "labels")
+
+
+def shard_statistics(values: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `weights` and `logratio` summaries per side and, when every row has labels, its `auc`,
+    from `read_token_values(folder, entries, STATISTICS_COLUMNS)`."""
     stats: dict[str, Any] = {
         "weights": {side: summary(values[f"{side}_weights"]) for side in SIDES},
         "logratio": {side: summary(values[f"{side}_logratio"]) for side in SIDES},

@@ -1,0 +1,207 @@
+"""PNG figures of what the stages measured, each written beside a JSON file of exactly the numbers it draws.
+
+- `training_figure`: a training run's loss, weighted and unweighted rewards of chosen and rejected (the
+  paper's Fig. 3 right), margins, accuracy and KL over steps, from OUT/metrics.jsonl;
+- `weights_figure`: histograms of w_t and r_t per side and, where the data has token labels, the ROC
+  curves of w_t and r_t at finding the decisive tokens, from a shard folder;
+- `temperature_figure`: each model's reward per sampling temperature (Fig. 3 left), and
+  `reward_kl_figure`: reward against KL to the reference, from an eval report;
+- `methods_figure`: the experiment's oracle reward per method, mean and std over seeds.
+
+Each function takes the numbers (plain lists and dicts), draws with matplotlib's Agg backend (no display
+needed) and writes NAME.png and NAME.json atomically. The JSON is the figure's source of truth: a test
+can read it back and compare it with the report the numbers came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tispipe.atomic import atomic_path, atomic_write_text
+
+SIDES = ("chosen", "rejected")
+COLOURS = {"chosen": "#1b7837", "rejected": "#b2182b"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path, data: dict[str, Any]) -> Path:
+    """Write `fig` as PATH (PNG) and `data` as PATH with .json, both whole or not at all; close the figure."""
+    plt = _pyplot()
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _short(name: str) -> str:
+    return Path(name).name or name
+
+
+# ---------------------------------------------------------------- train
+
+
+TRAINING_PANELS = [
+    ("loss", ["loss"]),
+    ("reward (beta * sum of log-ratios)", ["rewards/chosen", "rewards/rejected"]),
+    ("weighted log-ratio sum", ["logratio/chosen_weighted", "logratio/rejected_weighted"]),
+    ("reward margin", ["rewards/margins"]),
+    ("reward accuracy", ["rewards/accuracies"]),
+    ("KL to the reference (per pair)", ["kl/chosen", "kl/rejected"]),
+]
+
+
+def training_figure(records: list[dict[str, Any]], path: Path) -> Path:
+    """Six panels over steps, one line per logged metric (those the run logged; a panel with none says so)."""
+    plt = _pyplot()
+    steps = [r["step"] for r in records]
+    data: dict[str, Any] = {"step": steps}
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    for ax, (title, keys) in zip(axes.flat, TRAINING_PANELS, strict=True):
+        drawn = False
+        for key in keys:
+            values = [r.get(key) for r in records]
+            if all(v is None for v in values):
+                continue
+            data[key] = values
+            side = next((s for s in SIDES if s in key), None)
+            ax.plot(steps, [float("nan") if v is None else v for v in values], label=key, color=COLOURS.get(side, "#2166ac"), linewidth=1.2)
+            drawn = True
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        if drawn and len(keys) > 1:
+            ax.legend(fontsize=8)
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged by this loss", ha="center", va="center", transform=ax.transAxes, color="grey")
+    return save(fig, path, data)
+
+
+# ---------------------------------------------------------------- estimate
+
+
+def roc_points(scores: list[float], positive: list[bool]) -> dict[str, list[float]]:
+    """The ROC curve (false and true positive rates) of ranking by high score, one point per distinct score."""
+    pairs = sorted(zip(scores, positive, strict=True), key=lambda sp: -sp[0])
+    n_pos = sum(positive)
+    n_neg = len(positive) - n_pos
+    fpr, tpr, tp, fp = [0.0], [0.0], 0, 0
+    for i, (score, is_positive) in enumerate(pairs):
+        tp, fp = tp + is_positive, fp + (not is_positive)
+        if i + 1 == len(pairs) or pairs[i + 1][0] != score:
+            fpr.append(fp / max(n_neg, 1))
+            tpr.append(tp / max(n_pos, 1))
+    return {"fpr": fpr, "tpr": tpr}
+
+
+def _thin(curve: dict[str, list[float]], points: int = 400) -> dict[str, list[float]]:
+    """At most `points` points of a curve, evenly picked, first and last kept (a PNG shows no more)."""
+    n = len(curve["fpr"])
+    if n <= points:
+        return curve
+    picks = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
+    return {k: [v[i] for i in picks] for k, v in curve.items()}
+
+
+def weights_figure(values: dict[str, Any], path: Path, bins: int = 50) -> Path:
+    """Histograms of w_t and r_t per side; with labels, ROC curves of w_t and of the signed r_t.
+
+    `values`: `weight_quality.read_token_values(..., ("weights", "logratio", "labels"))`.
+    """
+    import numpy as np
+
+    from tispipe.weight_quality import DECISIVE_LABEL, LOGRATIO_SIGN
+
+    plt = _pyplot()
+    labelled = values["labelled_rows"] > 0
+    fig, axes = plt.subplots(1, 3 if labelled else 2, figsize=(13 if labelled else 9, 3.8))
+    data: dict[str, Any] = {"histograms": {}, "roc": {}}
+    for ax, (name, label) in zip(axes, (("weights", "w_t"), ("logratio", "r_t")), strict=False):
+        for side in SIDES:
+            counts, edges = np.histogram(values[f"{side}_{name}"], bins=bins)
+            data["histograms"][f"{side}_{name}"] = {"counts": counts.tolist(), "edges": edges.tolist()}
+            ax.stairs(counts, edges, label=side, color=COLOURS[side], fill=False, linewidth=1.2)
+        ax.set_title(f"{label} per side", fontsize=10)
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    if labelled:
+        ax = axes[2]
+        for side in SIDES:
+            positive = (values[f"labelled_{side}_labels"] == DECISIVE_LABEL[side]).tolist()
+            for name, scores, style in (("weights", values[f"labelled_{side}_weights"], "-"),
+                                        ("logratio", LOGRATIO_SIGN[side] * values[f"labelled_{side}_logratio"], ":")):
+                curve = _thin(roc_points(scores.tolist(), positive))
+                data["roc"][f"{side}_{name}"] = curve
+                ax.plot(curve["fpr"], curve["tpr"], style, color=COLOURS[side], label=f"{side}, {'w_t' if name == 'weights' else 'r_t'}")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+        ax.set_title("ROC: decisive tokens (helpful in chosen, harmful in rejected)", fontsize=9)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(fontsize=8)
+    return save(fig, path, data)
+
+
+# ---------------------------------------------------------------- eval
+
+
+def temperature_figure(report: dict[str, Any], scorer: str, path: Path) -> Path:
+    """Mean `scorer` reward per temperature for each model of an eval report (95% interval as error bars)."""
+    plt = _pyplot()
+    temps = report["temperatures"]
+    data: dict[str, Any] = {"temperatures": temps, "scorer": scorer, "models": {}}
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name in report["models"]:
+        gen = report["results"][name]["generation"]
+        entries = [gen[f"{t:g}"][f"{scorer}_reward"] for t in temps]
+        means = [e["estimate"] for e in entries]
+        errors = [[m - e["low"] for m, e in zip(means, entries, strict=True)], [e["high"] - m for m, e in zip(means, entries, strict=True)]]
+        data["models"][name] = {"mean": means, "low": [e["low"] for e in entries], "high": [e["high"] for e in entries]}
+        ax.errorbar(temps, means, yerr=errors, marker="o", capsize=3, label=_short(name))
+    ax.set_xlabel("sampling temperature")
+    ax.set_ylabel(f"mean {scorer} reward")
+    ax.legend(fontsize=8)
+    return save(fig, path, data)
+
+
+def reward_kl_figure(report: dict[str, Any], scorer: str, path: Path) -> Path:
+    """Each model's pooled `scorer` reward against its KL per token to the reference."""
+    plt = _pyplot()
+    data: dict[str, Any] = {"scorer": scorer, "models": {}}
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name in report["models"]:
+        result = report["results"][name]
+        kl, reward = result["likelihood"]["kl_per_token"], result["generation"]["all"][f"{scorer}_reward"]["estimate"]
+        data["models"][name] = {"kl_per_token": kl, "reward": reward}
+        ax.scatter([kl], [reward], s=40)
+        ax.annotate(_short(name), (kl, reward), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("KL to the reference per token")
+    ax.set_ylabel(f"mean {scorer} reward (all temperatures)")
+    return save(fig, path, data)
+
+
+# ---------------------------------------------------------------- experiment
+
+
+def methods_figure(rows: dict[str, Any], names: list[str], path: Path, title: str) -> Path:
+    """Oracle reward per method (mean, with the std over seeds as error bars), in `names` order."""
+    plt = _pyplot()
+    names = [n for n in names if n in rows and rows[n]["oracle_reward"]["mean"] is not None]
+    means = [rows[n]["oracle_reward"]["mean"] for n in names]
+    stds = [rows[n]["oracle_reward"]["std"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names) + 2), 4))
+    ax.bar(range(len(names)), means, yerr=stds, capsize=3, color=["#999999" if n == "base" else "#2166ac" for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("oracle reward (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    return save(fig, path, {"methods": names, "mean": means, "std": stds})
