@@ -159,7 +159,8 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
                     pass
             except Exception as e:  # noqa: BLE001 - SafetensorError is not exported under one name
                 raise TispipeError(f"{option} {name_or_path}: {weights.name} is damaged ({_first_line(e)})") from e
-        if any((folder / f).exists() for f in TOKENIZER_FILES):
+        loaded_from_here = Path(str(getattr(tokenizer, "name_or_path", "") or "")).resolve() == folder.resolve()
+        if not loaded_from_here and any((folder / f).exists() for f in TOKENIZER_FILES):  # the run's own tokenizer is not loaded twice
             own = load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
             if fingerprint_tokenizer(own) != fingerprint_tokenizer(tokenizer):
                 raise TispipeError(
