@@ -216,3 +216,17 @@ def test_ctrl_c_says_what_is_saved_and_the_same_command_resumes(base, reference,
     monkeypatch.setattr(generate_pairs, "sample_shard", real)
     assert invoke(*args(base, out)).exit_code == 0
     assert shards(out) == shards(reference)
+
+
+def test_overwrite_with_a_model_that_does_not_load_keeps_the_old_pairs(base, reference, tmp_path):
+    import shutil
+
+    out, broken = tmp_path / "pairs", tmp_path / "broken"
+    shutil.copytree(reference, out)
+    shutil.copytree(base / "base", broken)  # config and headers fine, shapes wrong: it fails only when loaded
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "hidden_size": 48}))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = invoke(*[broken if a == base / "base" else a for a in args(base, out)], "--temperature", 0.5, "--overwrite")
+    assert result.exit_code == 1 and "could not load the model" in result.output, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

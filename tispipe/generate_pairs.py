@@ -58,7 +58,7 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
     prompts, source = read_prompts(cfg, tokenizer)
     console.print(f"Prompts: {len(prompts)} from {source}; {cfg.num_samples} pair(s) each", highlight=False)
     state = {"settings": settings(cfg), "fingerprints": {"model": fingerprint_model(cfg.model), "prompts": fingerprint_prompts(prompts)}}
-    claim_out(out, state, cfg.overwrite)
+    replacing = claim_out(out, state, cfg.overwrite)
     finished = finished_manifest(out, state)
     if finished is not None:
         console.print(f"{out} already holds these pairs; nothing to do", soft_wrap=True)
@@ -66,11 +66,14 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
         return finished
     check_writable(out)
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    if replacing:  # only now, with every input loaded, may the old run go
+        remove_old_run(out)
     write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
     atomic_write_json(out / STATE_FILE, state)
 
     shards = [prompts[i : i + cfg.shard_size] for i in range(0, len(prompts), cfg.shard_size)]
-    todo = [i for i in range(len(shards)) if not complete(out, i)]
+    recorded = recorded_shards(out)
+    todo = [i for i in range(len(shards)) if not complete(out, i, recorded)]
     if len(todo) < len(shards):
         console.print(f"Resuming: {len(shards) - len(todo)} of {len(shards)} shards are already complete")
     device = str(next(model.parameters()).device)
@@ -82,7 +85,7 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
                 rows, dropped = sample_shard(model, tokenizer, shards[index], index, cfg, device, progress, t0)
             except KeyboardInterrupt:
                 progress.stop()
-                saved = sum(complete(out, i) for i in range(len(shards)))
+                saved = sum(complete(out, i, recorded) for i in range(len(shards)))
                 raise TispipeError(f"interrupted: {saved} of {len(shards)} shards are saved in {out}", hint="run the same command again to resume") from None
             # The counts first, then the shard: a shard that exists is complete and has its counts beside it.
             atomic_write_json(out / counts_file(index), dropped)
@@ -117,18 +120,22 @@ def shard_file(index: int) -> str:
     return f"train-{index:05d}.jsonl"
 
 
-def complete(out: Path, index: int) -> bool:
-    """Shard `index` exists with its counts and, where a manifest lists it, with the recorded sha256."""
+def recorded_shards(out: Path) -> dict[str, str]:
+    """file -> sha256 of the shards an earlier finished run's manifest lists ({} without a readable one)."""
+    try:
+        return {e["file"]: e["sha256"] for e in json.loads((out / "manifest.json").read_text(encoding="utf-8"))["shards"]}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
+
+
+def complete(out: Path, index: int, recorded: dict[str, str]) -> bool:
+    """Shard `index` exists with its counts and, where `recorded` lists it, with the recorded sha256."""
     from tispipe.shards import file_sha256
 
     path = out / shard_file(index)
     if not path.is_file() or not (out / counts_file(index)).is_file():
         return False
-    try:
-        recorded = {e["file"]: e["sha256"] for e in json.loads((out / "manifest.json").read_text(encoding="utf-8"))["shards"]}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        recorded = {}
-    return recorded.get(path.name, file_sha256(path)) == file_sha256(path)
+    return path.name not in recorded or file_sha256(path) == recorded[path.name]
 
 
 def counts_file(index: int) -> str:
@@ -190,24 +197,29 @@ def fingerprint_prompts(prompts: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- output folder
 
 
-def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> None:
-    """A new or empty OUT, one this run started (resumed), or with --overwrite one whose old files are removed."""
+def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> bool:
+    """Whether OUT is new or empty, or one this run started (resumed): False; or with --overwrite another
+    run, whose files `remove_old_run` deletes once the model has loaded: True. Anything else is refused."""
     if out.exists() and not out.is_dir():
         raise TispipeError(f"--out {out} is a file, not a folder")
     if not out.is_dir() or not any(out.iterdir()):
-        return
+        return False
     try:
         previous = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         previous = None
     if previous == state:
-        return
+        return False
     if not overwrite:
         what = "a `tispipe generate` run with other settings or inputs" if previous is not None else "files that are not a `tispipe generate` run"
         raise TispipeError(f"--out {out} already holds {what}", hint="choose another --out, or pass --overwrite to replace it")
     if previous is None:
         raise TispipeError(f"--out {out} holds files that are not a `tispipe generate` run; refusing to replace them")
-    # The inputs have been read and checked: the old run's files may go now.
+    return True
+
+
+def remove_old_run(out: Path) -> None:
+    """The files of the run --overwrite replaces (called once the inputs are read and the model has loaded)."""
     for path in [*out.glob("train-*.jsonl"), *out.glob(".train-*.dropped.json"), out / "manifest.json", out / STATE_FILE]:
         path.unlink(missing_ok=True)
 

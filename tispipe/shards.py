@@ -175,8 +175,9 @@ def check_row(row: dict[str, Any], path: Path, index: int, vocab_size: int | Non
             raise TispipeError(f"{where}: column {name} holds NaN or infinite values")
     for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
         ids = row.get(column)
-        if ids and (min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size)):
-            bad = min(ids) if min(ids) < 0 else max(ids)
+        low, high = (min(ids), max(ids)) if ids else (0, 0)
+        if low < 0 or (vocab_size is not None and high >= vocab_size):
+            bad = low if low < 0 else high
             limit = f"0..{vocab_size - 1}" if vocab_size is not None else "0 or more"
             raise TispipeError(f"{where}: token id {bad} in {column} is outside the vocabulary ({limit})", hint="re-run `tispipe estimate` with the model you train")
     for side in ("chosen", "rejected"):
