@@ -104,6 +104,9 @@ app.command("generate")(stage_command(
 ))
 app.command("inspect")(stage_command(configs.InspectConfig, "viewer", "Show token weights: a pair coloured by weight in the terminal, and optionally an HTML page."))
 app.command("train")(stage_command(configs.TrainConfig, "train", "Stage two: train a policy on the weight shards with TIS-DPO (or DPO, IPO, TDPO)."))
+app.command("reward-model")(stage_command(
+    configs.RewardModelConfig, "reward_model", "Train a Bradley-Terry reward model on preference pairs (held-out accuracy; use it with eval --reward-model)."
+))
 app.command("eval")(stage_command(configs.EvalConfig, "evaluate", "Compare models on held-out pairs: preference accuracy, KL, sampled rewards, win rates, weight AUC."))
 app.command("experiment")(stage_command(
     configs.ExperimentConfig, "experiment", "Train and evaluate DPO, IPO, TDPO2, TIS-DPO(P/S/D) and TIS-DPO(D)'s ablations over seeds; write a results table."

@@ -93,6 +93,14 @@ class ThreadsOption:
 
 
 @dataclass(kw_only=True)
+class HeldOutOptions:
+    """Held-out pairs measured while training (train and reward-model); --eval-data itself differs per command."""
+
+    eval_split: str = option("test", "Split of --eval-data to read (for folders with splits and hub data sets).")
+    eval_every: int = option(0, "Measure the held-out pairs every N steps as well as at the end (0: only at the end).")
+
+
+@dataclass(kw_only=True)
 class OverwriteOption:
     overwrite: bool = option(False, "Replace what --out already holds (only once the new inputs have been checked).")
 
@@ -179,7 +187,7 @@ class InspectConfig:
 
 
 @dataclass(kw_only=True)
-class TrainConfig(ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+class TrainConfig(HeldOutOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     shards: str = required("`tispipe estimate` output folder (shards/ + manifest.json).")
     model: str = required("Policy to start from (folder or hub name); also the reference unless --ref.")
     out: str = required("Output folder: the trained model, metrics.jsonl, checkpoints/.")
@@ -207,9 +215,27 @@ class TrainConfig(ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     shuffle_buffer: int = option(1000, "Rows in the streaming shuffle buffer (bounds memory).")
     length_group_steps: int = option(16, "Batch pairs of similar length together within windows of N steps (less padding, same rows per epoch); 0: off.")
     save_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
+    eval_data: str | None = option(None, "Held-out pairs measured every --eval-every steps (eval/ metrics): an estimate output folder (its weights are used) or any source --data reads (weights 1).")
     report_to: str = option("none", "Also log each step's metrics to: none, tensorboard, wandb or trackio (TRL's report_to; each needs its package).")
     resume: bool = option(False, "Continue the run in --out from its latest checkpoint.")
     fsdp: bool = option(False, "Under torchrun: shard the policy with FSDP instead of DDP (GPU; also runs on CPU with gloo).")
+
+
+@dataclass(kw_only=True)
+class RewardModelConfig(DataOptions, HeldOutOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+    model: str = required("Base model folder (or hub name) the reward model starts from: its body, and a new one-output score head.")
+    out: str = required("Output folder: the reward model (AutoModelForSequenceClassification), metrics.jsonl, checkpoints/.")
+    eval_data: str | None = option(None, "Held-out pairs to report accuracy on (any source --data reads; default: --eval-fraction of --data).")
+    eval_fraction: float = option(0.1, "Without --eval-data: this share of --data's pairs is held out (chosen by a seeded hash of each pair_id).")
+    lr: float = option(1e-4, "Peak learning rate (AdamW; linear warmup, then constant).")
+    weight_decay: float = option(0.0, "Weight decay.")
+    warmup_steps: int = option(10, "Steps of linear warmup.")
+    epochs: int = option(1, "Passes over the training pairs.")
+    max_steps: int | None = option(None, "Stop after this many optimizer steps.")
+    batch_size: int = option(16, "Pairs per optimizer step.")
+    max_grad_norm: float = option(10.0, "Gradient-norm clip (0: off).")
+    save_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
+    resume: bool = option(False, "Continue the run in --out from its latest checkpoint.")
 
 
 @dataclass(kw_only=True)

@@ -83,6 +83,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                                  f"{win['wins']}/{win['ties']}/{win['losses']}", _fmt(entry["mean_tokens"], ".1f"), _fmt(entry["finished_rate"], ".0%")]
                                 + ([_fmt(entry["harmful_rate"], ".1%")] if scorer == "oracle" else []))
         text += [f"\n## Generation, scored by {'the toy oracle' if scorer == 'oracle' else 'the reward model'}\n\n", _md_table(gen_header, gen_rows)]
+    agreement = report.get("reward_model_vs_oracle")
+    if agreement:
+        text += ["\n## Reward model against the toy oracle\n\n",
+                 f"Spearman's rank correlation of the reward model's scores with the oracle's over the sampled responses: "
+                 f"{_fmt(agreement['all']['spearman'])} ({agreement['all']['samples']} responses).\n\n",
+                 _md_table(["model", "Spearman", "responses"],
+                           [[_short(n), _fmt(v["spearman"]), str(v["samples"])] for n, v in agreement["per_model"].items()])]
     weights = report.get("weights")
     if weights and weights.get("labelled_rows"):
         text += ["\n## Weight quality\n\n",

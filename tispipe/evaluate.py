@@ -163,6 +163,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         notes.append("no --ref: rewards are beta * log pi(y|x) (the model's own log-prob margin) and KL is not measured")
 
     timing: dict[str, float] = {}
+    results_agreement = None
     results, samples = _measure(cfg, names, pairs, prompts, temperatures, tokenizer, device, log, timing)
     if samples:
         t0 = time.time()
@@ -170,6 +171,8 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         timing["scoring"] = time.time() - t0
         for name in names:
             results[name]["generation"] = generation_metrics(samples, name, baseline, temperatures, scorers)
+        if len(scorers) == 2:
+            results_agreement = scorer_agreement(samples, names)
 
     report = {
         "config": config_dict(cfg),
@@ -183,6 +186,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         "prompts": len(prompts),
         "results": results,
         "weights": weights,
+        "reward_model_vs_oracle": results_agreement,
         "notes": notes,
     }
     if weights is not None and not weights["labelled_rows"]:
@@ -286,6 +290,15 @@ def _write(cfg: EvalConfig, report: dict[str, Any], samples: list[dict[str, Any]
         (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
         write_figures(report, tmp)
         write_config(dataclasses.replace(cfg, overwrite=False), tmp / "config.yaml")  # --overwrite is an action, not a setting
+
+
+def scorer_agreement(samples: list[dict], names: list[str]) -> dict[str, Any]:
+    """How well the reward model ranks the sampled responses as the toy oracle does: Spearman's rho over
+    all samples, and per model (each model's responses alone)."""
+    def rho(picked: list[dict]) -> dict[str, Any]:
+        return {"spearman": metrics.spearman([s["rm_reward"] for s in picked], [s["oracle_reward"] for s in picked]), "samples": len(picked)}
+
+    return {"all": rho(samples), "per_model": {name: rho([s for s in samples if s["model"] == name]) for name in names}}
 
 
 def generation_metrics(samples: list[dict], name: str, baseline: str, temperatures: list[float], scorers: list[str]) -> dict[str, Any]:

@@ -62,8 +62,14 @@ def reward_scores(model, tokenizer, prompts: list, responses: list[str], *, chat
             encode_prompt(tokenizer, prompt, None, chat_template)[-max_prompt_length:] + encode_text(tokenizer, response)
             for prompt, response in zip(prompts[start : start + batch_size], responses[start : start + batch_size], strict=True)
         ]
-        ids, mask = left_pad(sequences, tokenizer.pad_token_id)
-        scores += model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
+        scores += sequence_scores(model, sequences, tokenizer.pad_token_id, device).tolist()
         if progress is not None:
             progress.advance(len(sequences))
     return scores
+
+
+def sequence_scores(model, sequences: list[list[int]], pad_id: int, device: str) -> torch.Tensor:
+    """(N,) float32: a one-output sequence classifier's logit on each token sequence, left padded
+    (its last real token at the last position, where the classifier reads). Gradients flow when enabled."""
+    ids, mask = left_pad(sequences, pad_id)
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()

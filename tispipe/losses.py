@@ -194,6 +194,17 @@ def tdpo_loss(
     return losses, (beta * chosen).detach(), (beta * rejected).detach()
 
 
+def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    """(B,), (B,) -> (B,): the reward model's negative log-likelihood under the Bradley-Terry model,
+
+        P(y_w > y_l | x) = sigmoid(r(x, y_w) - r(x, y_l)),   loss = -log sigmoid(r(x, y_w) - r(x, y_l)),
+
+    the objective DPO's implicit reward is derived from (paper Eq. 2). Scores are the reward model's
+    one logit per sequence; the loss is taken in float32 whatever their dtype.
+    """
+    return -F.logsigmoid(chosen_scores.float() - rejected_scores.float())
+
+
 def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
     """Batch means with TRL's names: rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies.
 

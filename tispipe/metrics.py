@@ -119,6 +119,24 @@ def average_ranks(values: Sequence[float]) -> list[float]:
     return ranks
 
 
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation: the Pearson correlation of the average ranks of `x` and of `y`.
+
+    None with fewer than 2 values, or when either side is constant (the correlation is undefined).
+    """
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} values against {len(y)}")
+    if len(x) < 2:
+        return None
+    rx, ry = average_ranks(x), average_ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    if vx == 0 or vy == 0:
+        return None
+    return cov / math.sqrt(vx * vy)
+
+
 def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     """Area under the ROC curve: P(score of a random positive > score of a random negative), ties half.
 

@@ -69,5 +69,7 @@ def step_line(m: dict[str, float]) -> str:
              f"chosen {m['rewards/chosen']:+.3f}", f"rejected {m['rewards/rejected']:+.3f}"]
     if "kl/chosen" in m:
         parts.append(f"kl {m['kl/chosen']:.3f}/{m['kl/rejected']:.3f}")
+    if "eval/loss" in m:
+        parts.append(f"eval loss {m['eval/loss']:.4f} acc {m['eval/rewards/accuracies']:.2f}")
     parts += [f"|g| {m['grad_norm']:.2f}", f"lr {m['lr']:.1e}", f"{m['pairs_per_s']:.1f} pairs/s", f"ep {m['epoch']:.2f}"]
     return "  ".join(parts)

@@ -7,8 +7,10 @@ Hugging Face Hub name, loaded with the ordinary `from_pretrained` (which honours
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -176,22 +178,52 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
         )
 
 
-def load_reward_model(name: str, *, device: str, dtype: str, trust_remote_code: bool):
-    """A local or hub AutoModelForSequenceClassification with one output, in eval mode, and its tokenizer."""
+def load_reward_model(name: str, *, device: str, dtype: str, trust_remote_code: bool, for_training: bool = False, tokenizer=None):
+    """A local or hub AutoModelForSequenceClassification with one output, and its tokenizer (`tokenizer`
+    when given: a checkpoint folder holds none).
+
+    `for_training`: float32 weights in train mode, and a causal LM given here (no score head yet) gets a
+    new one-output head, as `tispipe reward-model` starts from a base model; otherwise eval mode with
+    gradients off, and a model with other than one output is refused.
+    """
     from transformers import AutoModelForSequenceClassification
 
     folder = local_folder(name, "reward model")
     source = str(folder) if folder else name
+    device = resolve_device(device)
+    heads = {"num_labels": 1} if for_training else {}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+        with _quiet_loading(for_training):  # a new score head is the point here, not a loading problem to report
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, dtype=resolve_dtype(dtype, device, for_training=for_training), trust_remote_code=trust_remote_code, **heads
+            )
+    except Exception as e:  # noqa: BLE001 - damaged weights raise SafetensorError, RuntimeError, EOFError ...
+        if folder is None and not isinstance(e, (OSError, ValueError)):
+            raise
         raise TispipeError(f"could not load the reward model {name}: {_first_line(e)}") from None
     if model.config.num_labels != 1:
         raise TispipeError(f"reward model {name} has {model.config.num_labels} outputs; a reward model has one (num_labels=1)")
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    tokenizer = tokenizer or load_tokenizer(source, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # how the model finds the last real token of a padded row
-    return model.to(device).eval().requires_grad_(False), tokenizer
+    model.to(device)
+    if for_training:
+        return model.train(), tokenizer
+    return model.eval().requires_grad_(False), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool) -> Iterator[None]:
+    """transformers' warnings (its load report) off while loading, when `quiet`."""
+    from transformers.utils import logging
+
+    before = logging.get_verbosity()
+    if quiet:
+        logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
 
 
 def _snapshot_folder(name_or_path: str | Path) -> Path:

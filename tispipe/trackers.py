@@ -3,7 +3,9 @@
 - `tensorboard`: event files in OUT/tensorboard (torch.utils.tensorboard; needs the tensorboard package,
   the `tensorboard` extra): `tensorboard --logdir OUT/tensorboard`.
 - `wandb`: a Weights & Biases run in OUT/wandb, project `tispipe` (set WANDB_MODE=offline to log offline).
-- `trackio`: a trackio run, project `tispipe`.
+- `trackio`: a trackio run, project `tispipe`, named OUT's name plus a short hash of its path (trackio
+  resumes a run by name, and two runs called `dpo` in different folders must stay apart); trackio's
+  own messages go to stderr with tispipe's.
 - `none` (the default): metrics.jsonl only.
 
 Each backend gets the same names metrics.jsonl has (`loss`, `rewards/chosen`, ...) at the same steps.
@@ -11,7 +13,9 @@ Each backend gets the same names metrics.jsonl has (`loss`, `rewards/chosen`, ..
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,8 @@ class Tracker:
         elif report_to == "trackio":
             import trackio
 
-            self.backend = trackio.init(project="tispipe", name=run_name, config=config, resume="allow")
+            with contextlib.redirect_stdout(sys.stderr):
+                self.backend = trackio.init(project="tispipe", name=f"{run_name}-{_run_id(out)[:8]}", config=config, resume="allow")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
@@ -70,7 +75,8 @@ class Tracker:
         elif self.report_to == "trackio":
             import trackio
 
-            trackio.finish()
+            with contextlib.redirect_stdout(sys.stderr):
+                trackio.finish()
 
     def __enter__(self) -> Tracker:
         return self

@@ -56,6 +56,7 @@ from tispipe.shards import file_sha256, read_manifest, stream_rows, verify_shard
 from tispipe.steps import epoch_steps, even_steps, planned_steps
 from tispipe.stop import StopRequest
 from tispipe.trackers import Tracker, check_report_to
+from tispipe.train_eval import due, evaluate, load_held_out
 from tispipe.train_out import claim_out
 from tispipe.train_step import REDERIVE_OPTIONS, NonFiniteStep, StepContext, WeightPlan, train_step, weight_plan
 from tispipe.weights import TRANSFORMS
@@ -103,6 +104,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if needs_ref(cfg) and cfg.ref:
         check_model(cfg.ref, "--ref", tokenizer, cfg.trust_remote_code)
     plan = weight_plan(cfg, manifest)
+    columns = stream_columns(cfg, plan)
+    held_out = load_held_out(cfg, manifest, plan, columns, not needs_ref(cfg), tokenizer, device, console)
     # Only now, with the inputs checked, may an existing OUT be replaced.
     # Only rank 0 may delete (--overwrite) or judge OUT; the other ranks follow its decision.
     checkpoint, finished, replaced = claim_out(cfg, out) if rank == 0 else (None, None, None)
@@ -166,7 +169,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         + (f" x {world} processes ({'FSDP' if cfg.fsdp else 'DDP'})" if world > 1 else "")
         + f"; {ref_note}; {device}"
     )
-    columns = stream_columns(cfg, plan)
+    if held_out is not None:
+        console.print(f"Measuring {held_out.describe} " + (f"every {cfg.eval_every} steps and " if cfg.eval_every else "") + "after the last step")
     autocast = torch.autocast("cuda", dtype=compute_dtype) if device.startswith("cuda") and compute_dtype != torch.float32 else nullcontext()
     context = StepContext(model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
     if world > 1:
@@ -177,7 +181,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     def save(state: TrainState) -> Path:
         return checkpoint_all_ranks(out, state, policy, model, optimizer, scheduler, config_dict(cfg), cfg.fsdp, manifest_sha)
 
-    start_step, pairs_seen, started = state.step, 0, time.perf_counter()
+    start_step, pairs_seen, started, eval_seconds = state.step, 0, time.perf_counter(), 0.0
     metrics: dict[str, float] = {}
     log_path = out / "metrics.jsonl" if rank == 0 else None
     per_step = cfg.batch_size * cfg.grad_accum * world
@@ -203,8 +207,12 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                 pairs = sum(len(m) for m in micro_batches) if world == 1 else metrics["pairs"]  # the global step's pairs
                 pairs_seen += pairs
                 state = TrainState(state.step + 1, epoch, state.rows_in_epoch + pairs)
-                elapsed = time.perf_counter() - started
+                elapsed = time.perf_counter() - started - eval_seconds  # the rate of training alone
                 metrics.update(step=state.step, epoch=epoch + state.rows_in_epoch / max(1, rows_per_epoch), pairs_per_s=pairs_seen / elapsed)
+                if held_out is not None and due(cfg, state.step, total_steps):
+                    eval_started = time.perf_counter()
+                    metrics.update(evaluate(context, held_out))
+                    eval_seconds += time.perf_counter() - eval_started
                 log.write(metrics)
                 tracker.log(metrics, state.step)
                 progress.update(state.step, step_line(metrics))
@@ -259,8 +267,10 @@ def validate(cfg: TrainConfig) -> None:
         cfg,
         choices={"loss": LOSSES, "weighting": WEIGHTINGS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "transform": TRANSFORMS},
         positive=("beta", "lr", "batch_size", "grad_accum", "epochs", "shuffle_buffer", "k", "max_steps"),
-        non_negative=("threads", "eta_coef", "alpha", "weight_decay", "warmup_steps", "max_grad_norm", "save_every", "length_group_steps"),
+        non_negative=("threads", "eta_coef", "alpha", "weight_decay", "warmup_steps", "max_grad_norm", "save_every", "length_group_steps", "eval_every"),
     )
+    if cfg.eval_every and not cfg.eval_data:
+        raise TispipeError("--eval-every needs --eval-data (the held-out pairs to measure)")
     check_bounds(cfg.lower, cfg.upper)
     check_report_to(cfg.report_to)
     if cfg.mu is not None and cfg.mu == 0:

@@ -1,4 +1,4 @@
-"""A training run's folder OUT: claim it for a new run, continue it (--resume) or replace it (--overwrite).
+"""A training run's folder OUT (`train`, `reward-model`): claim it for a new run, continue it (--resume) or replace it (--overwrite).
 
 A new or empty OUT is checked writable and made. An existing one is refused unless --resume or
 --overwrite says what to do with it: --overwrite sets the old run aside (`atomic.SetAside`, deleted by
@@ -18,23 +18,24 @@ import yaml
 from tispipe.atomic import SetAside, check_writable, holder_for, remove_stale_holders
 from tispipe.checkpoint import latest_checkpoint, read_state
 from tispipe.config_files import config_dict
-from tispipe.configs import TrainConfig
 from tispipe.console import log_console
 from tispipe.errors import TispipeError
 from tispipe.hub import same_source
 
 # Options that may change between a run and its --resume without changing what is trained.
-RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp", "out", "report_to")  # a moved run folder resumes where it is
-PATH_SETTINGS = ("shards", "model", "out", "ref")
+# Held-out measurements (eval_*) are only looked at, and a moved run folder resumes where it is (out).
+RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp", "out", "report_to", "eval_data", "eval_split", "eval_every")
+PATH_SETTINGS = ("shards", "model", "out", "ref", "data")
 
 
-def _is_train_folder(out: Path) -> bool:
-    return any((out / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", "train_info.json"))
+def _is_run_folder(out: Path, info_file: str) -> bool:
+    return any((out / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", info_file))
 
 
-def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, SetAside | None]:
-    """Apply --overwrite/--resume to an existing OUT; return (checkpoint to resume from, finished train_info,
-    the old run set aside by --overwrite: `run` deletes it once the new models have loaded, or puts it back)."""
+def claim_out(cfg: Any, out: Path, info_file: str = "train_info.json", command: str = "train") -> tuple[Path | None, dict | None, SetAside | None]:
+    """Apply --overwrite/--resume to an existing OUT; return (checkpoint to resume from, the finished run's
+    `info_file`, the old run set aside by --overwrite: the stage deletes it once the new models have loaded,
+    or puts it back). `cfg` is the stage's config (with `resume` and `overwrite`), `command` its name."""
     remove_stale_holders(out)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         check_writable(out)  # now, not after loading the models
@@ -47,8 +48,8 @@ def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, Se
             f"--out {out} already exists",
             hint="add --resume to continue it, --overwrite to start over, or choose another --out",
         )
-    if not _is_train_folder(out):
-        raise TispipeError(f"--out {out} holds files that are not a `tispipe train` run; refusing to {'replace' if cfg.overwrite else 'resume'} it")
+    if not _is_run_folder(out, info_file):
+        raise TispipeError(f"--out {out} holds files that are not a `tispipe {command}` run; refusing to {'replace' if cfg.overwrite else 'resume'} it")
     if cfg.overwrite:
         aside = SetAside([out], holder_for(out))
         out.mkdir()
@@ -63,7 +64,7 @@ def claim_out(cfg: TrainConfig, out: Path) -> tuple[Path | None, dict | None, Se
                 f"--resume with settings that differ from the run in {out}: {details}",
                 hint=f"resume with the run's own settings (--config {out / 'config.yaml'} --out {out} --resume), or start a new run in another --out",
             )
-    info_path = out / "train_info.json"
+    info_path = out / info_file
     if info_path.is_file():
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))

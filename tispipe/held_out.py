@@ -1,0 +1,51 @@
+"""Held-out preference pairs for the training loops (`train --eval-data`, `reward-model`): read, or carved from the training data.
+
+A carved split is decided per pair by a seeded hash of its pair_id, so it does not depend on the order
+of the rows, and a resumed run (or a second command on the same data) holds out exactly the same pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+from tispipe.configs import ReadOptions
+from tispipe.errors import TispipeError
+
+
+def is_held_out(pair_id: str, fraction: float, seed: int) -> bool:
+    """Whether `pair_id` falls in the held-out `fraction` (a uniform draw from sha256 of seed and id)."""
+    digest = hashlib.sha256(f"held-out:{seed}:{pair_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+
+
+def carve(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(training pairs, held-out pairs), both in data order; each must keep at least one pair."""
+    held = [p for p in pairs if is_held_out(p.pair_id, fraction, seed)]
+    kept = [p for p in pairs if not is_held_out(p.pair_id, fraction, seed)]
+    if not held or not kept:
+        raise TispipeError(
+            f"--eval-fraction {fraction} of {len(pairs)} pairs leaves {len(kept)} to train on and {len(held)} held out",
+            hint="give more pairs, another --eval-fraction, or the held-out pairs themselves with --eval-data",
+        )
+    return kept, held
+
+
+def read_pairs(source: str, options: ReadOptions, split: str, tokenizer, console=None, labels: bool = False) -> list:
+    """Tokenized pairs of `source` (split `split`), read and tokenized with `options` as --data is."""
+    from tispipe.data import load_pairs, print_report, tokenize_pairs
+
+    opts = dataclasses.replace(options.read_options(source), split=split)
+    rows, report = load_pairs(opts)
+    pairs = tokenize_pairs(rows, tokenizer, opts, report, labels=labels)
+    if console is not None:
+        print_report(report, console)
+    return pairs
+
+
+def read_options_of(settings: dict[str, Any]) -> ReadOptions:
+    """The reading options recorded in an estimate manifest's settings (defaults for any not recorded),
+    so held-out pairs are tokenized exactly as the training pairs were."""
+    names = {f.name for f in dataclasses.fields(ReadOptions)} - {"split", "limit", "strict"}
+    return ReadOptions(**{name: settings[name] for name in names if name in settings})
