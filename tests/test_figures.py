@@ -114,37 +114,6 @@ def test_the_stages_write_their_figures_beside_their_numbers(tmp_path, make_tiny
     assert "figures: reward_by_temperature.png, reward_vs_kl.png" in report["notes"]
 
 
-def test_report_to_tensorboard_writes_the_logged_metrics(tmp_path, make_tiny_llama):
-    from conftest import invoke_cli, prompt_estimate
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    prompt_estimate(tmp_path, make_tiny_llama)
-    run = tmp_path / "run"
-    result = invoke_cli("train", "--shards", tmp_path / "weights", "--model", tmp_path / "base", "--out", run, "--max-steps", 3, "--batch-size", 4,
-                        "--report-to", "tensorboard", "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for key in ("loss", "rewards/chosen", "rewards/margins", "kl/rejected"):
-        scalars = events.Scalars(key)
-        assert [s.step for s in scalars] == [m["step"] for m in logged]
-        assert [s.value for s in scalars] == pytest.approx([m[key] for m in logged], rel=1e-6)
-
-
-@pytest.mark.parametrize(("backend", "message"), [("wandb", "needs the wandb package"), ("mlflow", "is not one of none, tensorboard, wandb, trackio")])
-def test_report_to_a_backend_that_cannot_run_is_refused_before_anything_is_written(tmp_path, monkeypatch, backend, message):
-    import importlib.util
-
-    from conftest import invoke_cli
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))  # as where it is not installed
-    result = invoke_cli("train", "--shards", tmp_path, "--model", tmp_path, "--out", tmp_path / "run", "--report-to", backend)
-    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
-    assert not (tmp_path / "run").exists()
-
-
 def test_rerunning_estimate_on_an_older_folder_adds_the_tokenizer_copy_and_the_figure(tmp_path, make_tiny_llama):
     import shutil
 

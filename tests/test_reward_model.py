@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import invoke_cli, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
