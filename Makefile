@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TISPIPE := HF_HUB_OFFLINE=1 $(VENV)/bin/tispipe
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup base estimate train eval demo test test-fast lint clean
+.PHONY: setup base estimate train eval demo reward-model eval-reward-model test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,19 @@ $(RUNS)/eval/report.json: $(RUNS)/tisdpo/model.safetensors $(RUNS)/dpo/model.saf
 
 demo: $(RUNS)/eval/report.json
 	@cat $(RUNS)/eval/report.md
+
+# A Bradley-Terry reward model on the toy pairs (held-out accuracy on the test split), and the demo's
+# models scored by it and by the toy oracle: how far a learned reward model ranks responses as the oracle does.
+reward-model: $(RUNS)/reward-model/model.safetensors
+
+$(RUNS)/reward-model/model.safetensors: $(RUNS)/base/model.safetensors
+	$(TISPIPE) reward-model --data $(DATA) --eval-data $(DATA) --model $(RUNS)/base --out $(RUNS)/reward-model --overwrite
+
+eval-reward-model: $(RUNS)/eval-reward-model/report.json
+
+$(RUNS)/eval-reward-model/report.json: $(RUNS)/reward-model/model.safetensors $(RUNS)/tisdpo/model.safetensors $(RUNS)/dpo/model.safetensors
+	$(TISPIPE) eval --model $(RUNS)/base --model $(RUNS)/dpo --model $(RUNS)/tisdpo --ref $(RUNS)/base --baseline $(RUNS)/dpo \
+		--data $(DATA)/test.jsonl --oracle toy --reward-model $(RUNS)/reward-model --out $(RUNS)/eval-reward-model $(EVAL_ARGS) --overwrite
 
 # The paper's comparison and ablations over 3 seeds with one shared budget (docs/results.md; tispipe/experiment.py).
 # It reuses $(RUNS)/weights-{sft,dpo} when their settings match; a re-run skips finished trainings.

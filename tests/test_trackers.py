@@ -105,6 +105,8 @@ def test_train_eval_data_from_a_pair_file_logs_eval_metrics_of_the_model_after_e
     last = rows[-1]
     assert last["eval/weights/chosen_mean"] == 1.0  # a pair file has no estimated weights
     assert last["eval/rewards/margins"] == pytest.approx(last["eval/rewards/chosen"] - last["eval/rewards/rejected"])
+    drawn = json.loads((run / "training.json").read_text())  # the figure's numbers: held-out points beside the training lines
+    assert drawn["eval/loss"] == {"step": [2, 4, 5], "value": [m["eval/loss"] for m in rows if "eval/loss" in m]}
 
     # The same numbers from the saved model: DPO's loss on the held-out pairs against the base as reference.
     import torch

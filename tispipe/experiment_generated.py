@@ -6,7 +6,7 @@ off without EOS are kept as sampled (their share is reported). DPO, TIS-DPO(P) a
 table's budget and are evaluated as the main table is: the toy oracle on the test prompts, win rates
 against that seed's DPO (here: DPO on the generated pairs). The generated pairs carry no token labels,
 so there is no weight AUC; their label noise (how often the oracle disagrees with the system prompts)
-is reported instead. RLCD's own recipe needs a reward-model stage, which tispipe does not have.
+is reported instead. RLCD's own recipe trains a preference model on the pairs and then runs RL against it; tispipe has no RL stage.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("TIS-DPO(D)", "dpo", {"loss": "tisdpo"}),
 ]
 ESTIMATORS = ["prompt", "dpo"]
-LEFT_OUT = "RLCD (a preference model trained on the generated pairs, then RL) is left out: tispipe has no reward-model stage."
+LEFT_OUT = "RLCD (a preference model trained on the generated pairs, then RL against it) is left out: `tispipe reward-model` trains the preference model, but tispipe has no RL (PPO) stage."
 
 
 def pairs_dir(weights_root: Path) -> Path:

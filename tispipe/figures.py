@@ -79,9 +79,13 @@ def training_figure(records: list[dict[str, Any]], path: Path) -> Path:
             side = next((s for s in SIDES if s in key), None)
             ax.plot(steps, [float("nan") if v is None else v for v in values], label=key, color=COLOURS.get(side, "#2166ac"), linewidth=1.2)
             drawn = True
+            held_out = [(step, r[f"eval/{key}"]) for step, r in zip(steps, records, strict=True) if f"eval/{key}" in r]
+            if held_out:  # --eval-data: the same metric on the held-out pairs, at the steps it was measured
+                data[f"eval/{key}"] = {"step": [s for s, _ in held_out], "value": [v for _, v in held_out]}
+                ax.plot(*zip(*held_out), label=f"eval/{key}", color=COLOURS.get(side, "#2166ac"), marker="o", linestyle="--", linewidth=1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
-        if drawn and len(keys) > 1:
+        if drawn and len(ax.get_lines()) > 1:
             ax.legend(fontsize=8)
         if not drawn:
             ax.text(0.5, 0.5, "not logged by this loss", ha="center", va="center", transform=ax.transAxes, color="grey")
