@@ -74,7 +74,7 @@ def test_reward_model_trains_saves_a_loadable_classifier_and_scores_as_eval_does
     from tispipe.reward_model import pair_scores
 
     out = toy_setup / "rm"
-    result = reward_model(toy_setup, out, "--eval-data", toy_setup / "test.jsonl", "--max-steps", 6, "--eval-every", 2)
+    result = reward_model(toy_setup, out, "--eval-data", toy_setup / "test.jsonl", "--max-steps", 6, "--eval-every", 2, "--report-to", "tensorboard")
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output and "tispipe eval --reward-model" in result.output
     assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1
@@ -84,6 +84,12 @@ def test_reward_model_trains_saves_a_loadable_classifier_and_scores_as_eval_does
     info = json.loads((out / "reward_model_info.json").read_text())
     assert info["held_out_pairs"] == 12 and info["train_pairs"] == 40 and info["steps"] == 6
     assert info["held_out"]["accuracy"] == logged[-1]["eval/accuracy"] and 0 <= info["held_out"]["accuracy"] <= 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("eval/accuracy")] == [2, 4, 6]
+    assert [s.value for s in events.Scalars("loss")] == pytest.approx([m["loss"] for m in logged], rel=1e-6)
 
     # The scores training and its held-out accuracy use are the ones `eval --reward-model` computes from the texts.
     model, tokenizer = load_reward_model(str(out), device="cpu", dtype="float32", trust_remote_code=False)

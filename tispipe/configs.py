@@ -101,6 +101,11 @@ class HeldOutOptions:
 
 
 @dataclass(kw_only=True)
+class ReportToOption:
+    report_to: str = option("none", "Also log each step's metrics to: none, tensorboard, wandb or trackio (TRL's report_to; each needs its package).")
+
+
+@dataclass(kw_only=True)
 class OverwriteOption:
     overwrite: bool = option(False, "Replace what --out already holds (only once the new inputs have been checked).")
 
@@ -187,7 +192,7 @@ class InspectConfig:
 
 
 @dataclass(kw_only=True)
-class TrainConfig(HeldOutOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+class TrainConfig(HeldOutOptions, ReportToOption, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     shards: str = required("`tispipe estimate` output folder (shards/ + manifest.json).")
     model: str = required("Policy to start from (folder or hub name); also the reference unless --ref.")
     out: str = required("Output folder: the trained model, metrics.jsonl, checkpoints/.")
@@ -216,13 +221,12 @@ class TrainConfig(HeldOutOptions, ModelOptions, SeedOption, ThreadsOption, Overw
     length_group_steps: int = option(16, "Batch pairs of similar length together within windows of N steps (less padding, same rows per epoch); 0: off.")
     save_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
     eval_data: str | None = option(None, "Held-out pairs measured every --eval-every steps (eval/ metrics): an estimate output folder (its weights are used) or any source --data reads (weights 1).")
-    report_to: str = option("none", "Also log each step's metrics to: none, tensorboard, wandb or trackio (TRL's report_to; each needs its package).")
     resume: bool = option(False, "Continue the run in --out from its latest checkpoint.")
     fsdp: bool = option(False, "Under torchrun: shard the policy with FSDP instead of DDP (GPU; also runs on CPU with gloo).")
 
 
 @dataclass(kw_only=True)
-class RewardModelConfig(DataOptions, HeldOutOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+class RewardModelConfig(DataOptions, HeldOutOptions, ReportToOption, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     model: str = required("Base model folder (or hub name) the reward model starts from: its body, and a new one-output score head.")
     out: str = required("Output folder: the reward model (AutoModelForSequenceClassification), metrics.jsonl, checkpoints/.")
     eval_data: str | None = option(None, "Held-out pairs to report accuracy on (any source --data reads; default: --eval-fraction of --data).")

@@ -8,7 +8,7 @@ its EOS, left padded: exactly what `eval --reward-model` feeds it (`generation.r
 Held-out pairs (`--eval-data`, or `--eval-fraction` of `--data` carved by pair_id, `tispipe.held_out`)
 are scored every `--eval-every` steps and at the end: eval/loss, eval/accuracy (chosen scored strictly
 higher) and eval/margin. OUT holds the model and tokenizer (save_pretrained: it loads anywhere),
-metrics.jsonl, config.yaml, checkpoints/ and reward_model_info.json. Each epoch's order is a seeded
+metrics.jsonl (and `--report-to`'s tracker, as in train), config.yaml, checkpoints/ and reward_model_info.json. Each epoch's order is a seeded
 permutation, so a checkpoint records only (epoch, pairs used in it) and `--resume` replays the same
 steps exactly; Ctrl-C saves a checkpoint first. OUT is claimed as `tispipe train` claims it (`tispipe.train_out`).
 """
@@ -47,6 +47,7 @@ from tispipe.metrics_log import MetricsLog, keep_metrics_until, logged_metrics
 from tispipe.models import check_model, load_reward_model, load_tokenizer, resolve_device
 from tispipe.optim import make_scheduler
 from tispipe.stop import StopRequest
+from tispipe.trackers import Tracker, check_report_to
 from tispipe.train_out import claim_out
 
 INFO_FILE = "reward_model_info.json"
@@ -109,7 +110,8 @@ def _train(cfg: RewardModelConfig) -> dict[str, Any]:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     metrics: dict[str, float] = {}
     start_step, pairs_seen, started, eval_seconds = state.step, 0, time.perf_counter(), 0.0
-    with StopRequest() as stop, MetricsLog(out / "metrics.jsonl") as log, ProgressLine(console, "reward model", total_steps, state.step) as progress:
+    tracker = Tracker(cfg.report_to, out, out.name, config_dict(cfg))
+    with StopRequest() as stop, MetricsLog(out / "metrics.jsonl") as log, tracker, ProgressLine(console, "reward model", total_steps, state.step) as progress:
         while state.step < total_steps:
             order = epoch_order(len(pairs), cfg.seed, state.epoch)
             batch = [pairs[i] for i in order[state.rows_in_epoch : state.rows_in_epoch + cfg.batch_size]]
@@ -124,6 +126,7 @@ def _train(cfg: RewardModelConfig) -> dict[str, Any]:
                 metrics.update(evaluate(model, held_out, eos, pad, device, 2 * cfg.batch_size))
                 eval_seconds += time.perf_counter() - eval_started
             log.write(metrics)
+            tracker.log(metrics, state.step)
             progress.update(state.step, step_line(metrics))
             if state.step < total_steps and ((cfg.save_every and state.step % cfg.save_every == 0) or stop.requested):
                 path = save_checkpoint(out, state, model, optimizer, scheduler, rng_state(), config_dict(cfg))
@@ -162,6 +165,7 @@ def validate(cfg: RewardModelConfig) -> None:
         cfg, positive=("lr", "batch_size", "epochs", "max_steps"),
         non_negative=("threads", "weight_decay", "warmup_steps", "max_grad_norm", "save_every", "eval_every"),
     )
+    check_report_to(cfg.report_to)
     if not 0 < cfg.eval_fraction < 1:
         raise TispipeError(f"--eval-fraction must be between 0 and 1 (exclusive), not {cfg.eval_fraction}")
     if cfg.resume and cfg.overwrite:
