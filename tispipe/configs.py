@@ -101,6 +101,17 @@ class HeldOutOptions:
 
 
 @dataclass(kw_only=True)
+class TrainingMemoryOptions:
+    """How a trained model fits in memory (train, and estimate's pi+/pi- builds): LoRA adapters, gradient checkpointing."""
+
+    lora_r: int = option(0, "Train LoRA adapters of this rank instead of every weight (peft; 0: full fine-tuning). The reference is the base with the adapter off.")
+    lora_alpha: float | None = option(None, "LoRA alpha (scale alpha / r; default: 2 x --lora-r).")
+    lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
+    lora_targets: str = option("all-linear", "Modules that get adapters: all-linear (every linear layer but the output head) or comma-separated module names (e.g. q_proj,v_proj).")
+    gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them (less memory, about 30% more compute).")
+
+
+@dataclass(kw_only=True)
 class ReportToOption:
     report_to: str = option("none", "Also log each step's metrics to: none, tensorboard, wandb or trackio (TRL's report_to; each needs its package).")
 
@@ -143,7 +154,7 @@ class ContrastPromptOptions:
 
 
 @dataclass(kw_only=True)
-class EstimateConfig(DataOptions, ContrastPromptOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+class EstimateConfig(DataOptions, ContrastPromptOptions, TrainingMemoryOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     model: str = required("Base model folder (or hub name): the reference, and what pi+/pi- are built from.")
     out: str = required("Output folder: shards/, manifest.json, contrast/.")
     method: str = option("dpo", "How pi+/pi- are made: prompt (system prompts), sft or dpo (trained on the pairs).")
@@ -192,7 +203,7 @@ class InspectConfig:
 
 
 @dataclass(kw_only=True)
-class TrainConfig(HeldOutOptions, ReportToOption, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+class TrainConfig(HeldOutOptions, ReportToOption, TrainingMemoryOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     shards: str = required("`tispipe estimate` output folder (shards/ + manifest.json).")
     model: str = required("Policy to start from (folder or hub name); also the reference unless --ref.")
     out: str = required("Output folder: the trained model, metrics.jsonl, checkpoints/.")
@@ -221,6 +232,7 @@ class TrainConfig(HeldOutOptions, ReportToOption, ModelOptions, SeedOption, Thre
     length_group_steps: int = option(16, "Batch pairs of similar length together within windows of N steps (less padding, same rows per epoch); 0: off.")
     save_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
     eval_data: str | None = option(None, "Held-out pairs measured every --eval-every steps (eval/ metrics): an estimate output folder (its weights are used) or any source --data reads (weights 1).")
+    merge: bool = option(False, "With --lora-r: also write the base with the adapter merged in, a plain model folder, to OUT/merged.")
     resume: bool = option(False, "Continue the run in --out from its latest checkpoint.")
     fsdp: bool = option(False, "Under torchrun: shard the policy with FSDP instead of DDP (GPU; also runs on CPU with gloo).")
 

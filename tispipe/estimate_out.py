@@ -91,20 +91,37 @@ def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> SetAside | N
 
 # Inputs named by path: their fingerprints say whether they are the same, whatever the spelling or place.
 INPUT_PATHS = ("data", "model", "pos_model", "neg_model")
+# Settings that change how much memory a run takes, not what it writes.
+MEMORY_SETTINGS = ("gradient_checkpointing",)
+
+
+def _defaults() -> dict[str, Any]:
+    import dataclasses
+
+    from tispipe.configs import EstimateConfig
+
+    return {f.name: f.default for f in dataclasses.fields(EstimateConfig) if f.default is not dataclasses.MISSING}
+
+
+def _compared(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide the output; one at its default counts as absent, so a folder written before
+    that option existed resumes."""
+    defaults = _defaults()
+    return {k: v for k, v in settings.items() if k not in INPUT_PATHS + MEMORY_SETTINGS and not (k in defaults and defaults[k] == v)}
 
 
 def same_run(previous: Any, state: dict[str, Any]) -> bool:
     """Whether a recorded state is this run's: same settings, fingerprints, device and dtype, with the
     inputs compared by fingerprint, not by the strings that named them."""
     def identity(s: dict[str, Any]) -> dict[str, Any]:
-        return {**s, "settings": {k: v for k, v in (s.get("settings") or {}).items() if k not in INPUT_PATHS}}
+        return {**s, "settings": _compared(s.get("settings") or {})}
 
     return isinstance(previous, dict) and identity(previous) == identity(state)
 
 
 def _differences(previous: dict[str, Any], state: dict[str, Any]) -> str:
-    names = sorted((set(previous.get("settings", {})) | set(state["settings"])) - set(INPUT_PATHS))
-    changed = [k for k in names if previous.get("settings", {}).get(k) != state["settings"].get(k)]
+    before, now = _compared(previous.get("settings", {})), _compared(state["settings"])
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
     changed += [f"{k} fingerprint" for k in sorted(state["fingerprints"]) if previous.get("fingerprints", {}).get(k) != state["fingerprints"][k]]
     changed += [k for k in ("device", "dtype") if previous.get(k) != state[k]]
     return f" (differs in: {', '.join(changed)})" if changed else ""

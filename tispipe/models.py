@@ -105,12 +105,21 @@ def load_model(
     trust_remote_code: bool = False,
     for_training: bool = False,
 ):
-    """Load a causal LM onto `device` in train mode (`for_training`) or eval mode with gradients off."""
+    """Load a causal LM onto `device` in train mode (`for_training`) or eval mode with gradients off.
+
+    A LoRA run folder (`tispipe.adapters`) loads as its base with the adapter: merged in for use, or as the
+    trainable PeftModel `for_training` (a resumed LoRA run).
+    """
     from transformers import AutoModelForCausalLM
+
+    from tispipe.adapters import adapter_base, is_adapter_folder, load_adapter
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device, for_training=for_training)
     folder = _local_folder(name_or_path, "model")
+    if folder is not None and is_adapter_folder(folder):
+        base = load_model(adapter_base(folder), device=device, dtype=dtype, trust_remote_code=trust_remote_code, for_training=for_training)
+        return _set_mode(load_adapter(folder, base, for_training).to(device), for_training)
     if folder is not None and not any(any(folder.glob(p)) for p in WEIGHT_PATTERNS):
         raise TispipeError(
             f"model folder {name_or_path} has no weights (no *.safetensors or *.bin files)",
@@ -121,22 +130,27 @@ def load_model(
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", **kwargs)
-        except ValueError as e:  # an architecture without SDPA support: fall back to its default attention
+        except ValueError as e:  # an architecture without SDPA support: fall back to eager attention
             if "sdpa" not in str(e).lower():
                 raise
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            from tispipe.console import log_console
+
+            log_console().print(f"[yellow]Note:[/yellow] {name_or_path} has no SDPA attention; using eager attention (slower, same results)")
+            model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **kwargs)
     except Exception as e:  # noqa: BLE001 - damaged weights raise SafetensorError, RuntimeError, EOFError ...
         if folder is not None:
             raise TispipeError(f"could not load the model in {name_or_path}: {_first_line(e)}") from e
         if not isinstance(e, (OSError, ValueError)):
             raise
         raise _hub_error(name_or_path, "model", e) from None
-    model.to(device)
+    return _set_mode(model.to(device), for_training)
+
+
+def _set_mode(model, for_training: bool):
     if for_training:
-        model.train()
-    else:
-        model.eval()
-        model.requires_grad_(False)
+        return model.train()
+    model.eval()
+    model.requires_grad_(False)
     return model
 
 
@@ -144,10 +158,15 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
     """Fail now, before any output is claimed, when the model `option` names cannot serve with `tokenizer`:
     an unreadable config, a damaged safetensors file, a tokenizer of its own that differs, or fewer
     embedding rows than the tokenizer has ids. Cheap: reads the config and the safetensors headers only."""
-    from safetensors import safe_open
     from transformers import AutoConfig
 
+    from tispipe.adapters import adapter_base, is_adapter_folder
+
     folder = _local_folder(name_or_path, "model")
+    if folder is not None and is_adapter_folder(folder):  # a LoRA run: its base must serve, and its adapter file be whole
+        check_model(adapter_base(folder), f"{option} {name_or_path}'s base", tokenizer, trust_remote_code)
+        _check_safetensors(folder, option, name_or_path)
+        return
     try:
         config = AutoConfig.from_pretrained(str(folder or name_or_path), trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - a damaged config.json raises JSON, OS and value errors
@@ -155,12 +174,7 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
             raise _hub_error(name_or_path, "model", e) from None
         raise TispipeError(f"{option} {name_or_path}: its config.json cannot be read: {_first_line(e)}") from e
     if folder is not None:
-        for weights in sorted(folder.glob("*.safetensors")):
-            try:
-                with safe_open(str(weights), "pt"):
-                    pass
-            except Exception as e:  # noqa: BLE001 - SafetensorError is not exported under one name
-                raise TispipeError(f"{option} {name_or_path}: {weights.name} is damaged ({_first_line(e)})") from e
+        _check_safetensors(folder, option, name_or_path)
         loaded_from_here = Path(str(getattr(tokenizer, "name_or_path", "") or "")).resolve() == folder.resolve()
         if not loaded_from_here and any((folder / f).exists() for f in TOKENIZER_FILES):  # the run's own tokenizer is not loaded twice
             own = load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
@@ -176,6 +190,18 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
             f"{option} {name_or_path} has {vocab_size} embedding rows, fewer than the {len(tokenizer)} token ids of the tokenizer in use",
             hint="every model of a run must share one tokenizer",
         )
+
+
+def _check_safetensors(folder: Path, option: str, name_or_path: str) -> None:
+    """Every safetensors file in `folder` has a readable header (a truncated or random file fails here, in milliseconds)."""
+    from safetensors import safe_open
+
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - SafetensorError is not exported under one name
+            raise TispipeError(f"{option} {name_or_path}: {weights.name} is damaged ({_first_line(e)})") from e
 
 
 def load_reward_model(name: str, *, device: str, dtype: str, trust_remote_code: bool, for_training: bool = False, tokenizer=None):
@@ -243,12 +269,15 @@ def fingerprint_model(path: str | Path) -> str:
 
     Only weights count: re-saving the same weights with a different config.json keeps the fingerprint.
     """
+    from tispipe.adapters import adapter_base, is_adapter_folder
+
     folder = _snapshot_folder(path)
+    base = fingerprint_model(adapter_base(folder)) if is_adapter_folder(folder) else None  # an adapter is its base plus its own weights
     files = sorted(f for p in ("*.safetensors",) for f in folder.glob(p))
     files = files or sorted(folder.glob("*.bin"))
     if not files:
         raise TispipeError(f"model folder {path} has no weights (no *.safetensors or *.bin files)")
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"base:{base}\0".encode() if base else b"")
     for file in files:
         digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as f:

@@ -1,0 +1,134 @@
+"""LoRA adapters (peft) and gradient checkpointing: what lets a trained model fit in memory.
+
+With `--lora-r R` the policy is the base model with a LoRA adapter on its linear layers (peft's
+`LoraConfig`, `target_modules="all-linear"` by default), and only the adapter trains. The reference is the
+same model with the adapter switched off (`AdapterOff`, as TRL does for PEFT policies): one set of base
+weights in memory serves both. A run folder then holds the adapter (`adapter_config.json`,
+`adapter_model.safetensors`), loadable with `PeftModel.from_pretrained(base, OUT)`; its config names the
+base as an absolute local path (or the hub name), so it loads from any working directory.
+`models.load_model` reads such a folder as the base with the adapter merged in (or, for training, as the
+trainable PeftModel), so eval, estimate and a resumed train take it like any model folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tispipe.errors import TispipeError
+from tispipe.hub import local_folder
+
+ADAPTER_CONFIG = "adapter_config.json"
+MERGED_DIR = "merged"
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(folder: str | Path) -> str:
+    """The base model an adapter folder was trained on (its adapter_config.json's base_model_name_or_path)."""
+    path = Path(folder) / ADAPTER_CONFIG
+    try:
+        base = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TispipeError(f"{path} is damaged ({e})") from None
+    if not isinstance(base, str) or not base:
+        raise TispipeError(f"{path} names no base model (base_model_name_or_path)")
+    return base
+
+
+def base_reference(name: str) -> str:
+    """How an adapter records its base: a local folder as its absolute path, a hub name as given."""
+    folder = local_folder(name, "model")
+    return str(folder.resolve()) if folder is not None else name
+
+
+def add_lora(model, options: Any, base_name: str):
+    """`model` (a causal LM) wrapped in a PeftModel with a new, trainable LoRA adapter.
+
+    `options` holds lora_r, lora_alpha (None: 2 r), lora_dropout and lora_targets ("all-linear" or
+    comma-separated module names). peft starts B at zero, so the policy equals the base at step 0; A's
+    random start comes from torch's generator, which the caller has seeded.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = options.lora_targets if options.lora_targets == "all-linear" else [t.strip() for t in options.lora_targets.split(",") if t.strip()]
+    config = LoraConfig(
+        r=options.lora_r,
+        lora_alpha=options.lora_alpha if options.lora_alpha is not None else 2 * options.lora_r,
+        lora_dropout=options.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_reference(base_name),
+    )
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:  # target modules that the model does not have
+        raise TispipeError(f"--lora-targets {options.lora_targets}: {str(e).splitlines()[0]}") from None
+    peft_model.peft_config["default"].base_model_name_or_path = config.base_model_name_or_path
+    return peft_model
+
+
+def load_adapter(folder: Path, base_model, for_training: bool):
+    """The adapter in `folder` on `base_model`: a trainable PeftModel, or (not for training) merged into the base."""
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=for_training)
+    except Exception as e:  # noqa: BLE001 - a damaged adapter file raises many types
+        raise TispipeError(f"could not load the adapter in {folder}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    if for_training:
+        return model
+    return model.merge_and_unload()
+
+
+class AdapterOff(torch.nn.Module):
+    """The base model under a LoRA policy, as a module: the policy's forward with its adapter switched off.
+
+    It is the reference of a PEFT run (the frozen base that the adapter started from), at no memory cost.
+    """
+
+    def __init__(self, peft_model):
+        super().__init__()
+        self.peft_model = peft_model
+
+    def forward(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations layer by layer in the backward pass (transformers' non-reentrant checkpointing).
+
+    transformers checkpoints a layer only while the layer's own `training` flag is set; tispipe trains the
+    policy in eval mode (no dropout, so policy == reference at step 0). So only the checkpointed layers
+    themselves are flagged as training, not their children (attention and MLP, where dropout lives); a
+    layer that applies dropout itself (OPT's `self.dropout`) has it set to 0.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False) and not hasattr(model, "get_base_model"):
+        raise TispipeError(f"--gradient-checkpointing: {type(model).__name__} does not support gradient checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True
+            if isinstance(getattr(module, "dropout", None), float):
+                module.dropout = 0.0
+
+
+def write_merged(out: Path, tokenizer) -> Path:
+    """OUT/merged: the adapter in OUT merged into its base, saved as a plain model folder with the tokenizer."""
+    from tispipe.atomic import staged_folder
+    from tispipe.models import load_model
+
+    merged = load_model(str(out), device="cpu", dtype="float32")
+    final = out / MERGED_DIR
+    with staged_folder(final) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return final
