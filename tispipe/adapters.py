@@ -12,7 +12,10 @@ trainable PeftModel), so eval, estimate and a resumed train take it like any mod
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,6 @@ from tispipe.errors import TispipeError
 from tispipe.hub import local_folder
 
 ADAPTER_CONFIG = "adapter_config.json"
-MERGED_DIR = "merged"
 
 
 def is_adapter_folder(path: str | Path) -> bool:
@@ -47,6 +49,18 @@ def base_reference(name: str) -> str:
     return str(folder.resolve()) if folder is not None else name
 
 
+def check_lora(options: Any) -> None:
+    """The LoRA options in range, named as flags (before anything is loaded)."""
+    if options.lora_r < 0:
+        raise TispipeError(f"--lora-r must not be negative, not {options.lora_r}")
+    if options.lora_alpha is not None and not options.lora_alpha > 0:
+        raise TispipeError(f"--lora-alpha must be positive, not {options.lora_alpha}")
+    if not 0 <= options.lora_dropout < 1:
+        raise TispipeError(f"--lora-dropout must be in [0, 1), not {options.lora_dropout}")
+    if not options.lora_targets.strip(" ,"):
+        raise TispipeError("--lora-targets names no module")
+
+
 def add_lora(model, options: Any, base_name: str):
     """`model` (a causal LM) wrapped in a PeftModel with a new, trainable LoRA adapter.
 
@@ -65,12 +79,30 @@ def add_lora(model, options: Any, base_name: str):
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_reference(base_name),
     )
+    model.name_or_path = config.base_model_name_or_path  # what peft writes into adapter_config.json
     try:
-        peft_model = get_peft_model(model, config)
+        with _quiet_deprecations():
+            peft_model = get_peft_model(model, config)
     except ValueError as e:  # target modules that the model does not have
         raise TispipeError(f"--lora-targets {options.lora_targets}: {str(e).splitlines()[0]}") from None
-    peft_model.peft_config["default"].base_model_name_or_path = config.base_model_name_or_path
     return peft_model
+
+
+def describe(model) -> str:
+    """'LoRA r=R: N of M parameters trained' for a PeftModel, '' for a plain model (the run's first line)."""
+    if not hasattr(model, "peft_config"):
+        return ""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"LoRA r={model.peft_config['default'].r}: {trainable:,} of {total:,} parameters trained"
+
+
+@contextlib.contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    """peft 0.21 still calls transformers' `is_gradient_checkpointing`, which warns that it is deprecated on every load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def load_adapter(folder: Path, base_model, for_training: bool):
@@ -78,7 +110,8 @@ def load_adapter(folder: Path, base_model, for_training: bool):
     from peft import PeftModel
 
     try:
-        model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=for_training)
+        with _quiet_deprecations():
+            model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=for_training)
     except Exception as e:  # noqa: BLE001 - a damaged adapter file raises many types
         raise TispipeError(f"could not load the adapter in {folder}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
     if for_training:
@@ -111,7 +144,7 @@ def enable_gradient_checkpointing(model) -> None:
     """
     if not getattr(model, "supports_gradient_checkpointing", False) and not hasattr(model, "get_base_model"):
         raise TispipeError(f"--gradient-checkpointing: {type(model).__name__} does not support gradient checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     for module in model.modules():
@@ -119,16 +152,3 @@ def enable_gradient_checkpointing(model) -> None:
             module.training = True
             if isinstance(getattr(module, "dropout", None), float):
                 module.dropout = 0.0
-
-
-def write_merged(out: Path, tokenizer) -> Path:
-    """OUT/merged: the adapter in OUT merged into its base, saved as a plain model folder with the tokenizer."""
-    from tispipe.atomic import staged_folder
-    from tispipe.models import load_model
-
-    merged = load_model(str(out), device="cpu", dtype="float32")
-    final = out / MERGED_DIR
-    with staged_folder(final) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return final

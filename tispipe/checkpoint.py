@@ -146,6 +146,18 @@ def save_final_model(policy, tokenizer, out: Path, state_dict: dict | None = Non
         tokenizer.save_pretrained(tmp)
 
 
+def save_merged_model(out: Path, tokenizer) -> Path:
+    """OUT/merged: the LoRA adapter in OUT merged into its base (`train --merge`), a plain model folder with the tokenizer."""
+    from tispipe.models import load_model
+
+    merged = load_model(str(out), device="cpu", dtype="float32")
+    final = out / "merged"
+    with staged_folder(final) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return final
+
+
 def list_checkpoints(out: str | Path) -> list[Path]:
     """Complete checkpoints (named step-N and holding state.json), oldest first."""
     root = checkpoints_dir(out)

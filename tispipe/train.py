@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from tispipe import distributed, figures
+from tispipe.adapters import AdapterOff, add_lora, check_lora, enable_gradient_checkpointing
+from tispipe.adapters import describe as describe_adapter
 from tispipe.atomic import atomic_write_json, cleaned_up_on_failure, output_lock
 from tispipe.checkpoint import (
     TrainState,
@@ -44,11 +46,13 @@ from tispipe.checkpoint import (
     load_training_state,
     read_state,
     save_final_model,
+    save_merged_model,
 )
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import TrainConfig, check_bounds, check_options
 from tispipe.console import ProgressLine, log_console
 from tispipe.errors import TispipeError
+from tispipe.hub import same_source
 from tispipe.metrics_log import MetricsLog, keep_metrics_until, logged_metrics, read_metrics, step_line
 from tispipe.models import check_model, fingerprint_model, fingerprint_tokenizer, load_model, load_tokenizer, resolve_device, resolve_dtype
 from tispipe.optim import make_optimizer, make_scheduler
@@ -124,11 +128,19 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if checkpoint is None:
         check_reference(cfg, manifest, console)
 
-    # Master weights stay float32; on GPU the forward runs under bf16 autocast.
+    # Master weights stay float32; with --dtype bfloat16 (the GPU default) the forward runs under autocast.
     ref_name = cfg.ref or cfg.model
+    torch.manual_seed(cfg.seed)  # a new LoRA adapter's initial A matrices
     try:
         policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
-        ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code) if needs_ref(cfg) else None
+        if cfg.lora_r and checkpoint is None:
+            policy = add_lora(policy, cfg, cfg.model)
+        if not needs_ref(cfg):
+            ref = None
+        elif cfg.lora_r and same_source(ref_name, cfg.model):
+            ref = AdapterOff(policy)  # the base under the adapter: no second copy of the weights
+        else:
+            ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     except BaseException as e:
         if replaced is not None:
             replaced.restore()  # --overwrite with models that do not load: the old run is back, nothing lost
@@ -138,6 +150,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if replaced is not None:
         replaced.discard()
     policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
     model = distributed.wrap_policy(policy, cfg.fsdp, device)  # the policy itself in a single process
 
     rows_per_epoch = sum(int(entry["rows"]) for entry in manifest["shards"])
@@ -162,7 +176,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         # --resume/--overwrite are actions, not settings: re-running from config.yaml must not delete this run.
         write_config(dataclasses.replace(cfg, resume=False, overwrite=False), out / "config.yaml")
 
-    ref_note = f"reference {ref_name}" if ref is not None else "cached reference log-probs"
+    ref_note = "cached reference log-probs" if ref is None else "reference: the base, adapter off" if isinstance(ref, AdapterOff) else f"reference {ref_name}"
+    ref_note += "".join(f"; {note}" for note in (describe_adapter(policy), "gradient checkpointing" if cfg.gradient_checkpointing else "") if note)
     console.print(
         f"Training {cfg.loss} (weights: {plan.describe}) on {rows_per_epoch} pairs x {cfg.epochs} epoch(s): "
         f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} pairs"
@@ -171,7 +186,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     )
     if held_out is not None:
         console.print(f"Measuring {held_out.describe} " + (f"every {cfg.eval_every} steps and " if cfg.eval_every else "") + "after the last step")
-    autocast = torch.autocast("cuda", dtype=compute_dtype) if device.startswith("cuda") and compute_dtype != torch.float32 else nullcontext()
+    autocast = torch.autocast(torch.device(device).type, dtype=compute_dtype) if compute_dtype != torch.float32 else nullcontext()
     context = StepContext(model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
     if world > 1:
         # A rank whose share of a step ran out still joins every gradient sync, with a zero-weighted row.
@@ -236,6 +251,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     full_state = distributed.gathered_model_state(model, cfg.fsdp)
     if rank == 0:
         save_final_model(policy, tokenizer, out, full_state)
+        if cfg.merge:
+            console.print(f"Merged model (base + adapter) saved to {save_merged_model(out, tokenizer)}")
     info = {
         "steps": state.step,
         "epochs": round(state.epoch + state.rows_in_epoch / max(1, rows_per_epoch), 4),
@@ -285,6 +302,9 @@ def validate(cfg: TrainConfig) -> None:
             )
     if cfg.resume and cfg.overwrite:
         raise TispipeError("give --resume or --overwrite, not both")
+    check_lora(cfg)
+    if cfg.merge and not cfg.lora_r:
+        raise TispipeError("--merge needs --lora-r (a full fine-tune is already a plain model folder)")
 
 
 def check_tokenizer(tokenizer, manifest: dict[str, Any], cfg: TrainConfig) -> None:
