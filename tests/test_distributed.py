@@ -95,7 +95,8 @@ def read_metrics(out) -> list[dict]:
 def load_weights(folder) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(folder / "model.safetensors"))
+    name = "adapter_model.safetensors" if (folder / "adapter_model.safetensors").is_file() else "model.safetensors"  # a LoRA run saves its adapter
+    return load_file(str(folder / name))
 
 
 def train_args(shards, base, out, batch_size: int, **extra) -> list[str]:
@@ -161,6 +162,20 @@ def test_train_on_two_processes_matches_one_with_the_same_global_batch(workdir, 
         with pytest.raises(TispipeError, match=r"2 process\(es\) with --fsdp"):
             train.run(train.TrainConfig(shards=str(shards), model=str(base), out=str(two), loss=loss, batch_size=2, grad_accum=2, epochs=2,
                                         lr=1e-3, warmup_steps=1, scheduler="cosine", shuffle_buffer=8, device="cpu", resume=True))
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_lora_on_two_processes_matches_one(workdir, shards, tmp_path, fsdp):
+    # tisdpo with eta: the KL terms take the reference from the policy with its adapter off, on every rank.
+    _, base, _ = workdir
+    single, two = tmp_path / "single", tmp_path / "two"
+    train.run(train.TrainConfig(shards=str(shards), model=str(base), out=str(single), loss="tisdpo", lora_r=4, batch_size=4, grad_accum=2, epochs=2,
+                                lr=1e-3, warmup_steps=1, scheduler="cosine", shuffle_buffer=8, device="cpu"))
+    (tmp_path / "fsdp.yaml").write_text(f"fsdp: {str(fsdp).lower()}\n")
+    stderr = " ".join(torchrun("train", *train_args(shards, base, two, 2, loss="tisdpo", lora_r=4), "--config", str(tmp_path / "fsdp.yaml")).stderr.split())
+    assert f"x 2 processes ({'FSDP' if fsdp else 'DDP'})" in stderr and "LoRA r=4" in stderr
+    assert_same_run(single, two)
+    assert (two / "adapter_config.json").is_file()
 
 
 def test_train_resumes_under_torchrun(workdir, shards, two_process_dpo, tmp_path):
