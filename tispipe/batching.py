@@ -93,20 +93,28 @@ def make_pair_batch(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[
     return make_batch(list(prompts) + list(prompts), list(chosen) + list(rejected), pad_id)
 
 
-def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model
-    cached = getattr(inner, "_tispipe_logits_to_keep", None)
-    if cached is None:
-        cached = "logits_to_keep" in inspect.signature(inner.forward).parameters
-        inner._tispipe_logits_to_keep = cached
-    return cached
+def _forward_takes(model: torch.nn.Module, option: str) -> bool:
+    """Whether the model's forward takes `option` (logits_to_keep, position_ids), looked up once per model."""
+    cache = model.__dict__.setdefault("_tispipe_forward_takes", {})
+    if option not in cache:
+        inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+        inner = getattr(inner, "peft_model", inner)  # adapters.AdapterOff wraps a PeftModel
+        inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # a PeftModel passes options on
+        cache[option] = option in inspect.signature(inner.forward).parameters
+    return cache[option]
 
 
 def forward_logits(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
-    """(N, R, V) logits predicting the response tokens: columns P-1 .. L-2 of the sequence."""
-    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
+    """(N, R, V) logits predicting the response tokens: columns P-1 .. L-2 of the sequence.
+
+    Position ids restart at each row's first real token; a model whose forward takes none (ALiBi, as
+    Bloom) derives its positions from the attention mask.
+    """
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    if _forward_takes(model, "position_ids"):
+        kwargs["position_ids"] = batch.position_ids
     keep = batch.labels.shape[1] + 1
-    if _takes_logits_to_keep(model):
+    if _forward_takes(model, "logits_to_keep"):
         return model(**kwargs, logits_to_keep=keep).logits[:, :-1]
     return model(**kwargs).logits[:, -keep:-1]  # models without the option compute every position
 

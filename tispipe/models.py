@@ -130,8 +130,8 @@ def load_model(
     try:
         try:
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", **kwargs)
-        except ValueError as e:  # an architecture without SDPA support: fall back to eager attention
-            if "sdpa" not in str(e).lower():
+        except (ValueError, ImportError) as e:  # an architecture without SDPA support (Gemma2): fall back to eager attention
+            if "sdpa" not in str(e).lower() and "scaled_dot_product_attention" not in str(e):
                 raise
             from tispipe.console import log_console
 
@@ -184,12 +184,34 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
                     f"from the one in use (fingerprint {fingerprint_tokenizer(tokenizer)})",
                     hint="every model of a run must share one tokenizer",
                 )
+    _check_causal_lm(config, option, name_or_path)
     vocab_size = getattr(config.get_text_config(), "vocab_size", None)
     if isinstance(vocab_size, int) and vocab_size < len(tokenizer):
         raise TispipeError(
             f"{option} {name_or_path} has {vocab_size} embedding rows, fewer than the {len(tokenizer)} token ids of the tokenizer in use",
             hint="every model of a run must share one tokenizer",
         )
+
+
+def _check_causal_lm(config, option: str, name_or_path: str) -> None:
+    """The model is a causal LM whose forward takes an attention mask (left-padded batches need one)."""
+    import inspect
+
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return  # the repository's own code (--trust-remote-code) decides
+    model_type = getattr(config, "model_type", None)
+    class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if class_name is None:
+        raise TispipeError(
+            f"{option} {name_or_path}: model type {model_type!r} is not a causal language model (transformers has no AutoModelForCausalLM for it)",
+            hint="tispipe trains and scores decoder-only causal LMs (Llama, Qwen, Mistral, Gemma, Phi, GPT-2, GPT-NeoX, ...)",
+        )
+    model_class = getattr(transformers, class_name, None)
+    if model_class is not None and "attention_mask" not in inspect.signature(model_class.forward).parameters:
+        raise TispipeError(f"{option} {name_or_path}: model type {model_type!r} takes no attention mask, which tispipe's padded batches need")
 
 
 def _check_safetensors(folder: Path, option: str, name_or_path: str) -> None:
