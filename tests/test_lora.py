@@ -151,3 +151,45 @@ def test_bfloat16_autocast_on_cpu_stays_close_to_float32(estimated):
 def test_bad_lora_options_are_one_line(estimated, flags, message):
     result = train(estimated, estimated / "run", *flags)
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_estimate_builds_pi_plus_and_minus_as_adapters_scored_on_one_base(tmp_path, make_tiny_llama):
+    import pyarrow.parquet as pq
+
+    from conftest import write_jsonl
+    from tispipe.batching import make_pair_batch, sequence_token_logps
+    from tispipe.models import load_model
+    from tispipe.toy import generate
+
+    make_tiny_llama(tmp_path / "base")
+    write_jsonl(tmp_path / "pairs.jsonl", generate(12, 0, "train"))
+    command = ["estimate", "--data", tmp_path / "pairs.jsonl", "--model", tmp_path / "base", "--method", "dpo", "--lora-r", 4,
+               "--contrast-lr", 1e-2, "--contrast-batch-size", 4, "--device", "cpu", "--out", tmp_path / "weights"]
+    result = invoke_cli(*command)
+    assert result.exit_code == 0, result.output
+    for side in ("pos", "neg"):
+        assert (tmp_path / "weights" / "contrast" / side / "adapter_model.safetensors").is_file()
+    manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())
+    assert manifest["contrast"]["lora"] == {"r": 4, "alpha": 8.0, "dropout": 0.0, "targets": "all-linear"}
+
+    # The stored r_t and reference log-probs are those of the merged pi+, pi- and the base, to float tolerance.
+    rows = pq.read_table(tmp_path / "weights" / "shards").to_pylist()
+    batch = make_pair_batch([r["prompt_ids"] for r in rows], [r["chosen_ids"] for r in rows], [r["rejected_ids"] for r in rows], 0)
+    with torch.no_grad():
+        pos, neg, ref = (batch.unplace(sequence_token_logps(load_model(str(path)), batch))
+                         for path in (tmp_path / "weights" / "contrast" / "pos", tmp_path / "weights" / "contrast" / "neg", tmp_path / "base"))
+    n = len(rows)
+    for i, row in enumerate(rows):
+        assert row["chosen_logratio"] == pytest.approx([a - b for a, b in zip(pos[i], neg[i])], abs=1e-5)
+        assert row["rejected_ref_logps"] == pytest.approx(ref[n + i], abs=1e-5)
+    assert max(abs(v) for r in rows for v in r["chosen_logratio"]) > 1e-3  # the adapters trained
+
+    result = invoke_cli(*command)
+    assert result.exit_code == 0 and "nothing to do" in result.output, result.output
+    command[command.index("--lora-r") + 1] = 2
+    result = invoke_cli(*command)
+    assert result.exit_code == 1 and "lora_r" in result.output  # other adapters: refused without --overwrite
+
+    result = invoke_cli("estimate", "--data", tmp_path / "pairs.jsonl", "--model", tmp_path / "base", "--method", "prompt", "--lora-r", 4,
+                        "--out", tmp_path / "other")
+    assert result.exit_code == 1 and "--lora-r builds pi+/pi- as adapters" in result.output

@@ -134,6 +134,40 @@ class AdapterOff(torch.nn.Module):
             return self.peft_model(*args, **kwargs)
 
 
+class AdapterOn(torch.nn.Module):
+    """One named adapter of a PeftModel that holds several (estimate's pi+ and pi- on one base), as a module."""
+
+    def __init__(self, peft_model, name: str):
+        super().__init__()
+        self.peft_model, self.name = peft_model, name
+
+    def forward(self, *args, **kwargs):
+        self.peft_model.set_adapter(self.name)
+        return self.peft_model(*args, **kwargs)
+
+
+def shared_base(base_model, adapters: dict[str, Path]) -> dict[str, torch.nn.Module]:
+    """`base_model` with every adapter of `adapters` (name -> folder) loaded onto it, once: {"base": the base with
+    the adapters off, name: the base with that adapter on}. One copy of the base weights serves them all."""
+    from peft import PeftModel
+
+    names = list(adapters)
+    with _quiet_deprecations():
+        model = PeftModel.from_pretrained(base_model, str(adapters[names[0]]), adapter_name=names[0])
+        for name in names[1:]:
+            model.load_adapter(str(adapters[name]), adapter_name=name)
+    model.eval().requires_grad_(False)
+    return {"base": AdapterOff(model), **{name: AdapterOn(model, name) for name in names}}
+
+
+def lora_identity(options: Any) -> dict[str, Any] | None:
+    """The LoRA settings that decide an adapter's weights (None without --lora-r), for reuse checks."""
+    if options is None or not options.lora_r:
+        return None
+    alpha = options.lora_alpha if options.lora_alpha is not None else 2 * options.lora_r
+    return {"r": options.lora_r, "alpha": float(alpha), "dropout": options.lora_dropout, "targets": options.lora_targets}
+
+
 def enable_gradient_checkpointing(model) -> None:
     """Recompute activations layer by layer in the backward pass (transformers' non-reentrant checkpointing).
 

@@ -66,8 +66,9 @@ def settings_for(method: str, lr: float | None, epochs: float | None, batch_size
     )
 
 
-def _identity(settings: ContrastSettings, side: str, fingerprints: dict[str, str]) -> dict[str, Any]:
-    return {"side": side, "settings": asdict(settings), "fingerprints": dict(sorted(fingerprints.items()))}
+def _identity(settings: ContrastSettings, side: str, fingerprints: dict[str, str], lora: dict[str, Any] | None = None) -> dict[str, Any]:
+    identity = {"side": side, "settings": asdict(settings), "fingerprints": dict(sorted(fingerprints.items()))}
+    return {**identity, "lora": lora} if lora else identity  # a full fine-tune's identity is as it always was
 
 
 def saved_matches(folder: Path, identity: dict[str, Any]) -> bool:
@@ -199,13 +200,19 @@ def build(
     device: str,
     trust_remote_code: bool = False,
     console=None,
+    memory: Any = None,
 ) -> dict[str, Any]:
     """Train (or reuse) DIR/contrast/pos and DIR/contrast/neg; return {side: {path, reused, seconds, training}}.
+
+    `memory` (estimate's TrainingMemoryOptions): with lora_r, pi+ and pi- are LoRA adapters on the base
+    (each folder then holds an adapter, `tispipe.adapters`); with gradient_checkpointing, activations are
+    recomputed in the backward pass.
 
     `pairs` need `prompt_ids`, `chosen_ids`, `rejected_ids`. `fingerprints` (data, tokenizer, base)
     join `settings` in the identity that decides reuse. Training runs in float32 whatever the
     scoring dtype: bf16 weights would drop DPO-sized updates.
     """
+    from tispipe.adapters import add_lora, enable_gradient_checkpointing, lora_identity
     from tispipe.models import load_model
 
     if settings.method not in PAPER_DEFAULTS:
@@ -217,7 +224,7 @@ def build(
     ref: list | None = None
     for side in ("pos", "neg"):
         folder = out_dir / "contrast" / side
-        identity = _identity(settings, side, fingerprints)
+        identity = _identity(settings, side, fingerprints, lora_identity(memory))
         if saved_matches(folder, identity):
             results[side] = {"path": str(folder), "reused": True, "seconds": 0.0}
             if console is not None:
@@ -226,6 +233,10 @@ def build(
         start = time.perf_counter()
         torch.manual_seed(settings.seed)
         model = load_model(base_model, device=device, dtype="float32", trust_remote_code=trust_remote_code, for_training=True)
+        if lora_identity(memory):
+            model = add_lora(model, memory, base_model)
+        if memory is not None and memory.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         label = "pi+" if side == "pos" else "pi-"
         if settings.method == "sft":
             stats = train_sft(model, pairs, "chosen" if side == "pos" else "rejected", settings, pad_id, f"SFT {label}", console)

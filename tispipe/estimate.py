@@ -57,7 +57,7 @@ def run(cfg: EstimateConfig) -> dict[str, Any]:
 
 def _holds_work(out: Path) -> bool:
     """A finished shard or contrastive model: work a re-run resumes from."""
-    return any((out / "shards").glob("part-*.parquet")) or any((out / "contrast").glob("*/model.safetensors"))
+    return any((out / "shards").glob("part-*.parquet")) or any((out / "contrast").glob("*/*model.safetensors"))  # model or adapter_model
 
 
 def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
@@ -184,6 +184,11 @@ def validate(cfg: EstimateConfig) -> None:
     if bool(cfg.pos_model) != bool(cfg.neg_model):
         raise TispipeError("--pos-model and --neg-model go together: give both or neither")
     check_bounds(cfg.lower, cfg.upper)
+    from tispipe.adapters import check_lora
+
+    check_lora(cfg)
+    if cfg.lora_r and not cfg.builds_contrast_models():
+        raise TispipeError(f"--lora-r builds pi+/pi- as adapters: it needs --method sft or dpo (without --pos-model/--neg-model), not {cfg.method}")
     if cfg.scores_by_prompt() and cfg.pos_prompt == cfg.neg_prompt:
         raise TispipeError("--pos-prompt and --neg-prompt are the same: every log-ratio would be 0")
 
@@ -273,17 +278,20 @@ def contrastive_models(cfg: EstimateConfig, tokenizer, items: list[TokenizedPair
     from dataclasses import asdict
 
     from tispipe import contrast
+    from tispipe.adapters import lora_identity
 
     settings = contrast.settings_for(cfg.method, cfg.contrast_lr, cfg.contrast_epochs, cfg.contrast_batch_size, cfg.contrast_beta, cfg.seed)
     base_fingerprints = {k: fingerprints[k] for k in ("data", "tokenizer", "base")}
     try:
-        built = contrast.build(Path(cfg.out), cfg.model, tokenizer, items, settings, base_fingerprints, device=device, trust_remote_code=cfg.trust_remote_code, console=console)
+        built = contrast.build(Path(cfg.out), cfg.model, tokenizer, items, settings, base_fingerprints, device=device, trust_remote_code=cfg.trust_remote_code, console=console,
+                               memory=cfg)
     except KeyboardInterrupt:
         kept = [side for side in ("pos", "neg") if (Path(cfg.out) / "contrast" / side).is_dir()]
         saved = f"; {' and '.join(kept)} finished and saved in {Path(cfg.out) / 'contrast'}" if kept else ""
         raise TispipeError(f"interrupted while building pi+/pi-{saved}", hint="run the same command again to continue (saved models are reused)") from None
     seconds = sum(side["seconds"] for side in built.values())
-    info = {"source": cfg.method, "settings": asdict(settings), "paper_defaults": contrast.PAPER_DEFAULTS[cfg.method], "pos_model": "contrast/pos", "neg_model": "contrast/neg"}
+    lora = {"lora": lora_identity(cfg)} if lora_identity(cfg) else {}
+    info = {"source": cfg.method, "settings": asdict(settings), **lora, "paper_defaults": contrast.PAPER_DEFAULTS[cfg.method], "pos_model": "contrast/pos", "neg_model": "contrast/neg"}
     return built["pos"]["path"], built["neg"]["path"], info, seconds
 
 

@@ -3,7 +3,8 @@
 For a batch of pairs, one forward per model gives per-token log-probs of both responses
 (tispipe.batching's pair layout): log pi+ and log pi- make r_t = log pi+ - log pi-, and the base
 model's log pi_ref is stored too. With the prompt method pi+ and pi- are the base model under two
-system prompts, so one forward of the base over six row groups gives all three.
+system prompts, so one forward of the base over six row groups gives all three. When pi+ and pi- are
+LoRA adapters of the base (`estimate --lora-r`), one base in memory carries both (`adapters.shared_base`).
 `write_shards` turns those into Parquet shards (tispipe.shards), one shard at a time, resumably.
 """
 
@@ -29,6 +30,8 @@ class Scorer:
     """Per-token log pi+, log pi- and log pi_ref of pair batches, under inference_mode."""
 
     def __init__(self, cfg: EstimateConfig, tokenizer, pos_path: str, neg_path: str, device: str, dtype: torch.dtype, prompts: ContrastPrompts | None = None):
+        from tispipe.adapters import adapter_base, is_adapter_folder, shared_base
+        from tispipe.hub import same_source
         from tispipe.models import load_model
 
         self.pad_id = tokenizer.pad_token_id
@@ -39,8 +42,15 @@ class Scorer:
             raise ValueError("the prompt method scores with contrast prompts: pass `prompts`")
         load = lambda path: load_model(path, device=device, dtype=str(dtype).removeprefix("torch."), trust_remote_code=cfg.trust_remote_code)  # noqa: E731
         self.base = load(cfg.model)
-        self.pos = None if self.by_prompt else load(pos_path)
-        self.neg = None if self.by_prompt else load(neg_path)
+        self.pos = self.neg = None
+        if self.by_prompt:
+            return
+        if all(is_adapter_folder(p) and same_source(adapter_base(p), cfg.model) for p in (pos_path, neg_path)):
+            # pi+ and pi- as adapters on the one base in memory; the reference is that base with them off.
+            models = shared_base(self.base, {"pos": Path(pos_path), "neg": Path(neg_path)})
+            self.base, self.pos, self.neg = models["base"], models["pos"], models["neg"]
+        else:
+            self.pos, self.neg = load(pos_path), load(neg_path)
 
     def length(self, pair: TokenizedPair) -> int:
         """The longest row this pair puts in a batch (sort key, so batches hold pairs of similar length)."""
