@@ -155,8 +155,8 @@ def test_bad_lora_options_are_one_line(estimated, flags, message):
 
 def test_estimate_builds_pi_plus_and_minus_as_adapters_scored_on_one_base(tmp_path, make_tiny_llama):
     import pyarrow.parquet as pq
-
     from conftest import write_jsonl
+
     from tispipe.batching import make_pair_batch, sequence_token_logps
     from tispipe.models import load_model
     from tispipe.toy import generate
