@@ -64,10 +64,10 @@ def main() -> None:
                "loss": "tisdpo (with eta: the reference runs every step)", "lora_r": 16, "train": {}, "estimate": {}}
     print(f"model: {results['parameters'] / 1e6:.1f}M parameters", flush=True)
 
-    shards = WORK / "memory-shards"
+    shards = WORK / f"memory-shards-{model.name}"  # scored by this model
     if not (shards / "manifest.json").is_file():
         run_child(tispipe("estimate", "--data", "data/toy/train.jsonl", "--limit", 64, "--model", model, "--method", "prompt", "--out", shards, "--overwrite"),
-                  env(args.threads), log=WORK / "memory-shards.log")
+                  env(args.threads), log=shards.with_suffix(".log"))
 
     for lora, checkpointing, dtype in itertools.product((False, True), (False, True), ("float32", "bfloat16")):
         name = f"{'lora' if lora else 'full'}, checkpointing {'on' if checkpointing else 'off'}, {dtype}"
@@ -82,11 +82,11 @@ def main() -> None:
                                   "final_loss": info["final_metrics"]["loss"], "load_average_1min": load}
         print(f"  train {name}: {results['train'][name]}", flush=True)
 
-    copies = {side: WORK / f"memory-{side}-full" for side in ("pos", "neg")}
+    copies = {side: WORK / f"memory-{model.name}-{side}-full" for side in ("pos", "neg")}
     for folder in copies.values():
         if not (folder / "model.safetensors").is_file():
             shutil.copytree(model, folder, dirs_exist_ok=True)
-    adapters = {side: random_adapter(model, WORK / f"memory-{side}-adapter", 16, seed) for seed, side in enumerate(("pos", "neg"))}
+    adapters = {side: random_adapter(model, WORK / f"memory-{model.name}-{side}-adapter", 16, seed) for seed, side in enumerate(("pos", "neg"))}
     for name, (pos, neg) in {"three full models": (copies["pos"], copies["neg"]), "one base + two LoRA adapters": (adapters["pos"], adapters["neg"])}.items():
         out = WORK / f"memory-estimate-{name.split()[0]}"
         shutil.rmtree(out, ignore_errors=True)

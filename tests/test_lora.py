@@ -141,6 +141,13 @@ def test_bfloat16_autocast_on_cpu_stays_close_to_float32(estimated):
 
     assert {t.dtype for t in load_file(half / "model.safetensors").values()} == {torch.float32}  # float32 master weights
 
+    # LoRA under bfloat16: the frozen base is held in bfloat16, the adapter trains (and is saved) in float32.
+    lora = estimated / "lora-bf16"
+    result = train(estimated, lora, *common, "--dtype", "bfloat16", "--lora-r", 4)
+    assert result.exit_code == 0, result.output
+    assert {t.dtype for t in load_file(lora / "adapter_model.safetensors").values()} == {torch.float32}
+    assert logged(lora)[0]["loss"] == pytest.approx(a[0]["loss"], rel=5e-3)  # step 1: the policy is the base
+
 
 @pytest.mark.parametrize(("flags", "message"), [
     (("--merge",), "--merge needs --lora-r"),

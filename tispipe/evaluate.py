@@ -163,7 +163,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         notes.append("no --ref: rewards are beta * log pi(y|x) (the model's own log-prob margin) and KL is not measured")
 
     timing: dict[str, float] = {}
-    results_agreement = None
+    agreement = None
     results, samples = _measure(cfg, names, pairs, prompts, temperatures, tokenizer, device, log, timing)
     if samples:
         t0 = time.time()
@@ -172,7 +172,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         for name in names:
             results[name]["generation"] = generation_metrics(samples, name, baseline, temperatures, scorers)
         if len(scorers) == 2:
-            results_agreement = scorer_agreement(samples, names)
+            agreement = scorer_agreement(samples, names)
 
     report = {
         "config": config_dict(cfg),
@@ -186,7 +186,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
         "prompts": len(prompts),
         "results": results,
         "weights": weights,
-        "reward_model_vs_oracle": results_agreement,
+        "reward_model_vs_oracle": agreement,
         "notes": notes,
     }
     if weights is not None and not weights["labelled_rows"]:

@@ -128,11 +128,13 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if checkpoint is None:
         check_reference(cfg, manifest, console)
 
-    # Master weights stay float32; with --dtype bfloat16 (the GPU default) the forward runs under autocast.
+    # Trained weights stay float32; with --dtype bfloat16 (the GPU default) the forward runs under autocast.
+    # Under LoRA the frozen base needs no float32 master copy: it is held in the compute dtype (peft keeps the adapter float32).
     ref_name = cfg.ref or cfg.model
     torch.manual_seed(cfg.seed)  # a new LoRA adapter's initial A matrices
     try:
-        policy = load_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True)
+        policy = load_model(str(checkpoint or cfg.model), device=device, dtype=str(compute_dtype).removeprefix("torch.") if cfg.lora_r else "float32",
+                            trust_remote_code=cfg.trust_remote_code, for_training=True)
         if cfg.lora_r and checkpoint is None:
             policy = add_lora(policy, cfg, cfg.model)
         if not needs_ref(cfg):

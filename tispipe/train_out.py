@@ -23,8 +23,10 @@ from tispipe.errors import TispipeError
 from tispipe.hub import same_source
 
 # Options that may change between a run and its --resume without changing what is trained.
-# Held-out measurements (eval_*) are only looked at, and a moved run folder resumes where it is (out).
-RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp", "out", "report_to", "eval_data", "eval_split", "eval_every")
+# Held-out measurements (eval_*) are only looked at, gradient checkpointing changes memory, not results,
+# --merge only adds a folder at the end, and a moved run folder resumes where it is (out).
+RESUME_MAY_DIFFER = ("resume", "overwrite", "save_every", "device", "threads", "fsdp", "out", "report_to", "eval_data", "eval_split", "eval_every",
+                     "gradient_checkpointing", "merge")
 PATH_SETTINGS = ("shards", "model", "out", "ref", "data")
 
 
