@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -266,13 +267,24 @@ def load_pairs(opts: DataOptions) -> tuple[list[dict], DataReport]:
     `limit` counts rows read from the source (before dropping). Rows without a `pair_id` column get
     `row-<index>` from their position in the source.
     """
+    rows, report = read_rows(opts)
+    return list(rows), report
+
+
+def read_rows(opts: DataOptions) -> tuple[Iterator[dict], DataReport]:
+    """`load_pairs` one row at a time: the rows as they are read, and the report they fill in as they go
+    (complete once the rows are exhausted)."""
     if opts.format not in ("auto", *FORMATS):
         raise TispipeError(f"unknown data format {opts.format!r}", hint=f"use auto or one of {', '.join(FORMATS)}")
     if opts.limit is not None and opts.limit < 1:
         raise TispipeError(f"limit must be at least 1, got {opts.limit}")
     source, records = read_records(opts)
     report = DataReport(source=source, format=opts.format, detected=opts.format == "auto")
-    rows: list[dict] = []
+    return _rows(opts, source, records, report), report
+
+
+def _rows(opts: DataOptions, source: str, records, report: DataReport) -> Iterator[dict]:
+    kept = 0
     seen: set[str] = set()
     fmt = consumed = preference_column = None
     for index, (where, record) in enumerate(records):
@@ -303,26 +315,31 @@ def load_pairs(opts: DataOptions) -> tuple[list[dict], DataReport]:
             continue
         seen.add(pair_id)
         extra = {k: v for k, v in record.items() if k not in consumed and k not in ("prompt", "chosen", "rejected")}
-        rows.append({"pair_id": pair_id, **row, **extra})
+        kept += 1
+        yield {"pair_id": pair_id, **row, **extra}
     if fmt is None:
         raise TispipeError(f"{source} holds no rows")
-    report.kept = len(rows)
-    if not rows:
+    report.kept = kept
+    if not kept:
         raise TispipeError(f"{source}: no usable row among {report.read} ({_reasons(report)})", hint="check the format and column options")
-    return rows, report
 
 
 def _reasons(report: DataReport) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "none dropped"
 
 
-def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataReport, labels: bool = False) -> list[TokenizedPair]:
+def tokenize_pairs(rows: Iterable[dict], tokenizer, opts: DataOptions, report: DataReport, labels: bool = False) -> list[TokenizedPair]:
     """Encode every row with tispipe.tokenization; rows whose prompt leaves no room are dropped and counted.
 
     `labels`: also map the rows' character spans (`chosen_spans`/`rejected_spans`: [start, end, label])
     onto their response tokens (`tokenization.token_labels`); rows without spans get None.
     """
-    pairs = []
+    return list(iter_tokenized(rows, tokenizer, opts, report, labels))
+
+
+def iter_tokenized(rows: Iterable[dict], tokenizer, opts: DataOptions, report: DataReport, labels: bool = False) -> Iterator[TokenizedPair]:
+    """`tokenize_pairs` one pair at a time (report.kept is set once the rows are exhausted)."""
+    kept = 0
     as_turns = opts.chat_template and has_chat_template(tokenizer)
     for row in rows:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
@@ -344,11 +361,11 @@ def tokenize_pairs(rows: list[dict], tokenizer, opts: DataOptions, report: DataR
             where = f"{report.source}, pair {pair.pair_id!r}"
             pair.chosen_labels = _labels_for(tokenizer, chosen, extra.get("chosen_spans"), pair.chosen_ids, f"{where}, chosen_spans")
             pair.rejected_labels = _labels_for(tokenizer, rejected, extra.get("rejected_spans"), pair.rejected_ids, f"{where}, rejected_spans")
-        pairs.append(pair)
-    report.kept = len(pairs)
-    if not pairs:
+        kept += 1
+        yield pair
+    report.kept = kept
+    if not kept:
         raise TispipeError(f"{report.source}: no pair fits max_length {opts.max_length} ({_reasons(report)})", hint="raise --max-length or lower --max-prompt-length")
-    return pairs
 
 
 def _labels_for(tokenizer, response, spans, ids: list[int], where: str) -> list[int] | None:

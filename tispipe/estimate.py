@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,10 @@ from tispipe import distributed, figures, weight_quality
 from tispipe.atomic import cleaned_up_on_failure, output_lock
 from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
-from tispipe.data import DataReport, TokenizedPair, as_text
 from tispipe.errors import TispipeError
 from tispipe.estimate_out import RUN_LOG, TOKENIZER_DIR, already_done, claim_out, recorded_shards
-from tispipe.score import ContrastPrompts, Scorer, write_shards
+from tispipe.estimate_pairs import all_pairs, shard_chunks, survey
+from tispipe.score import Scorer, write_shards
 from tispipe.shards import shard_entry, shard_name, shard_sizes, write_manifest
 
 
@@ -81,10 +80,11 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     for option, name in (("--model", cfg.model), ("--pos-model", cfg.pos_model), ("--neg-model", cfg.neg_model)):
         if name:
             check_model(name, option, tokenizer, cfg.trust_remote_code)
-    items, report, contrast_prompts = load_scoring_pairs(cfg, tokenizer)
+    surveyed = survey(cfg, tokenizer)  # the pairs are read again, shard by shard, when they are scored
+    report = surveyed.report
     print_report(report, console)
 
-    fingerprints = {"data": fingerprint_pairs(items), "tokenizer": fingerprint_tokenizer(tokenizer), "base": fingerprint_model(cfg.model)}
+    fingerprints = {"data": surveyed.fingerprint, "tokenizer": fingerprint_tokenizer(tokenizer), "base": fingerprint_model(cfg.model)}
     if cfg.pos_model:
         fingerprints["pos"], fingerprints["neg"] = fingerprint_model(cfg.pos_model), fingerprint_model(cfg.neg_model)
     settings = _settings(cfg, lower, upper)
@@ -108,27 +108,29 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
             # --overwrite is an action, not a setting: re-running from config.yaml must not replace this run.
             write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
             save_tokenizer(tokenizer, out / TOKENIZER_DIR)  # the folder reads anywhere, without the base model
-        pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, items, fingerprints, device, console)
+        pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, fingerprints, device, console)
         if rank == 0:
             distributed.barrier()
         fingerprints["pos"] = fingerprint_model(pos_path) if pos_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.pos_prompt)
         fingerprints["neg"] = fingerprint_model(neg_path) if neg_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.neg_prompt)
         scoring_start = time.perf_counter()
-        scorer = Scorer(cfg, tokenizer, pos_path, neg_path, device, dtype, contrast_prompts)
+        scorer = Scorer(cfg, tokenizer, pos_path, neg_path, device, dtype)
     except BaseException:
         if replaced is not None:
             replaced.restore()  # --overwrite whose models do not build or load: the old run is back, nothing lost
         raise
     if replaced is not None:
         replaced.discard()
-    entries, scored = write_shards(out, items, scorer, cfg, lower, upper, console, rank=rank, world=world, recorded=recorded_shards(out))
+    sizes = shard_sizes(surveyed.pairs, cfg.shard_size)
+    chunks = shard_chunks(cfg, tokenizer, cfg.shard_size, surveyed)
+    entries, scored = write_shards(out, chunks, sizes, scorer, cfg, lower, upper, console, rank=rank, world=world, recorded=recorded_shards(out))
     if world > 1:
         # The sum returns once every rank has written its shards; rank 0 then describes them all.
         scored = dict(zip(("pairs", "tokens"), (int(v) for v in distributed.all_reduce([scored["pairs"], scored["tokens"]]))))
         if rank != 0:
             distributed.barrier()  # rank 0 writes the manifest
             return {"manifest": json.loads((out / "manifest.json").read_text(encoding="utf-8")), "timings": None, "skipped": False}
-        entries = [entry or shard_entry(out / "shards" / shard_name(index), size) for index, (entry, size) in enumerate(zip(entries, shard_sizes(len(items), cfg.shard_size)))]
+        entries = [entry or shard_entry(out / "shards" / shard_name(index), size) for index, (entry, size) in enumerate(zip(entries, sizes))]
     scoring_seconds = time.perf_counter() - scoring_start
 
     manifest = {
@@ -139,8 +141,8 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
         "fingerprints": fingerprints,
         "contrast": contrast_info,
         "data": report.to_dict(),
-        "pairs": len(items),
-        "tokens": {"chosen": sum(len(i.chosen_ids) for i in items), "rejected": sum(len(i.rejected_ids) for i in items)},
+        "pairs": surveyed.pairs,
+        "tokens": surveyed.tokens,
         "shards": entries,
         **weight_quality.shard_statistics(values := weight_quality.read_token_values(out, entries, weight_quality.STATISTICS_COLUMNS)),
     }
@@ -222,54 +224,15 @@ def _settings(cfg: EstimateConfig, lower: float | None, upper: float | None) -> 
     return settings
 
 
-# ---------------------------------------------------------------- data
-
-
-def load_scoring_pairs(cfg: EstimateConfig, tokenizer) -> tuple[list[TokenizedPair], DataReport, ContrastPrompts | None]:
-    """Read and tokenize the data (the one tokenization train uses) with token labels, and for the prompt
-    method each pair's prompt under pi+'s and pi-'s system prompt."""
-    from tispipe import data
-    from tispipe.tokenization import encode_prompt
-
-    opts = cfg.data_options()
-    rows, report = data.load_pairs(opts)
-    pairs = data.tokenize_pairs(rows, tokenizer, opts, report, labels=True)
-    if not cfg.scores_by_prompt():
-        return pairs, report, None
-    prompts: ContrastPrompts = {}
-    for pair in pairs:
-        # Only the prompt differs between pi+ and pi-: the response ids are the stored ones. The
-        # system-prompted prompt is not cut to --max-prompt-length (that would cut the system prompt first).
-        pos = encode_prompt(tokenizer, pair.prompt, cfg.pos_prompt, cfg.chat_template)
-        neg = encode_prompt(tokenizer, pair.prompt, cfg.neg_prompt, cfg.chat_template)
-        if pos == neg:
-            raise TispipeError(
-                f"pair {pair.pair_id!r}: the positive and negative system prompts render to the same prompt "
-                "(a conversation that brings its own system message keeps it)",
-                hint="use --method sft/dpo for data with system messages",
-            )
-        prompts[pair.pair_id] = (pos, neg)
-    return pairs, report, prompts
-
-
-def fingerprint_pairs(pairs: Sequence[TokenizedPair]) -> str:
-    """Short sha256 of the kept pairs as tokenized (ids, texts, labels), in order."""
-    digest = hashlib.sha256()
-    for item in pairs:
-        record = [item.pair_id, as_text(item.prompt), as_text(item.chosen), as_text(item.rejected), item.prompt_ids, item.chosen_ids, item.rejected_ids, item.chosen_labels, item.rejected_labels]
-        digest.update(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-    return digest.hexdigest()[:16]
+# ---------------------------------------------------------------- contrastive models
 
 
 def _prompt_fingerprint(base: str, system_prompt: str) -> str:
     return hashlib.sha256(f"{base}\0{system_prompt}".encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- contrastive models
-
-
-def contrastive_models(cfg: EstimateConfig, tokenizer, items: list[TokenizedPair], fingerprints: dict[str, str], device: str, console) -> tuple[str, str, dict[str, Any], float]:
-    """(pi+ path, pi- path, manifest description, seconds spent building)."""
+def contrastive_models(cfg: EstimateConfig, tokenizer, fingerprints: dict[str, str], device: str, console) -> tuple[str, str, dict[str, Any], float]:
+    """(pi+ path, pi- path, manifest description, seconds spent building); building holds every pair (`all_pairs`)."""
     if cfg.pos_model:
         return cfg.pos_model, cfg.neg_model, {"source": "given", "pos_model": cfg.pos_model, "neg_model": cfg.neg_model}, 0.0
     if cfg.method == "prompt":
@@ -283,7 +246,7 @@ def contrastive_models(cfg: EstimateConfig, tokenizer, items: list[TokenizedPair
     settings = contrast.settings_for(cfg.method, cfg.contrast_lr, cfg.contrast_epochs, cfg.contrast_batch_size, cfg.contrast_beta, cfg.seed)
     base_fingerprints = {k: fingerprints[k] for k in ("data", "tokenizer", "base")}
     try:
-        built = contrast.build(Path(cfg.out), cfg.model, tokenizer, items, settings, base_fingerprints, device=device, trust_remote_code=cfg.trust_remote_code, console=console,
+        built = contrast.build(Path(cfg.out), cfg.model, tokenizer, all_pairs(cfg, tokenizer), settings, base_fingerprints, device=device, trust_remote_code=cfg.trust_remote_code, console=console,
                                memory=cfg)
     except KeyboardInterrupt:
         kept = [side for side in ("pos", "neg") if (Path(cfg.out) / "contrast" / side).is_dir()]

@@ -95,18 +95,22 @@ def training_figure(records: list[dict[str, Any]], path: Path) -> Path:
 # ---------------------------------------------------------------- estimate
 
 
-def roc_points(scores: list[float], positive: list[bool]) -> dict[str, list[float]]:
-    """The ROC curve (false and true positive rates) of ranking by high score, one point per distinct score."""
-    pairs = sorted(zip(scores, positive, strict=True), key=lambda sp: -sp[0])
-    n_pos = sum(positive)
-    n_neg = len(positive) - n_pos
-    fpr, tpr, tp, fp = [0.0], [0.0], 0, 0
-    for i, (score, is_positive) in enumerate(pairs):
-        tp, fp = tp + is_positive, fp + (not is_positive)
-        if i + 1 == len(pairs) or pairs[i + 1][0] != score:
-            fpr.append(fp / max(n_neg, 1))
-            tpr.append(tp / max(n_pos, 1))
-    return {"fpr": fpr, "tpr": tpr}
+def roc_points(scores, positive) -> dict[str, list[float]]:
+    """The ROC curve (false and true positive rates) of ranking by high score, one point per distinct score.
+
+    `scores` and `positive`: sequences or arrays of one value per token (numpy throughout: no Python
+    object per token)."""
+    import numpy as np
+
+    s, p = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    if s.shape != p.shape:
+        raise ValueError(f"{s.size} scores for {p.size} labels")
+    order = np.argsort(-s, kind="stable")
+    s, p = s[order], p[order]
+    tp, fp = np.cumsum(p), np.cumsum(~p)
+    last = np.r_[s[1:] != s[:-1], True] if s.size else np.zeros(0, dtype=bool)  # the last token of each distinct score
+    n_pos, n_neg = int(p.sum()), int((~p).sum())
+    return {"fpr": [0.0, *(fp[last] / max(n_neg, 1)).tolist()], "tpr": [0.0, *(tp[last] / max(n_pos, 1)).tolist()]}
 
 
 def _thin(curve: dict[str, list[float]], points: int = 400) -> dict[str, list[float]]:
@@ -142,10 +146,10 @@ def weights_figure(values: dict[str, Any], path: Path, bins: int = 50) -> Path:
     if labelled:
         ax = axes[2]
         for side in SIDES:
-            positive = (values[f"labelled_{side}_labels"] == DECISIVE_LABEL[side]).tolist()
+            positive = values[f"labelled_{side}_labels"] == DECISIVE_LABEL[side]
             for name, scores, style in (("weights", values[f"labelled_{side}_weights"], "-"),
                                         ("logratio", LOGRATIO_SIGN[side] * values[f"labelled_{side}_logratio"], ":")):
-                curve = _thin(roc_points(scores.tolist(), positive))
+                curve = _thin(roc_points(scores, positive))
                 data["roc"][f"{side}_{name}"] = curve
                 ax.plot(curve["fpr"], curve["tpr"], style, color=COLOURS[side], label=f"{side}, {'w_t' if name == 'weights' else 'r_t'}")
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)

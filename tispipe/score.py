@@ -11,7 +11,7 @@ LoRA adapters of the base (`estimate --lora-r`), one base in memory carries both
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +22,18 @@ from tispipe.configs import EstimateConfig
 from tispipe.data import TokenizedPair, as_text
 from tispipe.errors import TispipeError
 
-# pair_id -> (prompt ids under pi+'s system prompt, under pi-'s), for the prompt method
-ContrastPrompts = dict[str, tuple[list[int], list[int]]]
-
 
 class Scorer:
     """Per-token log pi+, log pi- and log pi_ref of pair batches, under inference_mode."""
 
-    def __init__(self, cfg: EstimateConfig, tokenizer, pos_path: str, neg_path: str, device: str, dtype: torch.dtype, prompts: ContrastPrompts | None = None):
+    def __init__(self, cfg: EstimateConfig, tokenizer, pos_path: str, neg_path: str, device: str, dtype: torch.dtype):
         from tispipe.adapters import adapter_base, is_adapter_folder, shared_base
         from tispipe.hub import same_source
         from tispipe.models import load_model
 
-        self.pad_id = tokenizer.pad_token_id
-        self.device = device
+        self.cfg, self.tokenizer, self.pad_id, self.device = cfg, tokenizer, tokenizer.pad_token_id, device
         self.by_prompt = cfg.scores_by_prompt()
-        self.prompts = prompts or {}
-        if self.by_prompt and not self.prompts:
-            raise ValueError("the prompt method scores with contrast prompts: pass `prompts`")
+        self.prompts: dict[str, tuple[list[int], list[int]]] = {}  # the prompt method's (pi+, pi-) prompt ids of this shard's pairs
         load = lambda path: load_model(path, device=device, dtype=str(dtype).removeprefix("torch."), trust_remote_code=cfg.trust_remote_code)  # noqa: E731
         self.base = load(cfg.model)
         self.pos = self.neg = None
@@ -52,9 +46,20 @@ class Scorer:
         else:
             self.pos, self.neg = load(pos_path), load(neg_path)
 
+    def contrast_prompts(self, pair: TokenizedPair) -> tuple[list[int], list[int]]:
+        """The prompt method's prompt ids of `pair` under pi+ and pi-, encoded once per shard (`forget_prompts`)."""
+        from tispipe.estimate_pairs import contrast_prompts
+
+        if pair.pair_id not in self.prompts:
+            self.prompts[pair.pair_id] = contrast_prompts(self.cfg, self.tokenizer, pair)
+        return self.prompts[pair.pair_id]
+
+    def forget_prompts(self) -> None:
+        self.prompts.clear()
+
     def length(self, pair: TokenizedPair) -> int:
         """The longest row this pair puts in a batch (sort key, so batches hold pairs of similar length)."""
-        prompts = self.prompts.get(pair.pair_id, ([], []))
+        prompts = self.contrast_prompts(pair) if self.by_prompt else ([], [])
         return max(len(pair.prompt_ids), *map(len, prompts)) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
     @torch.inference_mode()
@@ -66,7 +71,8 @@ class Scorer:
         chosen, rejected = [i.chosen_ids for i in items], [i.rejected_ids for i in items]
         if self.by_prompt:
             # One forward: rows [ref chosen, ref rejected, pos chosen, pos rejected, neg chosen, neg rejected].
-            prompts = [i.prompt_ids for i in items] * 2 + [self.prompts[i.pair_id][0] for i in items] * 2 + [self.prompts[i.pair_id][1] for i in items] * 2
+            contrast = [self.contrast_prompts(i) for i in items]
+            prompts = [i.prompt_ids for i in items] * 2 + [c[0] for c in contrast] * 2 + [c[1] for c in contrast] * 2
             batch = make_batch(prompts, (chosen + rejected) * 3, self.pad_id).to(self.device)
             values = batch.unplace(sequence_token_logps(self.base, batch))
             ref, pos, neg = values[: 2 * b], values[2 * b : 4 * b], values[4 * b :]
@@ -104,6 +110,7 @@ def shard_rows(items: Sequence[TokenizedPair], scorer: Scorer, cfg: EstimateConf
         for index, result in zip(batch, scorer.score([items[i] for i in batch]), strict=True):
             scores[index] = result
         on_batch(len(batch), sum(len(items[i].chosen_ids) + len(items[i].rejected_ids) for i in batch))
+    scorer.forget_prompts()
     rows = []
     for index, item in enumerate(items):
         s = scores[index]
@@ -120,37 +127,37 @@ def shard_rows(items: Sequence[TokenizedPair], scorer: Scorer, cfg: EstimateConf
 
 
 def write_shards(
-    out: Path, items: list[TokenizedPair], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *, rank: int = 0, world: int = 1,
-    recorded: dict[str, str] | None = None,
+    out: Path, chunks: Iterable[list[TokenizedPair]], sizes: list[int], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *,
+    rank: int = 0, world: int = 1, recorded: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any] | None], dict[str, int]]:
     """Write every missing shard; a complete one (it opens with the right row count and, where a finished
     run's manifest lists it in `recorded`, has that sha256) is kept as it is.
 
-    Under torchrun this rank handles the shards i with i % world == rank; the others' entries stay None.
+    `chunks` gives shard i's pairs in turn (`sizes[i]` of them: `estimate_pairs.shard_chunks` reads them
+    from the source as they are needed). Under torchrun this rank handles the shards i with i % world ==
+    rank; the others' entries stay None.
     """
     from tispipe.console import ProgressLine
     from tispipe.shards import shard_entry, shard_name, write_shard
 
-    size = cfg.shard_size
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    entries: list[dict[str, Any] | None] = [None] * len(chunks)
+    entries: list[dict[str, Any] | None] = [None] * len(sizes)
     todo = []
-    for index, chunk in enumerate(chunks):
+    for index, size in enumerate(sizes):
         if index % world != rank:
             continue
         path = out / "shards" / shard_name(index)
         try:
-            entry = shard_entry(path, len(chunk))
+            entry = shard_entry(path, size)
             if entry["sha256"] != (recorded or {}).get(path.name, entry["sha256"]):
                 raise TispipeError(f"shard {path} differs from the one the manifest lists")
             entries[index] = entry
         except TispipeError:
             todo.append(index)
-    mine = len(range(rank, len(chunks), world))
+    mine = len(range(rank, len(sizes), world))
     if len(todo) < mine:
         console.print(f"Resuming: {mine - len(todo)} of {mine} shards are already complete")
     scored = {"pairs": 0, "tokens": 0}
-    progress = ProgressLine(console, "Scoring", sum(len(chunks[i]) for i in todo))
+    progress = ProgressLine(console, "Scoring", sum(sizes[i] for i in todo))
     start = time.perf_counter()
 
     def on_batch(pairs: int, tokens: int) -> None:
@@ -160,13 +167,15 @@ def write_shards(
 
     try:
         with progress:
-            for index in todo:
-                rows = shard_rows(chunks[index], scorer, cfg, lower, upper, on_batch)
-                entries[index] = write_shard(out / "shards" / shard_name(index), rows)
+            wanted = set(todo)
+            for index, chunk in enumerate(chunks):  # read to the end: the source is checked against the survey there
+                if index in wanted:
+                    rows = shard_rows(chunk, scorer, cfg, lower, upper, on_batch)
+                    entries[index] = write_shard(out / "shards" / shard_name(index), rows)
     except KeyboardInterrupt:  # Ctrl-C: every shard on disk is complete (atomic writes), the rest is rescored
         saved = len(list((out / "shards").glob("part-*.parquet")))
         raise TispipeError(
-            f"interrupted: {saved} of {len(chunks)} shards are saved in {out / 'shards'}",
+            f"interrupted: {saved} of {len(sizes)} shards are saved in {out / 'shards'}",
             hint="run the same command again to continue (complete shards are kept)",
         ) from None
     return entries, scored  # type: ignore[return-value]

@@ -1,0 +1,73 @@
+"""The streaming estimate: pairs read twice, shard by shard, and statistics in numpy arrays."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from conftest import invoke_cli, prompt_estimate, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_array_auc_equals_the_rank_formula_with_ties():
+    from tispipe.metrics import auc
+    from tispipe.weight_quality import array_auc
+
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(2, 60)
+        scores = [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(n)]
+        positive = [rng.random() < 0.3 for _ in range(n)]
+        expected = auc(scores, positive)
+        got = array_auc(np.asarray(scores), np.asarray(positive))
+        assert got is None if expected is None else got == pytest.approx(expected, abs=1e-12)
+
+
+def test_estimate_holds_one_shard_of_pairs_at_a_time_and_writes_what_a_full_read_would(tmp_path, make_tiny_llama, monkeypatch):
+    """Scoring sees the shards' pairs chunk by chunk; the shards and manifest are those of one in-memory read."""
+    from tispipe import estimate_pairs, score
+    from tispipe.data import load_pairs, tokenize_pairs
+    from tispipe.models import load_tokenizer
+
+    command = prompt_estimate(tmp_path, make_tiny_llama, "--shard-size", 5)
+    manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())
+    assert [e["rows"] for e in manifest["shards"]] == [5, 5, 2]
+    tokenizer = load_tokenizer(str(tmp_path / "base"))
+    from tispipe.configs import EstimateConfig
+
+    cfg = EstimateConfig(data=str(tmp_path / "pairs.jsonl"), model=str(tmp_path / "base"), out="", method="prompt")
+    rows, report = load_pairs(cfg.data_options())
+    pairs = tokenize_pairs(rows, tokenizer, cfg.data_options(), report, labels=True)
+    assert manifest["fingerprints"]["data"] == estimate_pairs.fingerprint_pairs(pairs)
+    assert manifest["tokens"] == {"chosen": sum(len(p.chosen_ids) for p in pairs), "rejected": sum(len(p.rejected_ids) for p in pairs)}
+
+    seen = []
+    real = score.shard_rows
+    monkeypatch.setattr(score, "shard_rows", lambda items, *a: seen.append(len(items)) or real(items, *a))
+    again = tmp_path / "again"
+    result = invoke_cli(*command, "--shard-size", 5, "--out", again)
+    assert result.exit_code == 0, result.output
+    assert seen == [5, 5, 2]
+    for entry in manifest["shards"]:
+        assert (again / "shards" / entry["file"]).read_bytes() == (tmp_path / "weights" / "shards" / entry["file"]).read_bytes()
+
+
+def test_data_that_changes_between_the_two_reads_is_an_error(tmp_path, make_tiny_llama, monkeypatch):
+    from tispipe import estimate_pairs
+    from tispipe.toy import generate
+
+    make_tiny_llama(tmp_path / "base")
+    data = write_jsonl(tmp_path / "pairs.jsonl", generate(6, 0, "train"))
+    real = estimate_pairs.survey
+
+    def survey_then_change(cfg, tokenizer):
+        surveyed = real(cfg, tokenizer)
+        write_jsonl(data, generate(6, 1, "train"))  # another process rewrites the file mid-run
+        return surveyed
+
+    monkeypatch.setattr("tispipe.estimate.survey", survey_then_change)
+    result = invoke_cli("estimate", "--data", data, "--model", tmp_path / "base", "--method", "prompt", "--out", tmp_path / "out", "--device", "cpu")
+    assert result.exit_code == 1 and "changed while estimate read it" in result.output and "Traceback" not in result.output, result.output
