@@ -102,15 +102,17 @@ def roc_points(scores, positive) -> dict[str, list[float]]:
     object per token)."""
     import numpy as np
 
-    s, p = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    s, p = np.asarray(scores), np.asarray(positive, dtype=bool)
     if s.shape != p.shape:
         raise ValueError(f"{s.size} scores for {p.size} labels")
     order = np.argsort(-s, kind="stable")
     s, p = s[order], p[order]
-    tp, fp = np.cumsum(p), np.cumsum(~p)
+    del order
     last = np.r_[s[1:] != s[:-1], True] if s.size else np.zeros(0, dtype=bool)  # the last token of each distinct score
+    tp = np.cumsum(p, dtype=np.int64)[last]
+    fp = np.flatnonzero(last) + 1 - tp
     n_pos, n_neg = int(p.sum()), int((~p).sum())
-    return {"fpr": [0.0, *(fp[last] / max(n_neg, 1)).tolist()], "tpr": [0.0, *(tp[last] / max(n_pos, 1)).tolist()]}
+    return {"fpr": [0.0, *(fp / max(n_neg, 1)).tolist()], "tpr": [0.0, *(tp / max(n_pos, 1)).tolist()]}
 
 
 def _thin(curve: dict[str, list[float]], points: int = 400) -> dict[str, list[float]]:

@@ -126,6 +126,18 @@ def shard_rows(items: Sequence[TokenizedPair], scorer: Scorer, cfg: EstimateConf
     return rows
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed by the last shard back to the system (glibc's malloc_trim), so that what a run holds
+    tracks the shard it is on, not the largest batch of every shard before it; elsewhere nothing to do."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def write_shards(
     out: Path, chunks: Iterable[list[TokenizedPair]], sizes: list[int], scorer: Scorer, cfg: EstimateConfig, lower, upper, console, *,
     rank: int = 0, world: int = 1, recorded: dict[str, str] | None = None,
@@ -172,6 +184,8 @@ def write_shards(
                 if index in wanted:
                     rows = shard_rows(chunk, scorer, cfg, lower, upper, on_batch)
                     entries[index] = write_shard(out / "shards" / shard_name(index), rows)
+                    del rows
+                    release_freed_memory()
     except KeyboardInterrupt:  # Ctrl-C: every shard on disk is complete (atomic writes), the rest is rescored
         saved = len(list((out / "shards").glob("part-*.parquet")))
         raise TispipeError(

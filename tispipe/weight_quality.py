@@ -34,20 +34,23 @@ def decisive_auc(scores: np.ndarray, labels: np.ndarray, side: str) -> float | N
 
 
 def array_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """`metrics.auc` on arrays, in numpy (no Python object per token): the Mann-Whitney U statistic with
-    average ranks for ties, (sum of positive ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg); None without
-    a positive or a negative."""
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    """`metrics.auc` on arrays, in numpy (no Python object per token, about 14 bytes a token while it runs):
+    the Mann-Whitney U statistic with average ranks for ties, (sum of positive ranks - n_pos (n_pos + 1) / 2)
+    / (n_pos n_neg); None without a positive or a negative."""
+    scores, positive = np.asarray(scores), np.asarray(positive, dtype=bool)
     if scores.shape != positive.shape:
         raise ValueError(f"{scores.size} scores for {positive.size} labels")
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    average_rank = (ends - counts + 1 + ends) / 2  # tied values share the mean of their 1-based ranks
-    rank_sum = float(average_rank[inverse][positive].sum())
+    order = np.argsort(scores, kind="stable")
+    ordered, hits = scores[order], positive[order].view(np.uint8)
+    del order
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # the first position of each distinct score
+    counts = np.diff(np.r_[starts, ordered.size])
+    average_rank = starts + (counts + 1) / 2  # tied values share the mean of their 1-based ranks
+    rank_sum = float((np.add.reduceat(hits, starts, dtype=np.int64) * average_rank).sum())
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
