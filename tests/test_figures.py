@@ -129,3 +129,16 @@ def test_rerunning_estimate_on_an_older_folder_adds_the_tokenizer_copy_and_the_f
     assert (weights / "tokenizer" / "tokenizer.json").is_file()
     assert_png(weights / "weights.png")
     assert {p.name: p.read_bytes() for p in (weights / "shards").iterdir()} == shards
+
+
+def test_weights_figure_of_float32_values_a_few_ulps_apart(tmp_path):
+    """Shards hold float32: a random model's weights can all lie within a few ulps of 1, which float32 bin edges cannot cut into 50 bins."""
+    import numpy as np
+
+    near_one = np.nextafter(np.float32(1), np.float32(2), dtype=np.float32)
+    values = {"rows": 3, "labelled_rows": 0}
+    for side in ("chosen", "rejected"):
+        values[f"{side}_weights"] = np.array([1.0, near_one, 1.0], dtype=np.float32)
+        values[f"{side}_logratio"] = np.zeros(3, dtype=np.float32)
+    figures.weights_figure(values, tmp_path / "weights.png")
+    assert (tmp_path / "weights.png").stat().st_size > 0

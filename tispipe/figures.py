@@ -139,7 +139,8 @@ def weights_figure(values: dict[str, Any], path: Path, bins: int = 50) -> Path:
     data: dict[str, Any] = {"histograms": {}, "roc": {}}
     for ax, (name, label) in zip(axes, (("weights", "w_t"), ("logratio", "r_t")), strict=False):
         for side in SIDES:
-            counts, edges = np.histogram(values[f"{side}_{name}"], bins=bins)
+            # float64 edges: a float32 array whose values lie within a few ulps cannot be cut into `bins` float32 bins
+            counts, edges = np.histogram(values[f"{side}_{name}"].astype(np.float64), bins=bins)
             data["histograms"][f"{side}_{name}"] = {"counts": counts.tolist(), "edges": edges.tolist()}
             ax.stairs(counts, edges, label=side, color=COLOURS[side], fill=False, linewidth=1.2)
         ax.set_title(f"{label} per side", fontsize=10)
