@@ -87,6 +87,9 @@ class SeedOption:
 THREADS_HELP = "torch CPU threads (0: torch's default; 1 is often faster for tiny models on a busy machine)."
 
 
+MAX_STEPS_HELP = "Stop a training run after this many optimizer steps (default: all the steps of its epochs)."
+
+
 @dataclass(kw_only=True)
 class ThreadsOption:
     threads: int = option(0, THREADS_HELP)
@@ -109,6 +112,18 @@ class TrainingMemoryOptions:
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
     lora_targets: str = option("all-linear", "Modules that get adapters: all-linear (every linear layer but the output head) or comma-separated module names (e.g. q_proj,v_proj).")
     gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead of keeping them (less memory, about 30% more compute).")
+
+
+@dataclass(kw_only=True)
+class TrainingLoopOptions:
+    """The optimizer loop's options that train and reward-model share."""
+
+    weight_decay: float = option(0.0, "Weight decay.")
+    warmup_steps: int = option(10, "Steps of linear warmup.")
+    max_steps: int | None = option(None, MAX_STEPS_HELP)
+    max_grad_norm: float = option(10.0, "Gradient-norm clip (0: off).")
+    save_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
+    resume: bool = option(False, "Continue the run in --out from its latest checkpoint.")
 
 
 @dataclass(kw_only=True)
@@ -203,7 +218,7 @@ class InspectConfig:
 
 
 @dataclass(kw_only=True)
-class TrainConfig(HeldOutOptions, ReportToOption, TrainingMemoryOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+class TrainConfig(TrainingLoopOptions, HeldOutOptions, ReportToOption, TrainingMemoryOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     shards: str = required("`tispipe estimate` output folder (shards/ + manifest.json).")
     model: str = required("Policy to start from (folder or hub name); also the reference unless --ref.")
     out: str = required("Output folder: the trained model, metrics.jsonl, checkpoints/.")
@@ -220,38 +235,26 @@ class TrainConfig(HeldOutOptions, ReportToOption, TrainingMemoryOptions, ModelOp
     upper: float | None = option(None, "Re-derive weights with this clamp bound U (random weighting: highest weight).")
     optimizer: str = option("adamw", "adamw or rmsprop.")
     lr: float = option(1e-4, "Peak learning rate (sized for the toy model; the paper uses 5e-7 on 7B models).")
-    weight_decay: float = option(0.0, "Weight decay.")
-    warmup_steps: int = option(10, "Steps of linear warmup.")
     scheduler: str = option("constant", "After warmup: constant or cosine (to 0 at the last step).")
     epochs: int = option(1, "Passes over the shards.")
-    max_steps: int | None = option(None, "Stop after this many optimizer steps.")
     batch_size: int = option(16, "Pairs per micro-batch (one forward of 2x this many sequences).")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
-    max_grad_norm: float = option(10.0, "Gradient-norm clip (0: off).")
     shuffle_buffer: int = option(1000, "Rows in the streaming shuffle buffer (bounds memory).")
     length_group_steps: int = option(16, "Batch pairs of similar length together within windows of N steps (less padding, same rows per epoch); 0: off.")
-    save_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
     eval_data: str | None = option(None, "Held-out pairs measured every --eval-every steps (eval/ metrics): an estimate output folder (its weights are used) or any source --data reads (weights 1).")
     merge: bool = option(False, "With --lora-r: also write the base with the adapter merged in, a plain model folder, to OUT/merged.")
-    resume: bool = option(False, "Continue the run in --out from its latest checkpoint.")
     fsdp: bool = option(False, "Under torchrun: shard the policy with FSDP instead of DDP (GPU; also runs on CPU with gloo).")
 
 
 @dataclass(kw_only=True)
-class RewardModelConfig(DataOptions, HeldOutOptions, ReportToOption, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
+class RewardModelConfig(DataOptions, TrainingLoopOptions, HeldOutOptions, ReportToOption, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     model: str = required("Base model folder (or hub name) the reward model starts from: its body, and a new one-output score head.")
     out: str = required("Output folder: the reward model (AutoModelForSequenceClassification), metrics.jsonl, checkpoints/.")
     eval_data: str | None = option(None, "Held-out pairs to report accuracy on (any source --data reads; default: --eval-fraction of --data).")
     eval_fraction: float = option(0.1, "Without --eval-data: this share of --data's pairs is held out (chosen by a seeded hash of each pair_id).")
     lr: float = option(1e-4, "Peak learning rate (AdamW; linear warmup, then constant).")
-    weight_decay: float = option(0.0, "Weight decay.")
-    warmup_steps: int = option(10, "Steps of linear warmup.")
     epochs: int = option(1, "Passes over the training pairs.")
-    max_steps: int | None = option(None, "Stop after this many optimizer steps.")
     batch_size: int = option(16, "Pairs per optimizer step.")
-    max_grad_norm: float = option(10.0, "Gradient-norm clip (0: off).")
-    save_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
-    resume: bool = option(False, "Continue the run in --out from its latest checkpoint.")
 
 
 @dataclass(kw_only=True)
@@ -281,7 +284,7 @@ class ExperimentConfig:
     results: str | None = option(None, "Also write results.md and report.json into this folder (e.g. docs).")
     seeds: int = option(3, "Seeds per method (0..N-1).")
     lr: float = option(1e-4, "Learning rate, the same for every method.")
-    max_steps: int | None = option(None, "Optimizer steps per run (default: one epoch).")
+    max_steps: int | None = option(None, MAX_STEPS_HELP)  # of every training run
     batch_size: int = option(16, "Pairs per step, the same for every method.")
     limit: int | None = option(None, "Training pairs to use (default: all).")
     eval_limit: int | None = option(None, "Test pairs for accuracy and KL (default: all).")
