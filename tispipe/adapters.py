@@ -88,7 +88,7 @@ def add_lora(model, options: Any, base_name: str):
     return peft_model
 
 
-def describe(model) -> str:
+def adapter_summary(model) -> str:
     """'LoRA r=R: N of M parameters trained' for a PeftModel, '' for a plain model (the run's first line)."""
     if not hasattr(model, "peft_config"):
         return ""

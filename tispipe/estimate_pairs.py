@@ -42,11 +42,18 @@ def _record(pair: TokenizedPair) -> bytes:
     return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
+def _hashed(pairs: Iterable[TokenizedPair], digest) -> Iterator[TokenizedPair]:
+    """The pairs, each added to `digest` as it passes: the fingerprint of a stream read once."""
+    for pair in pairs:
+        digest.update(_record(pair))
+        yield pair
+
+
 def fingerprint_pairs(pairs: Iterable[TokenizedPair]) -> str:
     """Short sha256 of the pairs as tokenized (ids, texts, labels), in order."""
     digest = hashlib.sha256()
-    for pair in pairs:
-        digest.update(_record(pair))
+    for _ in _hashed(pairs, digest):
+        pass
     return digest.hexdigest()[:16]
 
 
@@ -73,8 +80,7 @@ def survey(cfg: EstimateConfig, tokenizer) -> Survey:
     """One pass over the data, keeping counts and the fingerprint, not the pairs."""
     pairs, report = _stream(cfg, tokenizer)
     digest, count, tokens = hashlib.sha256(), 0, {"chosen": 0, "rejected": 0}
-    for pair in pairs:
-        digest.update(_record(pair))
+    for pair in _hashed(pairs, digest):
         count += 1
         tokens["chosen"] += len(pair.chosen_ids)
         tokens["rejected"] += len(pair.rejected_ids)
@@ -88,8 +94,7 @@ def shard_chunks(cfg: EstimateConfig, tokenizer, size: int, expected: Survey) ->
     if they are not the ones `expected` counted and fingerprinted (the source changed during the run)."""
     pairs, _ = _stream(cfg, tokenizer)
     digest, count, chunk = hashlib.sha256(), 0, []
-    for pair in pairs:
-        digest.update(_record(pair))
+    for pair in _hashed(pairs, digest):
         count += 1
         chunk.append(pair)
         if len(chunk) == size:

@@ -33,8 +33,7 @@ from typing import Any
 import torch
 
 from tispipe import distributed, figures
-from tispipe.adapters import AdapterOff, add_lora, check_lora, enable_gradient_checkpointing
-from tispipe.adapters import describe as describe_adapter
+from tispipe.adapters import AdapterOff, adapter_summary, add_lora, check_lora, enable_gradient_checkpointing
 from tispipe.atomic import atomic_write_json, cleaned_up_on_failure, output_lock
 from tispipe.checkpoint import (
     TrainState,
@@ -179,7 +178,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         write_config(dataclasses.replace(cfg, resume=False, overwrite=False), out / "config.yaml")
 
     ref_note = "cached reference log-probs" if ref is None else "reference: the base, adapter off" if isinstance(ref, AdapterOff) else f"reference {ref_name}"
-    ref_note += "".join(f"; {note}" for note in (describe_adapter(policy), "gradient checkpointing" if cfg.gradient_checkpointing else "") if note)
+    ref_note += "".join(f"; {note}" for note in (adapter_summary(policy), "gradient checkpointing" if cfg.gradient_checkpointing else "") if note)
     console.print(
         f"Training {cfg.loss} (weights: {plan.describe}) on {rows_per_epoch} pairs x {cfg.epochs} epoch(s): "
         f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} pairs"
