@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 
-import numpy as np
 import pytest
 from conftest import invoke_cli, prompt_estimate, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def test_array_auc_equals_the_rank_formula_with_ties():
-    from tispipe.metrics import auc
-    from tispipe.weight_quality import array_auc
-
-    rng = random.Random(0)
-    for _ in range(50):
-        n = rng.randint(2, 60)
-        scores = [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(n)]
-        positive = [rng.random() < 0.3 for _ in range(n)]
-        expected = auc(scores, positive)
-        got = array_auc(np.asarray(scores), np.asarray(positive))
-        assert got is None if expected is None else got == pytest.approx(expected, abs=1e-12)
 
 
 def test_estimate_holds_one_shard_of_pairs_at_a_time_and_writes_what_a_full_read_would(tmp_path, make_tiny_llama, monkeypatch):

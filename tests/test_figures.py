@@ -31,31 +31,26 @@ def test_training_figure_draws_every_logged_metric(tmp_path):
     assert "kl/chosen" not in data  # not logged by this loss: the panel says so instead
 
 
-def test_roc_points_of_a_perfect_and_a_useless_ranking():
-    perfect = figures.roc_points([3.0, 2.0, 1.0, 0.0], [True, True, False, False])
-    assert perfect == {"fpr": [0.0, 0.0, 0.0, 0.5, 1.0], "tpr": [0.0, 0.5, 1.0, 1.0, 1.0]}
-    tied = figures.roc_points([1.0, 1.0, 1.0, 1.0], [True, False, True, False])
-    assert tied == {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}
-    # the area under the curve is the AUC tispipe.metrics computes
-    rng = np.random.default_rng(0)
-    scores, positive = rng.normal(size=300).tolist(), (rng.random(300) < 0.3).tolist()
-    curve = figures.roc_points(scores, positive)
-    from tispipe.metrics import auc
-
-    assert np.trapezoid(curve["tpr"], curve["fpr"]) == pytest.approx(auc(scores, positive))
-
-
 def test_weights_figure_histograms_and_roc(tmp_path):
+    from tispipe.shards import shard_name, write_manifest, write_shard
+    from tispipe.weight_quality import read_statistics
+
     rng = np.random.default_rng(1)
-    labels = {side: rng.choice([-1, 0, 1], size=500, p=[0.1, 0.8, 0.1]) for side in figures.SIDES}
-    values = {"rows": 20, "labelled_rows": 20}
-    for side in figures.SIDES:
-        r = rng.normal(size=500) + 2.0 * (labels[side] == (1 if side == "chosen" else -1)) * (1 if side == "chosen" else -1)
-        w = np.exp((1 if side == "chosen" else -1) * np.clip(r, -0.5, 1.5))
-        for prefix in ("", "labelled_"):
-            values[f"{prefix}{side}_weights"], values[f"{prefix}{side}_logratio"], values[f"{prefix}{side}_labels"] = w, r, labels[side]
-    data = assert_png(figures.weights_figure(values, tmp_path / "weights.png"))
+    rows = []
+    for i in range(20):
+        row = {"pair_id": f"p{i}"}
+        for side, mu in (("chosen", 1), ("rejected", -1)):
+            labels = rng.choice([-1, 0, 1], size=25, p=[0.1, 0.8, 0.1])
+            r = rng.normal(size=25) + 2.0 * (labels == mu) * mu
+            row.update({f"{side}_labels": labels.tolist(), f"{side}_logratio": r.tolist(), f"{side}_weights": np.exp(mu * np.clip(r, -0.5, 1.5)).tolist()})
+        rows.append(row)
+    (tmp_path / "shards").mkdir()
+    entry = write_shard(tmp_path / "shards" / shard_name(0), rows)
+    write_manifest(tmp_path, {"shards": [entry]})
+    data = assert_png(figures.weights_figure(read_statistics(tmp_path, [entry]), tmp_path / "weights.png"))
     assert sum(data["histograms"]["chosen_weights"]["counts"]) == 500
+    weights = np.array([w for row in rows for w in row["chosen_weights"]], dtype=np.float32).astype(np.float64)
+    assert data["histograms"]["chosen_weights"]["edges"] == pytest.approx(np.histogram(weights, bins=50)[1].tolist())
     assert set(data["roc"]) == {"chosen_weights", "chosen_logratio", "rejected_weights", "rejected_logratio"}
     assert np.trapezoid(data["roc"]["chosen_weights"]["tpr"], data["roc"]["chosen_weights"]["fpr"]) > 0.8
 
@@ -132,13 +127,14 @@ def test_rerunning_estimate_on_an_older_folder_adds_the_tokenizer_copy_and_the_f
 
 
 def test_weights_figure_of_float32_values_a_few_ulps_apart(tmp_path):
-    """Shards hold float32: a random model's weights can all lie within a few ulps of 1, which float32 bin edges cannot cut into 50 bins."""
-    import numpy as np
+    """Shards hold float32: a random model's weights can all lie within a few ulps of 1, and its r_t all be 0."""
+    from tispipe.shards import shard_name, write_manifest, write_shard
+    from tispipe.weight_quality import read_statistics
 
-    near_one = np.nextafter(np.float32(1), np.float32(2), dtype=np.float32)
-    values = {"rows": 3, "labelled_rows": 0}
-    for side in ("chosen", "rejected"):
-        values[f"{side}_weights"] = np.array([1.0, near_one, 1.0], dtype=np.float32)
-        values[f"{side}_logratio"] = np.zeros(3, dtype=np.float32)
-    figures.weights_figure(values, tmp_path / "weights.png")
-    assert (tmp_path / "weights.png").stat().st_size > 0
+    near_one = float(np.nextafter(np.float32(1), np.float32(2), dtype=np.float32))
+    row = {"pair_id": "p0", "chosen_weights": [1.0, near_one, 1.0], "rejected_weights": [1.0, near_one, 1.0], "chosen_logratio": [0.0] * 3, "rejected_logratio": [0.0] * 3}
+    (tmp_path / "shards").mkdir()
+    entry = write_shard(tmp_path / "shards" / shard_name(0), [row])
+    write_manifest(tmp_path, {"shards": [entry]})
+    data = json.loads(figures.weights_figure(read_statistics(tmp_path, [entry]), tmp_path / "weights.png").with_suffix(".json").read_text())
+    assert sum(data["histograms"]["chosen_weights"]["counts"]) == 3 and sum(data["histograms"]["chosen_logratio"]["counts"]) == 3

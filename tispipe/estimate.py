@@ -95,7 +95,7 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
         if rank == 0 and not (out / TOKENIZER_DIR).is_dir():  # a folder from before the copy and the figure existed
             save_tokenizer(tokenizer, out / TOKENIZER_DIR)
-            figures.weights_figure(weight_quality.read_token_values(out, manifest["shards"], weight_quality.STATISTICS_COLUMNS), out / "weights.png")
+            figures.weights_figure(weight_quality.read_statistics(out, manifest["shards"]), out / "weights.png")
         print_summary(manifest, None, result_console())
         return {"manifest": manifest, "skipped": True}
     replaced = None
@@ -144,9 +144,9 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
         "pairs": surveyed.pairs,
         "tokens": surveyed.tokens,
         "shards": entries,
-        **weight_quality.shard_statistics(values := weight_quality.read_token_values(out, entries, weight_quality.STATISTICS_COLUMNS)),
+        **weight_quality.shard_statistics(statistics := weight_quality.read_statistics(out, entries)),
     }
-    figures.weights_figure(values, out / "weights.png")  # before the manifest: a folder with a manifest is complete
+    figures.weights_figure(statistics, out / "weights.png")  # before the manifest: a folder with a manifest is complete
     write_manifest(out, manifest)
     timings = {
         "total_seconds": time.perf_counter() - started,

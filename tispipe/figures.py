@@ -95,26 +95,6 @@ def training_figure(records: list[dict[str, Any]], path: Path) -> Path:
 # ---------------------------------------------------------------- estimate
 
 
-def roc_points(scores, positive) -> dict[str, list[float]]:
-    """The ROC curve (false and true positive rates) of ranking by high score, one point per distinct score.
-
-    `scores` and `positive`: sequences or arrays of one value per token (numpy throughout: no Python
-    object per token)."""
-    import numpy as np
-
-    s, p = np.asarray(scores), np.asarray(positive, dtype=bool)
-    if s.shape != p.shape:
-        raise ValueError(f"{s.size} scores for {p.size} labels")
-    order = np.argsort(-s, kind="stable")
-    s, p = s[order], p[order]
-    del order
-    last = np.r_[s[1:] != s[:-1], True] if s.size else np.zeros(0, dtype=bool)  # the last token of each distinct score
-    tp = np.cumsum(p, dtype=np.int64)[last]
-    fp = np.flatnonzero(last) + 1 - tp
-    n_pos, n_neg = int(p.sum()), int((~p).sum())
-    return {"fpr": [0.0, *(fp / max(n_neg, 1)).tolist()], "tpr": [0.0, *(tp / max(n_pos, 1)).tolist()]}
-
-
 def _thin(curve: dict[str, list[float]], points: int = 400) -> dict[str, list[float]]:
     """At most `points` points of a curve, evenly picked, first and last kept (a PNG shows no more)."""
     n = len(curve["fpr"])
@@ -124,23 +104,22 @@ def _thin(curve: dict[str, list[float]], points: int = 400) -> dict[str, list[fl
     return {k: [v[i] for i in picks] for k, v in curve.items()}
 
 
-def weights_figure(values: dict[str, Any], path: Path, bins: int = 50) -> Path:
+def weights_figure(stats, path: Path, bins: int = 50) -> Path:
     """Histograms of w_t and r_t per side; with labels, ROC curves of w_t and of the signed r_t.
 
-    `values`: `weight_quality.read_token_values(..., ("weights", "logratio", "labels"))`.
+    `stats`: `weight_quality.read_statistics(...)`, whose fine histograms give these `bins` bins (BINS
+    is a multiple of 50) and one ROC point per occupied fine bin.
     """
-    import numpy as np
-
-    from tispipe.weight_quality import DECISIVE_LABEL, LOGRATIO_SIGN
+    from tispipe.token_histograms import DECISIVE, LABELLED_OTHER
+    from tispipe.weight_quality import high_is_decisive
 
     plt = _pyplot()
-    labelled = values["labelled_rows"] > 0
+    labelled = stats.labelled_rows > 0
     fig, axes = plt.subplots(1, 3 if labelled else 2, figsize=(13 if labelled else 9, 3.8))
     data: dict[str, Any] = {"histograms": {}, "roc": {}}
     for ax, (name, label) in zip(axes, (("weights", "w_t"), ("logratio", "r_t")), strict=False):
         for side in SIDES:
-            # float64 edges: a float32 array whose values lie within a few ulps cannot be cut into `bins` float32 bins
-            counts, edges = np.histogram(values[f"{side}_{name}"].astype(np.float64), bins=bins)
+            counts, edges = stats.histograms[f"{side}_{name}"].coarse(bins)
             data["histograms"][f"{side}_{name}"] = {"counts": counts.tolist(), "edges": edges.tolist()}
             ax.stairs(counts, edges, label=side, color=COLOURS[side], fill=False, linewidth=1.2)
         ax.set_title(f"{label} per side", fontsize=10)
@@ -149,10 +128,8 @@ def weights_figure(values: dict[str, Any], path: Path, bins: int = 50) -> Path:
     if labelled:
         ax = axes[2]
         for side in SIDES:
-            positive = values[f"labelled_{side}_labels"] == DECISIVE_LABEL[side]
-            for name, scores, style in (("weights", values[f"labelled_{side}_weights"], "-"),
-                                        ("logratio", LOGRATIO_SIGN[side] * values[f"labelled_{side}_logratio"], ":")):
-                curve = _thin(roc_points(scores, positive))
+            for name, style in (("weights", "-"), ("logratio", ":")):
+                curve = _thin(stats.histograms[f"{side}_{name}"].roc(DECISIVE, LABELLED_OTHER, high_is_decisive(side, name)))
                 data["roc"][f"{side}_{name}"] = curve
                 ax.plot(curve["fpr"], curve["tpr"], style, color=COLOURS[side], label=f"{side}, {'w_t' if name == 'weights' else 'r_t'}")
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
