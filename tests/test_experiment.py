@@ -53,7 +53,7 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     assert "--quick" in text and "tispipe experiment" in text
     for name in names:
         assert f"| {name} |" in text
-    assert "### Weight quality per estimation method" in text and "| dpo | 0." in text
+    assert "### Weight quality per estimation method" in text and "| dpo | test | 0." in text
 
     # the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base made, evaluated like the rest
     block = report["generated"]

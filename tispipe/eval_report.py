@@ -93,9 +93,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     weights = report.get("weights")
     if weights and weights.get("labelled_rows"):
         text += ["\n## Weight quality\n\n",
-                 (f"AUC of the weight for harmful tokens among rejected tokens: {_fmt(weights['rejected_harmful_auc'])}; "
-                 f"for helpful tokens among chosen tokens: {_fmt(weights['chosen_helpful_auc'])} "
-                 f"({weights['labelled_rows']} labelled rows; 0.5 is chance).\n\n"),
+                 f"AUC at ranking the decisive tokens first ({weights['labelled_rows']} labelled rows; 0.5 is chance): over all their tokens, "
+                 "and over decision tokens (each decisive span's first token against the neutral tokens).\n\n",
+                 _md_table(["side", "decisive tokens", "w_t, all tokens", "w_t, decision tokens", "r_t, all tokens", "r_t, decision tokens"],
+                           [[side, what] + [_fmt(weights.get(f"{side}_{what}{kind}_auc")) for kind in ("", "_decision", "_logratio", "_decision_logratio")]
+                            for side, what in (("chosen", "helpful"), ("rejected", "harmful"))]),
+                 "\nMean weight per token label:\n\n",
                  _md_table(["side", "harmful", "neutral", "helpful"],
                            [[side] + [_fmt(weights[f"{side}_{k}_mean_weight"]) for k in ("harmful", "neutral", "helpful")] for side in ("chosen", "rejected")])]
     if report["notes"]:

@@ -303,8 +303,8 @@ def collect(cfg: ExperimentConfig, methods, estimators: list[str], weights_root:
     for method in estimators:
         train_quality = weight_quality(str(weights_root / f"weights-{method}"))
         test_quality = weight_quality(str(out / "weights-test" / method))
-        auc[method] = {"train": {k: train_quality.get(k) for k in ("chosen_helpful_auc", "rejected_harmful_auc", "labelled_rows")},
-                       "test": {k: test_quality.get(k) for k in ("chosen_helpful_auc", "rejected_harmful_auc", "labelled_rows")}}
+        keep = lambda quality: {k: v for k, v in quality.items() if k.endswith("_auc") or k == "labelled_rows"}  # noqa: E731
+        auc[method] = {"train": keep(train_quality), "test": keep(test_quality)}
     steps = json.loads((model_dir(out, "DPO", 0) / "train_info.json").read_text(encoding="utf-8")).get("steps")
     return {
         "config": config_dict(cfg),

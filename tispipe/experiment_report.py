@@ -86,12 +86,16 @@ def render_tables(report: dict[str, Any], order: list[str], estimators: list[str
     # report.json is written with sorted keys: order the rows as the paper's tables do, not as the file does
     names = [n for n in ["base", *order] if n in report["methods"]]
     ablations = ["TIS-DPO(D)"] + [n for n in names if n.startswith("TIS-DPO(D) ")]
-    auc_lines = ["| estimation | AUC chosen (helpful tokens), train | AUC rejected (harmful tokens), train | AUC chosen, test | AUC rejected, test |",
-                 "|---|---|---|---|---|"]
+    columns = [(f"{side}_{what}{kind}{suffix}_auc", f"{score} {side}, {tokens}")  # weight_quality's keys
+               for score, suffix in (("w_t", ""), ("r_t", "_logratio")) for kind, tokens in (("", "all"), ("_decision", "decision"))
+               for side, what in (("chosen", "helpful"), ("rejected", "harmful"))]
+    auc_lines = ["| estimation | split | " + " | ".join(title for _, title in columns) + " |", "|---|---|" + "---|" * len(columns)]
     for method in [m for m in estimators if m in report["weight_auc"]]:
-        entry = report["weight_auc"][method]
-        cells = [entry[split][k] for split in ("train", "test") for k in ("chosen_helpful_auc", "rejected_harmful_auc")]
-        auc_lines.append(f"| {method} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+        for split in ("train", "test"):
+            cells = [report["weight_auc"][method][split].get(key) for key, _ in columns]
+            auc_lines.append(f"| {method} | {split} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+    auc_lines.append("\nAUC at ranking the decisive tokens (helpful in chosen, harmful in rejected) first: over all their tokens, "
+                     "and over decision tokens (each decisive span's first token against the neutral ones); w_t is the weight, r_t the signed log-ratio.")
     return "\n\n".join([
         "### Comparison (paper Table 1)", table(report, ["base", *[n for n in MAIN_TABLE if n in names]]),
         "### Ablations of TIS-DPO(D) (paper Table 2)", table(report, [n for n in ablations if n in names]),
