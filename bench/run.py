@@ -24,7 +24,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, WORK, build_large_model, load_average, machine, parameter_count, python, replicate_shards, run_child  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    WORK,
+    build_large_model,
+    forward_flops_per_token,
+    load_average,
+    machine,
+    matmul_gflops,
+    parameter_count,
+    python,
+    replicate_shards,
+    run_child,
+)
+from hh_lengths import build as build_hh_pairs  # noqa: E402
+from hh_lengths import estimate as estimate_hh  # noqa: E402
+from hh_lengths import length_profile  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -43,10 +58,11 @@ def tispipe_train(model: Path, shards: Path, loss: str, steps: int, batch: int, 
     return {**usage, "step_times": times}
 
 
-def trl_train(model: Path, shards: Path, steps: int, batch: int, threads: int, out: Path, checkpointing: bool = False) -> dict:
+def trl_train(model: Path, shards: Path, steps: int, batch: int, threads: int, out: Path, checkpointing: bool = False, precompute: bool = False) -> dict:
     args = [python(), str(ROOT / "bench" / "trl_dpo.py"), "--model", str(model), "--shards", str(shards), "--out", str(out),
             "--steps", str(steps), "--batch-size", str(batch), "--threads", str(threads)]
     args += ["--gradient-checkpointing"] if checkpointing else []
+    args += ["--precompute-ref-log-probs"] if precompute else []
     log = out.with_suffix(".log")
     usage = run_child(args, child_env(threads), log=log)
     last = [line for line in log.read_text().splitlines() if line.startswith('{"start"')][-1]
@@ -58,15 +74,17 @@ def steady_rate(step_times: list[float], batch: int, warmup: int) -> float:
     return (len(step_times) - warmup) * batch / (step_times[-1] - step_times[warmup - 1])
 
 
-def training(model: Path, shards: Path, steps: int, batch: int, threads: int, repeats: int, warmup: int, tag: str, trl_default: bool) -> dict:
-    """trl_dpo: gradient checkpointing off (like for like); trl_dpo_default: TRL's default config (checkpointing on).
+SIDES = ("tispipe_dpo", "tispipe_tisdpo", "tispipe_dpo_ungrouped", "trl_dpo")
+
+
+def training(model: Path, shards: Path, steps: int, batch: int, threads: int, repeats: int, warmup: int, tag: str, sides: tuple[str, ...] = SIDES) -> dict:
+    """trl_dpo: gradient checkpointing off (like for like); trl_dpo_default: TRL's default config (checkpointing on);
+    trl_dpo_precomputed: reference log-probs computed before training (precompute_ref_log_probs), as tispipe's dpo has them.
 
     tispipe_*: its defaults (pairs batched by length within 16-step windows); tispipe_dpo_ungrouped:
     --length-group-steps 0, batches as the shuffled stream comes, like TRL's random batches.
     """
-    rates: dict[str, list[float]] = {"tispipe_dpo": [], "tispipe_tisdpo": [], "tispipe_dpo_ungrouped": [], "trl_dpo": []}
-    if trl_default:
-        rates["trl_dpo_default"] = []
+    rates: dict[str, list[float]] = {name: [] for name in sides}
     rss: dict[str, list[float]] = {k: [] for k in rates}
     loads = []
     for r in range(repeats):
@@ -74,7 +92,7 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
             loads.append(load_average()[0])
             out = WORK / f"{tag}-{name}-{r}"
             if name.startswith("trl"):
-                result = trl_train(model, shards, steps, batch, threads, out, checkpointing=name == "trl_dpo_default")
+                result = trl_train(model, shards, steps, batch, threads, out, checkpointing=name == "trl_dpo_default", precompute=name == "trl_dpo_precomputed")
             else:
                 extra = ("--length-group-steps", "0") if name.endswith("ungrouped") else ()
                 result = tispipe_train(model, shards, name.split("_")[1], steps, batch, threads, out, extra)
@@ -82,15 +100,36 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
             rss[name].append(round(result["peak_rss_mib"], 1))
             print(f"  {tag} {name} run {r}: {rates[name][-1]} pairs/s, peak RSS {rss[name][-1]} MiB, load {loads[-1]}", flush=True)
     median = {k: statistics.median(v) for k, v in rates.items()}
+    # tispipe_dpo over trl_dpo is dpo_vs_trl; over trl_dpo_default, dpo_vs_trl_default; and so on
+    ratios = {f"{ours.removeprefix('tispipe_')}_vs_trl{theirs.removeprefix('trl_dpo')}": round(median[ours] / median[theirs], 2)
+              for ours in rates if ours.startswith("tispipe") for theirs in rates if theirs.startswith("trl")}
     return {
         "model": str(model.relative_to(ROOT)), "parameters": parameter_count(model), "steps": steps, "warmup_steps_excluded": warmup,
-        "batch_size": batch, "threads": threads, "pairs_per_s": rates, "peak_rss_mib": rss, "load_average_1min": loads,
-        "dpo_vs_trl": round(median["tispipe_dpo"] / median["trl_dpo"], 2),
-        "tisdpo_vs_trl": round(median["tispipe_tisdpo"] / median["trl_dpo"], 2),
-        "dpo_ungrouped_vs_trl": round(median["tispipe_dpo_ungrouped"] / median["trl_dpo"], 2),
-        **({"dpo_vs_trl_default": round(median["tispipe_dpo"] / median["trl_dpo_default"], 2),
-            "tisdpo_vs_trl_default": round(median["tispipe_tisdpo"] / median["trl_dpo_default"], 2)} if trl_default else {}),
+        "batch_size": batch, "threads": threads, "pairs_per_s": rates, "median_pairs_per_s": median, "peak_rss_mib": rss, "load_average_1min": loads,
+        **ratios,
     }
+
+
+def training_ceiling_fraction(model: Path, shards: Path, pairs_per_s: float, gflops: float) -> float:
+    """Useful training FLOPs per second over the matmul ceiling measured in the same run.
+
+    Useful FLOPs of a pair: forward and backward (3x the forward) of its prompt once and both responses, each
+    token at `forward_flops_per_token` with the context its sequence averages (tispipe.shared_prompt's work;
+    padding and a second prompt are not useful work). The shards give the token lengths of the pairs trained on.
+    """
+    import pyarrow.parquet as pq
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    flops, pairs = 0.0, 0
+    for entry in manifest["shards"]:
+        table = pq.read_table(shards / "shards" / entry["file"], columns=["prompt_ids", "chosen_ids", "rejected_ids"]).to_pydict()
+        for p, c, r in zip(table["prompt_ids"], table["chosen_ids"], table["rejected_ids"]):
+            p, c, r = len(p), len(c), len(r)
+            flops += 3 * (p * forward_flops_per_token(config, p) + c * forward_flops_per_token(config, p + c) + r * forward_flops_per_token(config, p + r))
+            pairs += 1
+    return round(flops / pairs * pairs_per_s / (gflops * 1e9), 3)
 
 
 def scoring(model: Path, shards: Path, threads: int, pairs: int, naive_pairs: int, repeats: int) -> dict:
@@ -133,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny runs to check the harness")
-    parser.add_argument("--only", default="scoring,train,memory,large", help="comma-separated parts to run")
+    parser.add_argument("--only", default="scoring,train,memory,large,hh", help="comma-separated parts to run")
     args = parser.parse_args()
     quick, parts = args.quick, set(args.only.split(","))
     WORK.mkdir(parents=True, exist_ok=True)
@@ -153,10 +192,22 @@ def main() -> None:
         results["scoring_large"] = scoring(large, shards, args.threads, 32 if quick else 128, 4 if quick else 12, 1 if quick else 2)
     if "train" in parts:
         print("training (tiny model)", flush=True)
-        results["train_small"] = training(base, shards, 6 if quick else 40, 16, args.threads, 1 if quick else 3, 2 if quick else 5, "small", True)
+        results["train_small"] = training(base, shards, 6 if quick else 40, 16, args.threads, 1 if quick else 3, 2 if quick else 5, "small",
+                                          (*SIDES, "trl_dpo_default"))
     if "large" in parts:
         print("training (larger model)", flush=True)
-        results["train_large"] = training(large, shards, 4 if quick else 8, 8, args.threads, 1 if quick else 2, 2 if quick else 2, "large", False)
+        results["train_large"] = training(large, shards, 4 if quick else 8, 8, args.threads, 1 if quick else 2, 2 if quick else 2, "large")
+    if "hh" in parts:
+        # HH-RLHF's lengths (bench/hh_lengths.py): prompts about 2.5x a response, where computing each prompt once pays
+        hh = estimate_hh(build_hh_pairs(64 if quick else 640), base, args.threads)
+        hh_sides = ("tispipe_dpo", "tispipe_tisdpo", "trl_dpo_precomputed", "trl_dpo")
+        print("training at HH lengths (tiny model)", flush=True)
+        results["train_hh_small"] = training(base, hh, 4 if quick else 24, 16, args.threads, 1 if quick else 2, 2 if quick else 4, "hh-small", hh_sides)
+        print("training at HH lengths (larger model)", flush=True)
+        results["train_hh_large"] = training(large, hh, 3 if quick else 8, 8, args.threads, 1 if quick else 2, 1 if quick else 2, "hh-large", hh_sides)
+        gflops = matmul_gflops(args.threads)
+        results["train_hh_large"].update(length_profile=length_profile(hh), matmul_gflops=round(gflops, 2), ceiling_fraction=training_ceiling_fraction(
+            large, hh, results["train_hh_large"]["median_pairs_per_s"]["tispipe_dpo"], gflops))
     if "memory" in parts:
         print("memory", flush=True)
         results["memory_train"] = memory(base, shards, 10 if quick else 60, 16, args.threads)
@@ -171,6 +222,10 @@ def main() -> None:
         results["train_tisdpo_vs_trl"] = results["train_small"]["tisdpo_vs_trl"]
     if "memory_train" in results:
         results["train_peak_rss_growth_16x"] = results["memory_train"]["growth_16x"]
+    if "train_hh_large" in results:
+        results["train_dpo_vs_trl_hh_large"] = results["train_hh_large"]["dpo_vs_trl_precomputed"]  # both with cached reference log-probs
+        results["train_tisdpo_vs_trl_hh_large"] = results["train_hh_large"]["tisdpo_vs_trl"]  # both with a live reference forward
+        results["train_ceiling_fraction_large"] = results["train_hh_large"]["ceiling_fraction"]
     results["machine"]["load_average_end"] = load_average()
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     from report import main as write_markdown

@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; off unless given (tispipe keeps activations)")
+    parser.add_argument("--precompute-ref-log-probs", action="store_true", help="reference log-probs computed before training, as tispipe's cached ones")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from datasets import Dataset
@@ -55,6 +56,7 @@ def main() -> None:
         learning_rate=args.lr, beta=0.1, max_length=512, logging_steps=args.steps, save_strategy="no", report_to="none",
         use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False,
         gradient_checkpointing=args.gradient_checkpointing,  # TRL 1.x defaults to True; off, neither side recomputes
+        precompute_ref_log_probs=args.precompute_ref_log_probs,  # done inside train() before the first step, so outside the step times
     )
 
     times: list[float] = []

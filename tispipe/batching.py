@@ -14,7 +14,9 @@ Every per-token tensor is therefore (N, R) over response positions, R = the long
 column j holds response token j, and `response_mask` marks the real ones.
 
 Pairs go through the model in one forward: the batch holds the B chosen sequences first and the
-B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected).
+B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected). A pair batch also carries the
+shared-prompt layout (tispipe.shared_prompt: one row per pair, its prompt computed once), which
+`forward_logits` uses for every model that takes it; the logits come back in the layout above either way.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from tispipe import shared_prompt
 from tispipe.logps import token_logps
+from tispipe.shared_prompt import PackedPairs
 
 
 @dataclass
@@ -39,6 +43,7 @@ class SequenceBatch:
     response_mask:  (N, R) float, 1 on real response tokens
     response_lens:  (N,) long
     prompt_width:   P, the column where every response starts
+    packed:         the same pairs in the shared-prompt layout (pair batches only)
     """
 
     input_ids: torch.Tensor
@@ -48,10 +53,11 @@ class SequenceBatch:
     response_mask: torch.Tensor
     response_lens: torch.Tensor
     prompt_width: int
+    packed: PackedPairs | None = None
 
     def to(self, device: str | torch.device) -> SequenceBatch:
         tensors = (self.input_ids, self.attention_mask, self.position_ids, self.labels, self.response_mask, self.response_lens)
-        return SequenceBatch(*(t.to(device) for t in tensors), self.prompt_width)
+        return SequenceBatch(*(t.to(device) for t in tensors), self.prompt_width, None if self.packed is None else self.packed.to(device))
 
     def place(self, values: Sequence[Sequence[float]], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Per-response-token lists as an (N, R) tensor, 0 past each response's end."""
@@ -88,19 +94,22 @@ def make_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[in
     return SequenceBatch(input_ids, attention_mask, position_ids, labels, response_mask, torch.tensor([len(r) for r in responses]), width)
 
 
-def make_pair_batch(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int) -> SequenceBatch:
-    """The chosen sequences (rows 0..B-1) then the rejected ones (rows B..2B-1), for one concatenated forward."""
-    return make_batch(list(prompts) + list(prompts), list(chosen) + list(rejected), pad_id)
+def make_pair_batch(
+    prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int, shared: bool = True
+) -> SequenceBatch:
+    """The chosen sequences (rows 0..B-1) then the rejected ones (rows B..2B-1), for one concatenated forward;
+    with `shared`, the shared-prompt layout of the same pairs too."""
+    batch = make_batch(list(prompts) + list(prompts), list(chosen) + list(rejected), pad_id)
+    if shared:
+        batch.packed = shared_prompt.pack_pairs(prompts, chosen, rejected, pad_id)
+    return batch
 
 
 def _forward_takes(model: torch.nn.Module, option: str) -> bool:
     """Whether the model's forward takes `option` (logits_to_keep, position_ids), looked up once per model."""
     cache = model.__dict__.setdefault("_tispipe_forward_takes", {})
     if option not in cache:
-        inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model
-        inner = getattr(inner, "peft_model", inner)  # adapters.AdapterOff wraps a PeftModel
-        inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # a PeftModel passes options on
-        cache[option] = option in inspect.signature(inner.forward).parameters
+        cache[option] = option in inspect.signature(shared_prompt.inner_model(model).forward).parameters
     return cache[option]
 
 
@@ -108,15 +117,35 @@ def forward_logits(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor
     """(N, R, V) logits predicting the response tokens: columns P-1 .. L-2 of the sequence.
 
     Position ids restart at each row's first real token; a model whose forward takes none (ALiBi, as
-    Bloom) derives its positions from the attention mask.
+    Bloom) derives its positions from the attention mask. A pair batch goes through the model in the
+    shared-prompt layout when the model takes it (a note says once per model when it does not).
     """
+    if batch.packed is not None:
+        reason = shared_prompt.unsupported(model)
+        if reason is None:
+            packed = batch.packed
+            logits = _logits(model, shared_prompt.model_inputs(model, packed), packed.chosen_width + packed.rejected_width + 1)
+            return shared_prompt.unpack_logits(logits, packed, batch.labels.shape[1])
+        _note_once(model, f"each prompt is computed twice per pair (once with each response): {reason}")
     kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     if _forward_takes(model, "position_ids"):
         kwargs["position_ids"] = batch.position_ids
-    keep = batch.labels.shape[1] + 1
+    return _logits(model, kwargs, batch.labels.shape[1] + 1)
+
+
+def _logits(model: torch.nn.Module, kwargs: dict, keep: int) -> torch.Tensor:
+    """The logits at the last `keep` columns but the very last (which predicts nothing)."""
     if _forward_takes(model, "logits_to_keep"):
         return model(**kwargs, logits_to_keep=keep).logits[:, :-1]
     return model(**kwargs).logits[:, -keep:-1]  # models without the option compute every position
+
+
+def _note_once(model: torch.nn.Module, text: str) -> None:
+    if not model.__dict__.get("_tispipe_noted"):
+        from tispipe.console import log_console
+
+        log_console().print(f"[yellow]Note:[/yellow] {text}")
+        model.__dict__["_tispipe_noted"] = True
 
 
 def sequence_token_logps(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
