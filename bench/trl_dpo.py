@@ -56,7 +56,7 @@ def main() -> None:
         learning_rate=args.lr, beta=0.1, max_length=512, logging_steps=args.steps, save_strategy="no", report_to="none",
         use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False,
         gradient_checkpointing=args.gradient_checkpointing,  # TRL 1.x defaults to True; off, neither side recomputes
-        precompute_ref_log_probs=args.precompute_ref_log_probs,  # done inside train() before the first step, so outside the step times
+        precompute_ref_log_probs=args.precompute_ref_log_probs,  # done before train(), so outside the step times
     )
 
     times: list[float] = []
@@ -67,6 +67,8 @@ def main() -> None:
 
     trainer = DPOTrainer(model=model, args=config, train_dataset=text, processing_class=tokenizer, callbacks=[StepTimes()])
     trainer.train_dataset = Dataset.from_dict(ids)
+    if args.precompute_ref_log_probs:  # what DPOTrainer does to its train_dataset in __init__, done to the swapped-in one
+        trainer.train_dataset = trainer._precompute_ref_logps(trainer.train_dataset, "train", args.batch_size)
     torch.set_num_threads(args.threads)  # in case anything above reset it
     start = time.perf_counter()
     trainer.train()

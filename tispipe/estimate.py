@@ -278,7 +278,10 @@ def print_summary(manifest: dict[str, Any], timings: dict[str, Any] | None, cons
     if manifest.get("auc"):
         a = manifest["auc"]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        table.add_row("AUC: labelled tokens by high weight", fmt(a["chosen_helpful_by_high_weight"]), fmt(a["rejected_harmful_by_high_weight"]))
+        table.add_row("AUC of w: decisive tokens", fmt(a["chosen_helpful_by_high_weight"]), fmt(a["rejected_harmful_by_high_weight"]))
+        table.add_row("AUC of w: decision tokens", fmt(a.get("chosen_helpful_decision_by_high_weight")), fmt(a.get("rejected_harmful_decision_by_high_weight")))
+        table.add_row("AUC of r: decision tokens", fmt(a.get("chosen_helpful_decision_by_high_logratio")),
+                      fmt(a.get("rejected_harmful_decision_by_low_logratio")))
     if timings:
         table.add_row("contrast build", f"{timings['contrast_seconds']:.1f} s", "")
         table.add_row("scoring", f"{timings['scoring_seconds']:.1f} s", "")

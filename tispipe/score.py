@@ -3,8 +3,10 @@
 For a batch of pairs, one forward per model gives per-token log-probs of both responses
 (tispipe.batching's pair layout): log pi+ and log pi- make r_t = log pi+ - log pi-, and the base
 model's log pi_ref is stored too. With the prompt method pi+ and pi- are the base model under two
-system prompts, so one forward of the base over six row groups gives all three. When pi+ and pi- are
-LoRA adapters of the base (`estimate --lora-r`), one base in memory carries both (`adapters.shared_base`).
+system prompts, so one forward of the base over three prompts per pair gives all three. Pairs go
+through the models in the shared-prompt layout (tispipe.shared_prompt): each prompt computed once.
+When pi+ and pi- are LoRA adapters of the base (`estimate --lora-r`), one base in memory carries
+both (`adapters.shared_base`).
 `write_shards` turns those into Parquet shards (tispipe.shards), one shard at a time, resumably.
 """
 
@@ -65,17 +67,18 @@ class Scorer:
     @torch.inference_mode()
     def score(self, items: Sequence[TokenizedPair]) -> list[dict[str, np.ndarray]]:
         """For each pair: chosen/rejected logratio and ref_logps, float32 arrays as long as the response ids."""
-        from tispipe.batching import make_batch, make_pair_batch, sequence_token_logps
+        from tispipe.batching import make_pair_batch, sequence_token_logps
 
         b = len(items)
         chosen, rejected = [i.chosen_ids for i in items], [i.rejected_ids for i in items]
         if self.by_prompt:
-            # One forward: rows [ref chosen, ref rejected, pos chosen, pos rejected, neg chosen, neg rejected].
+            # One forward of the base over three pairs per pair, one per prompt (ref, pi+, pi-), each prompt computed
+            # once: rows come back as [ref, pos, neg chosen | ref, pos, neg rejected].
             contrast = [self.contrast_prompts(i) for i in items]
-            prompts = [i.prompt_ids for i in items] * 2 + [c[0] for c in contrast] * 2 + [c[1] for c in contrast] * 2
-            batch = make_batch(prompts, (chosen + rejected) * 3, self.pad_id).to(self.device)
+            prompts = [i.prompt_ids for i in items] + [c[0] for c in contrast] + [c[1] for c in contrast]
+            batch = make_pair_batch(prompts, chosen * 3, rejected * 3, self.pad_id).to(self.device)
             values = batch.unplace(sequence_token_logps(self.base, batch))
-            ref, pos, neg = values[: 2 * b], values[2 * b : 4 * b], values[4 * b :]
+            ref, pos, neg = (values[k * b : (k + 1) * b] + values[(3 + k) * b : (4 + k) * b] for k in range(3))
         else:
             batch = make_pair_batch([i.prompt_ids for i in items], chosen, rejected, self.pad_id).to(self.device)
             ref, pos, neg = (batch.unplace(sequence_token_logps(model, batch)) for model in (self.base, self.pos, self.neg))

@@ -2,7 +2,9 @@
 
 One optimizer step = `grad_accum` micro-batches of `batch_size` pairs (TRL's convention: the
 effective batch is batch_size * grad_accum). Each micro-batch goes through the policy in one
-forward holding its chosen rows then its rejected rows (`batching.make_pair_batch`). The frozen
+forward of one packed row per pair, its prompt computed once (`tispipe.shared_prompt`; two padded
+rows per pair for a model that cannot take it), with logits back as chosen rows then rejected rows
+(`batching.make_pair_batch`). The frozen
 reference model runs only when the loss needs full-vocabulary KL terms (TIS-DPO with eta, TDPO);
 DPO, IPO and TIS-DPO without eta use the reference log-probs cached in the shards.
 
