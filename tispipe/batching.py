@@ -14,9 +14,10 @@ Every per-token tensor is therefore (N, R) over response positions, R = the long
 column j holds response token j, and `response_mask` marks the real ones.
 
 Pairs go through the model in one forward: the batch holds the B chosen sequences first and the
-B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected). A pair batch also carries the
-shared-prompt layout (tispipe.shared_prompt: one row per pair, its prompt computed once), which
-`forward_logits` uses for every model that takes it; the logits come back in the layout above either way.
+B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected). A pair batch whose prompts are
+long enough also carries the shared-prompt layout (tispipe.shared_prompt: one row per pair, its prompt
+computed once), which `forward_logits` uses for every model that takes it; the logits come back in the
+layout above either way.
 """
 
 from __future__ import annotations
