@@ -158,3 +158,15 @@ def prompt_estimate(root, make_tiny_llama, *flags) -> list:
     result = invoke_cli(*command, "--out", root / "weights")
     assert result.exit_code == 0, result.output
     return command
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory):
+    """Toy data (48 train / 16 test pairs, with span labels) and a tiny base model trained on it."""
+    from tispipe import base, toy
+
+    root = tmp_path_factory.mktemp("task")
+    toy.run(toy.ToyDataConfig(out=str(root / "data"), pairs=48, test_pairs=16))
+    base.run(base.InitBaseConfig(data=str(root / "data" / "train.jsonl"), out=str(root / "base"), vocab_size=300, hidden_size=32,
+                                 num_layers=1, num_heads=2, max_length=160, epochs=1.0, batch_size=16, lr=1e-2, threads=1))
+    return root

@@ -21,11 +21,12 @@ COMMANDS = {
     "eval": configs.EvalConfig,
     "reward-model": configs.RewardModelConfig,
     "experiment": configs.ExperimentConfig,
+    "contrast-study": configs.ContrastStudyConfig,
 }
 # The options several commands share are declared once, in these bases.
 SHARED_BASES = (configs.DataOptions, configs.ReadOptions, configs.ContrastPromptOptions, configs.ModelOptions, configs.SeedOption, configs.ThreadsOption, configs.OverwriteOption,
                 configs.HeldOutOptions, configs.ReportToOption,
-                configs.TrainingLoopOptions, configs.TrainingMemoryOptions)
+                configs.TrainingLoopOptions, configs.TrainingMemoryOptions, configs.StudyOptions)
 # Base fields whose meaning is the command's own: what --data holds (one JSONL file for init-base, a folder
 # of them for experiment) and what --limit counts differ per command, so their help may too.
 OWN_MEANING = {"data", "limit"}

@@ -6,24 +6,12 @@ import json
 
 import pytest
 
-from tispipe import experiment, experiment_report
+from tispipe import experiment, experiment_report, jobs
 from tispipe.configs import ESTIMATION_METHODS
 from tispipe.errors import TispipeError
 
 
-@pytest.fixture(scope="module")
-def tiny_task(tmp_path_factory):
-    """Toy data (48 train / 16 test pairs, with span labels) and a tiny base model trained on it."""
-    from tispipe import base, toy
-
-    root = tmp_path_factory.mktemp("task")
-    toy.run(toy.ToyDataConfig(out=str(root / "data"), pairs=48, test_pairs=16))
-    base.run(base.InitBaseConfig(data=str(root / "data" / "train.jsonl"), out=str(root / "base"), vocab_size=300, hidden_size=32,
-                                 num_layers=1, num_heads=2, max_length=160, epochs=1.0, batch_size=16, lr=1e-2, threads=1))
-    return root
-
-
-@pytest.mark.slow  # every method, in process (about 8 s)
+@pytest.mark.slow  # every method at two lrs and two seeds, in process (about a minute)
 def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp_path):
     out, docs = tmp_path / "exp", tmp_path / "docs"
     cfg = experiment.ExperimentConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"), out=str(out), results=str(docs), quick=True)
@@ -31,14 +19,24 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
 
     names = [m[0] for m in experiment.METHODS]
     assert list(report["methods"]) == ["base", *names]
-    assert report["budget"]["steps"] == 4 and report["budget"]["seeds"] == 1
+    assert report["budget"]["steps"] == 4 and report["budget"]["seeds"] == 2 and report["budget"]["lrs"] == [1e-5, 1e-4]
+    # the validation split is carved from train by pair_id; nothing of it is trained on, and test is the test file
+    train_ids = {json.loads(line)["pair_id"] for line in (out / "data" / "train.jsonl").read_text().splitlines()}
+    validation_ids = {json.loads(line)["pair_id"] for line in (out / "data" / "validation.jsonl").read_text().splitlines()}
+    assert validation_ids and not train_ids & validation_ids
+    assert len(train_ids) + len(validation_ids) == 48 == report["budget"]["validation_pairs"] + len(train_ids)
+    assert (out / "data" / "test.jsonl").read_text() == (tiny_task / "data" / "test.jsonl").read_text()
     for name in names:
         row = report["methods"][name]
-        info = json.loads((experiment.model_dir(out, name, 0) / "train_info.json").read_text())
-        assert info["steps"] == 4, name  # the same budget for every method
+        lr = row["lr"]
+        assert lr in (1e-5, 1e-4) and lr == experiment.choose_lr(report["grid"][name]), name
+        for seed in (0, 1):
+            info = json.loads((experiment.model_dir(out, name, lr, seed) / "train_info.json").read_text())
+            assert info["steps"] == 4, name  # the same budget for every method
+        for other in (1e-5, 1e-4):  # the grid: every lr with seed 0
+            assert (experiment.model_dir(out, name, other, 0) / "train_info.json").is_file()
         for key in ("oracle_reward", "harmful_rate", "win_rate_vs_dpo", "pref_accuracy", "kl_per_token"):
-            assert row[key]["mean"] is not None and len(row[key]["values"]) == 1, (name, key)
-        assert row[key]["std"] is None  # one seed: no spread to report
+            assert row[key]["mean"] is not None and len(row[key]["values"]) == 2, (name, key)
     # DPO against itself ties on every prompt
     assert report["methods"]["DPO"]["win_rate_vs_dpo"]["mean"] == 0.5
     assert report["methods"]["base"]["kl_per_token"]["mean"] == pytest.approx(0.0, abs=1e-6)
@@ -46,16 +44,21 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
         for split in ("train", "test"):
             auc = report["weight_auc"][method][split]
             assert 0.0 <= auc["chosen_helpful_auc"] <= 1.0 and auc["labelled_rows"] > 0, (method, split)
+    # the validation evals read the validation file, the seed evals the test file
+    assert "validation.jsonl" in (out / "logs" / "eval-validation-lr1e-05.yaml").read_text()
+    assert "test.jsonl" in (out / "logs" / "eval-seed1.yaml").read_text()
 
     text = (docs / "results.md").read_text()
     assert (out / "results.md").read_text() == text
     assert json.loads((docs / "report.json").read_text())["methods"].keys() == report["methods"].keys()
     assert "--quick" in text and "tispipe experiment" in text
     for name in names:
-        assert f"| {name} |" in text
+        assert f"| {name} | " in text
     assert "### Weight quality per estimation method" in text and "| dpo | test | 0." in text
+    assert "### The learning-rate grid (validation prompts, seed 0)" in text and "**" in text
+    assert "The paper's order (random U(L,U) < equal < without eta < full)" in text and "the paper's D > S > P" in text
 
-    # the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base made, evaluated like the rest
+    # the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base made, at their main-table lrs
     block = report["generated"]
     assert list(block["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D)"]
     assert block["generation"]["generated"] == 32 and 0 < block["generation"]["pairs"] <= 32
@@ -64,19 +67,58 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     assert noise["oracle_agrees"] + noise["oracle_ties"] + noise["oracle_disagrees"] == pytest.approx(1.0)
     assert block["methods"]["DPO"]["win_rate_vs_dpo"]["mean"] == 0.5
     for name in ("DPO", "TIS-DPO(P)", "TIS-DPO(D)"):
-        info = json.loads((experiment.generated.model_dir(out, name, 0) / "train_info.json").read_text())
+        lr = report["methods"][name]["lr"]
+        assert block["methods"][name]["lr"] == lr
+        info = json.loads((experiment.generated.model_dir(out, name, lr, 1) / "train_info.json").read_text())
         assert info["steps"] == 4 and info["shards"].endswith(f"weights-{'prompt' if name == 'TIS-DPO(P)' else 'dpo'}"), name
     assert "### Generated data (paper Table 2, third block)" in text and "RLCD" in text and "left out" in text
     assert f"prefers the chosen response in {noise['oracle_agrees']:.1%}" in text
-    for name in ("results-comparison.png", "results-ablations.png", "results-generated.png"):  # drawn from report.json
+    for name in ("results-comparison.png", "results-ablations.png", "results-generated.png", "results-lr.png", "results-frontier.png"):
         assert (docs / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in text
     assert json.loads((docs / "results-comparison.json").read_text())["mean"][1] == report["methods"]["DPO"]["oracle_reward"]["mean"]
+    lr_figure = json.loads((docs / "results-lr.json").read_text())
+    assert lr_figure["DPO"]["validation_oracle_reward"] == [report["grid"]["DPO"][lr]["oracle_reward"] for lr in ("1e-05", "0.0001")]
+
+
+def test_the_lr_is_chosen_by_validation_reward_ties_to_the_smaller():
+    metrics = lambda reward: {"oracle_reward": reward, "kl_per_token": 0.0}  # noqa: E731
+    assert experiment.choose_lr({"1e-05": metrics(1.0), "0.0001": metrics(2.0), "0.0002": metrics(1.5)}) == 1e-4
+    assert experiment.choose_lr({"0.0001": metrics(2.0), "1e-05": metrics(2.0)}) == 1e-5  # order of the keys does not matter
+    assert experiment.choose_lr({"1e-05": metrics(None), "2e-05": metrics(-1.0)}) == 2e-5
+    with pytest.raises(TispipeError, match="no learning rate"):
+        experiment.choose_lr({"1e-05": metrics(None)})
+    with pytest.raises(TispipeError, match="--lrs"):
+        experiment.learning_rates(experiment.ExperimentConfig(lrs="1e-5,fast"))
+    with pytest.raises(TispipeError, match="--lrs"):
+        experiment.learning_rates(experiment.ExperimentConfig(lrs="0,1e-5"))
+    assert experiment.learning_rates(experiment.ExperimentConfig(lrs="1e-4, 1e-5,1e-4")) == [1e-5, 1e-4]
+
+
+def test_beats_needs_non_overlapping_intervals_and_the_verdict_checks_the_papers_orders():
+    entry = lambda values: experiment_report.mean_std(values)  # noqa: E731
+    def row(values, lr=1e-5):
+        return {"lr": lr, "oracle_reward": entry(values), "win_rate_vs_dpo": entry([0.5] * len(values))}
+    report = {"methods": {"base": row([0.0]), "DPO": row([1.0, 1.2]), "TIS-DPO(D)": row([2.0, 2.2], 5e-5), "TIS-DPO(S)": row([1.5, 1.7]),
+                          "TIS-DPO(P)": row([1.6, 1.8]), "TIS-DPO(D) random weights U(L,U)": row([0.5, 0.7]),
+                          "TIS-DPO(D) equal weights": row([1.0, 1.4]), "TIS-DPO(D) without eta": row([1.9, 2.3])},
+              "weight_auc": {}}
+    assert "beats, with non-overlapping mean ± std," in experiment_report.beats(report, "TIS-DPO(D)", "DPO")
+    assert "TIS-DPO(D) at lr 5e-05 (+2.10 ± 0.14)" in experiment_report.beats(report, "TIS-DPO(D)", "DPO")
+    assert "does not beat (the mean ± std intervals overlap)" in experiment_report.beats(report, "TIS-DPO(D)", "TIS-DPO(D) without eta")
+    assert "falls below" in experiment_report.beats(report, "DPO", "TIS-DPO(D)")
+    text = experiment_report.verdict(report, [m[0] for m in experiment.METHODS])
+    assert "The paper's order (random U(L,U) < equal < without eta < full) holds in the means." in text
+    assert "TIS-DPO(D) (+2.10) > TIS-DPO(P) (+1.70) > TIS-DPO(S) (+1.60); the paper's D > S > P does not hold" in text
+    report["methods"]["TIS-DPO(D) without eta"] = row([2.3, 2.5])
+    assert "does not hold in the means." in experiment_report.verdict(report, [m[0] for m in experiment.METHODS]).split("Estimation")[0]
 
 
 def test_unknown_method_and_missing_inputs_are_named(tiny_task, tmp_path):
     with pytest.raises(TispipeError, match="unknown method"):
         experiment.selected_methods(experiment.ExperimentConfig(methods="DPO,KTO"))
-    assert [m[0] for m in experiment.selected_methods(experiment.ExperimentConfig(methods="IPO"))] == ["DPO", "IPO"]
+    assert [m[0] for m in experiment.selected_methods(experiment.ExperimentConfig(methods="IPO", generated=False))] == ["DPO", "IPO"]
+    # the generated block trains its methods at their main-table lrs, so they come along
+    assert [m[0] for m in experiment.selected_methods(experiment.ExperimentConfig(methods="IPO"))] == ["DPO", "IPO", "TIS-DPO(P)", "TIS-DPO(D)"]
     with pytest.raises(TispipeError, match="does not exist"):
         experiment.run(experiment.ExperimentConfig(data=str(tmp_path), base=str(tiny_task / "base"), out=str(tmp_path / "x")))
 
@@ -90,21 +132,21 @@ def test_mean_std_over_seeds():
 def test_every_method_builds_a_valid_train_config(tmp_path):
     from tispipe import train
 
-    cfg = experiment.ExperimentConfig(out=str(tmp_path), lr=2e-5, max_steps=120)
+    cfg = experiment.ExperimentConfig(out=str(tmp_path), max_steps=120)
     for method in experiment.METHODS + experiment.generated.METHODS:
         name, estimator, fields = method
-        train_cfg = experiment.train_config(cfg, method, 1, tmp_path / f"weights-{estimator}", experiment.model_dir(tmp_path, name, 1))
+        train_cfg = experiment.train_config(cfg, method, 2e-5, 1, tmp_path / f"weights-{estimator}", experiment.model_dir(tmp_path, name, 2e-5, 1))
         assert isinstance(train_cfg, experiment.TrainConfig), name
         train.validate(train_cfg)  # known loss / weighting names, bounds that make sense
         assert all(getattr(train_cfg, k) == v for k, v in fields.items()), name
         assert (train_cfg.lr, train_cfg.max_steps, train_cfg.seed, train_cfg.resume) == (2e-5, 120, 1, True), name
         assert train_cfg.shards == str(tmp_path / f"weights-{estimator}")
-        assert train_cfg.out == str(experiment.model_dir(tmp_path, name, 1))
+        assert train_cfg.out == str(experiment.model_dir(tmp_path, name, 2e-5, 1))
     assert {e for _, e, _ in experiment.METHODS} == set(ESTIMATION_METHODS)
 
 
 def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path):
-    runner = experiment.Runner(tmp_path, jobs=1, threads=1)
+    runner = jobs.Runner(tmp_path, jobs=1, threads=1)
     bad = experiment.EstimateConfig(data=str(tmp_path / "missing.jsonl"), model=str(tmp_path / "no-model"), out=str(tmp_path / "w"))
     with pytest.raises(TispipeError, match=r"estimate-x failed \(exit 1\): Error: .*no-model"):
         runner.add("estimate-x", "estimate", bad)
@@ -118,14 +160,14 @@ def test_jobs_in_subprocesses_give_the_same_numbers_as_in_process(tiny_task, tmp
     from dataclasses import replace
 
     quick = experiment.quick_settings(experiment.ExperimentConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"),
-                                                                  methods="TIS-DPO(P),TIS-DPO(D) equal weights"))
-    reports = {jobs: experiment.run(replace(quick, out=str(tmp_path / f"jobs{jobs}"), jobs=jobs)) for jobs in (1, 2)}
-    assert list(reports[2]["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D) equal weights"]
+                                                                  methods="TIS-DPO(P),TIS-DPO(D) equal weights", generated=False))
+    reports = {n: experiment.run(replace(quick, out=str(tmp_path / f"jobs{n}"), jobs=n)) for n in (1, 2)}
+    assert list(reports[2]["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D) equal weights"]  # DPO: the win rates need it
     assert reports[2]["methods"] == reports[1]["methods"]
     assert reports[2]["weight_auc"] == reports[1]["weight_auc"]
-    assert reports[2]["generated"]["methods"] == reports[1]["generated"]["methods"]
+    assert "generated" not in reports[2]
     logs = tmp_path / "jobs2" / "logs"
-    assert f"tispipe train --config {logs / 'train-dpo-seed0.yaml'}" in reports[2]["commands"]
+    assert f"tispipe train --config {logs / 'train-dpo-lr1e-05-seed0.yaml'}" in reports[2]["commands"]
     assert {p.stem for p in logs.glob("*.yaml")} == {p.stem for p in logs.glob("*.log")}
     # a finished eval is skipped on a re-run with the same settings
     again = experiment.run(replace(quick, out=str(tmp_path / "jobs2"), jobs=2))

@@ -112,6 +112,10 @@ app.command("experiment")(stage_command(
     configs.ExperimentConfig, "experiment", "Train and evaluate DPO, IPO, TDPO2, TIS-DPO(P/S/D) and TIS-DPO(D)'s ablations over seeds; write a results table."
 ))
 
+app.command("contrast-study")(stage_command(
+    configs.ContrastStudyConfig, "contrast_study", "Build pi+/pi- over a grid of budgets and rank them by decision-token weight AUC on a validation split."
+))
+
 
 def main() -> None:
     """The `tispipe` entry point. A usage error (unknown option, a value of the wrong type) is one

@@ -276,26 +276,39 @@ class EvalConfig(DataOptions, ModelOptions, SeedOption, ThreadsOption, Overwrite
 
 
 @dataclass(kw_only=True)
-class ExperimentConfig:
+class StudyOptions:
+    """What the studies (experiment, contrast-study) share: the task, the base, where results go, how jobs run."""
+
     data: str = option("data/toy", "Folder holding train.jsonl and test.jsonl (with token span labels).")
-    base: str = option("runs/base", "Base model folder every method starts from (and the reference).")
+    base: str = option("runs/base", "Base model folder every run starts from (and the reference).")
+    results: str | None = option(None, "Also write the results (markdown, JSON, figures) into this folder (e.g. docs).")
+    validation_fraction: float = option(0.1, "Share of train.jsonl held out as the validation split that settings are chosen on (a seeded hash of each pair_id); the test split only reports.")
+    jobs: int = option(2, "Stage runs at the same time (1: one after another, in this process).")
+    threads: int = option(1, THREADS_HELP)  # 1 by default here: --jobs runs share the cores
+
+
+@dataclass(kw_only=True)
+class ExperimentConfig(StudyOptions):
     out: str = option("runs/experiment", "Folder for the trained models, eval reports, logs, report.json and results.md.")
-    weights_root: str | None = option(None, "Folder holding weights-prompt/-sft/-dpo (default: --out); `runs` reuses make estimate's.")
-    results: str | None = option(None, "Also write results.md and report.json into this folder (e.g. docs).")
-    seeds: int = option(3, "Seeds per method (0..N-1).")
-    lr: float = option(1e-4, "Learning rate, the same for every method.")
+    seeds: int = option(5, "Seeds per method at its chosen learning rate (0..N-1), evaluated on the test split.")
+    lrs: str = option("1e-5,2e-5,5e-5,1e-4,2e-4", "Learning-rate grid, the same for every method; each method's lr is chosen on the validation split (seed 0).")
     max_steps: int | None = option(None, MAX_STEPS_HELP)  # of every training run
     batch_size: int = option(16, "Pairs per step, the same for every method.")
-    limit: int | None = option(None, "Training pairs to use (default: all).")
+    limit: int | None = option(None, "Training pairs to use (default: all but the validation split).")
     eval_limit: int | None = option(None, "Test pairs for accuracy and KL (default: all).")
-    num_prompts: int = option(100, "Test prompts to sample responses for.")
+    num_prompts: int = option(100, "Prompts to sample responses for (validation prompts to choose the lr, test prompts to report).")
     temperatures: str = option("0,1.0", "Sampling temperatures (0 = greedy).")
     max_new_tokens: int = option(96, "Longest sampled response in tokens.")
     methods: str = option("all", "Comma-separated method names (see tispipe.experiment.METHODS) or all.")
-    jobs: int = option(2, "Stage runs at the same time (1: one after another, in this process).")
-    threads: int = option(1, THREADS_HELP)  # 1 by default here: --jobs runs share the cores
-    generated: bool = option(True, "Also run the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base model generates (tispipe generate).")
-    quick: bool = option(False, "Smoke run (1 seed, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the table is written.")
+    generated: bool = option(True, "Also run the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base model generates (tispipe generate), at the main table's chosen lrs.")
+    quick: bool = option(False, "Smoke run (1 seed, 2 lrs, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the tables are written.")
+
+
+@dataclass(kw_only=True)
+class ContrastStudyConfig(StudyOptions):
+    out: str = option("runs/contrast-study", "Folder for the contrastive models, their shards, logs and contrast-study.md.")
+    limit: int | None = option(None, "Training pairs to build pi+/pi- on (default: all but the validation split).")
+    quick: bool = option(False, "Smoke run (two tiny settings, 48 pairs): checks that the study runs and its table is written.")
 
 
 # ---------------------------------------------------------------- checks shared by the stages

@@ -1,18 +1,20 @@
-"""`tispipe experiment`: the paper's comparison (its Table 1) and TIS-DPO(D) ablations (its Table 2) on one task.
+"""`tispipe experiment`: the paper's comparison (its Table 1) and TIS-DPO(D) ablations (its Table 2) on one task,
+each method at its own best learning rate from one shared grid.
 
-The stages talk only through their folders on disk, as a user would run them. Every job below is one
-stage with one config object (EstimateConfig, TrainConfig, EvalConfig), built here and written to
-OUT/logs/<job>.yaml, so `tispipe <command> --config OUT/logs/<job>.yaml` repeats it; its output goes
-to OUT/logs/<job>.log. With --jobs 1 each stage runs in this process, one after another; with more,
-each runs as that command in a subprocess (so several single-threaded trainings can share the CPU).
-A re-run skips what is finished: estimate and train recognise their own finished runs.
+The stages talk only through their folders on disk, as a user would run them. Every job is one stage
+with one config (tispipe.jobs): OUT/logs/<job>.yaml repeats it with `tispipe <command> --config`. A
+re-run skips what is finished: estimate and train recognise their own finished runs.
 
+0. carve a validation split out of train.jsonl (OUT/data; tispipe.held_out.carve_files). Weights and
+   trainings use the rest; the validation split chooses the learning rates; the test split only reports;
 1. estimate the token weights once per estimation method (prompt, sft, dpo) on the training pairs, and
-   once more on the test pairs with the same pi+/pi- (held-out weight AUC against the token labels);
-2. train every method for every seed from the same base with the same steps, learning rate and batch
-   (DPO, IPO and TDPO2 read the dpo shards, which they use only for the tokens and reference log-probs);
-3. evaluate each seed's models in one eval (win rates against that seed's DPO);
-4. write report.json and results.md (tispipe.experiment_report): mean and sample standard deviation over seeds.
+   score the test pairs with the same pi+/pi- (held-out weight AUC against the token labels);
+2. the grid: train every method at every lr of --lrs with seed 0 (the same steps and batch for all),
+   and evaluate each lr's models on validation prompts; each method's lr is the one with the highest
+   oracle reward there (pooled over the temperatures; ties to the smaller lr);
+3. train each method at its chosen lr for --seeds seeds (seed 0 is the grid's run) and evaluate each
+   seed on the test split (win rates against that seed's DPO);
+4. write report.json, results.md and the figures (tispipe.experiment_report).
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,10 +29,12 @@ from typing import Any
 
 from tispipe import experiment_generated as generated
 from tispipe.atomic import atomic_write_json, atomic_write_text
-from tispipe.config_files import config_dict, write_config
+from tispipe.config_files import config_dict
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
 from tispipe.errors import TispipeError
-from tispipe.experiment_report import method_rows, render, render_tables, slug, write_figures
+from tispipe.experiment_report import method_rows, render, render_tables, seed_metrics, slug, write_figures
+from tispipe.held_out import carve_files
+from tispipe.jobs import Runner, command_line, say
 
 # (name, estimation method of the shards it trains on, TrainConfig fields). Every method also gets the shared budget.
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
@@ -50,13 +51,12 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("TIS-DPO(D) equal weights", "dpo", {"loss": "tisdpo", "weighting": "equal"}),
     ("TIS-DPO(D) without eta", "dpo", {"loss": "tisdpo", "eta_coef": 0.0}),
 ]
-# the stage modules the experiment runs, and the `tispipe` command of each
-COMMANDS = {"estimate": "estimate", "train": "train", "evaluate": "eval", "generate_pairs": "generate"}
 
 
 def quick_settings(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The --quick variant: tiny everything, so CI can check that each method runs and the table is written."""
-    return replace(cfg, seeds=1, max_steps=4, batch_size=4, limit=32, eval_limit=16, num_prompts=4, temperatures="0", max_new_tokens=16, jobs=1)
+    """The --quick variant: tiny everything, so CI can check that each method runs and the tables are written."""
+    return replace(cfg, seeds=2, lrs="1e-5,1e-4", max_steps=4, batch_size=4, limit=32, eval_limit=16, num_prompts=4, temperatures="0",
+                   max_new_tokens=16, jobs=1)
 
 
 def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, Any]]]:
@@ -69,101 +69,135 @@ def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, An
     unknown = [n for n in names if n not in known]
     if unknown:
         raise TispipeError(f"unknown method(s) {', '.join(unknown)}", hint=f"known: {', '.join(known)}")
-    if "DPO" not in names:
-        names.insert(0, "DPO")  # the win rates compare against it
-    return [known[n] for n in names]
+    # DPO: the win rates compare against it; the generated block trains its methods at their main-table lr
+    needed = ["DPO", *([m[0] for m in generated.METHODS] if cfg.generated else [])]
+    names += [n for n in needed if n not in names]
+    return [m for m in METHODS if m[0] in names]
+
+
+def learning_rates(cfg: ExperimentConfig) -> list[float]:
+    """--lrs as floats, ascending."""
+    try:
+        lrs = sorted({float(v) for v in cfg.lrs.split(",") if v.strip()})
+    except ValueError:
+        raise TispipeError(f"--lrs must be comma-separated numbers, not {cfg.lrs!r}") from None
+    if not lrs or not all(0 < lr < float("inf") for lr in lrs):
+        raise TispipeError(f"--lrs must be positive finite numbers, not {cfg.lrs!r}")
+    return lrs
 
 
 # ---------------------------------------------------------------- the jobs' configs
 
 
-def estimate_config(cfg: ExperimentConfig, method: str, weights_root: Path) -> EstimateConfig:
-    """Token weights of the training pairs, from pi+/pi- made with `method`."""
-    return EstimateConfig(data=str(Path(cfg.data) / "train.jsonl"), model=cfg.base, method=method,
-                          out=str(weights_root / f"weights-{method}"), limit=cfg.limit)
+def estimate_config(cfg: ExperimentConfig, method: str, out: Path) -> EstimateConfig:
+    """Token weights of the training pairs (validation split removed), from pi+/pi- made with `method`."""
+    return EstimateConfig(data=str(out / "data" / "train.jsonl"), model=cfg.base, method=method, out=str(out / f"weights-{method}"), limit=cfg.limit)
 
 
-def held_out_estimate_config(cfg: ExperimentConfig, method: str, weights_root: Path) -> EstimateConfig:
+def held_out_estimate_config(cfg: ExperimentConfig, method: str, out: Path) -> EstimateConfig:
     """The same pi+/pi- (for prompt: the same system prompts) scoring the test pairs."""
-    contrast = weights_root / f"weights-{method}" / "contrast"
+    contrast = out / f"weights-{method}" / "contrast"
     models = {} if method == "prompt" else {"pos_model": str(contrast / "pos"), "neg_model": str(contrast / "neg")}
-    return EstimateConfig(data=str(Path(cfg.data) / "test.jsonl"), model=cfg.base, method=method, **models,
-                          out=str(Path(cfg.out) / "weights-test" / method), overwrite=True, limit=cfg.eval_limit)
+    return EstimateConfig(data=str(out / "data" / "test.jsonl"), model=cfg.base, method=method, **models,
+                          out=str(out / "weights-test" / method), overwrite=True, limit=cfg.eval_limit)
 
 
-def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], seed: int, shards: Path, out: Path) -> TrainConfig:
-    """One method's training for one seed on `shards` into `out`: its own fields plus the budget every method shares."""
+def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], lr: float, seed: int, shards: Path, out: Path) -> TrainConfig:
+    """One method's training at `lr` for one seed on `shards` into `out`: its own fields plus the budget every method shares."""
     _, _, fields = method
     return TrainConfig(shards=str(shards), model=cfg.base, out=str(out), **fields,
-                       lr=cfg.lr, batch_size=cfg.batch_size, threads=cfg.threads, max_steps=cfg.max_steps, seed=seed, resume=True)
+                       lr=lr, batch_size=cfg.batch_size, threads=cfg.threads, max_steps=cfg.max_steps, seed=seed, resume=True)
 
 
-def eval_config(cfg: ExperimentConfig, models: list[Path], baseline: Path, seed: int, out: Path) -> EvalConfig:
-    """The base and `models` of one seed side by side on the test split, win rates against `baseline` (that seed's DPO)."""
+def eval_config(cfg: ExperimentConfig, models: list[Path], baseline: Path, seed: int, out: Path, split: str) -> EvalConfig:
+    """The base and `models` side by side on OUT/data/<split>.jsonl, win rates against `baseline` (DPO)."""
     return EvalConfig(model=[cfg.base, *map(str, models)], ref=cfg.base,
-                      baseline=str(baseline), data=str(Path(cfg.data) / "test.jsonl"), oracle="toy",
+                      baseline=str(baseline), data=str(Path(cfg.out) / "data" / f"{split}.jsonl"), oracle="toy",
                       temperatures=cfg.temperatures, num_prompts=cfg.num_prompts, max_new_tokens=cfg.max_new_tokens, seed=seed,
                       threads=cfg.threads, out=str(out), overwrite=True, limit=cfg.eval_limit)
+
+
+def model_dir(out: Path, name: str, lr: float, seed: int) -> Path:
+    return out / "models" / f"{slug(name)}-lr{lr:g}-seed{seed}"
+
+
+def validation_dir(out: Path, lr: float) -> Path:
+    return out / "eval" / f"validation-lr{lr:g}"
 
 
 # ---------------------------------------------------------------- the stage
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Estimate, train, evaluate and tabulate; returns the report (also written to OUT/report.json)."""
+    """Estimate, choose each method's lr on validation, train the seeds, evaluate and tabulate; returns the report."""
     if cfg.quick:
         cfg = quick_settings(cfg)
     check(cfg)
-    started = time.time()
-    out = Path(cfg.out)
-    weights_root = Path(cfg.weights_root or cfg.out)
+    lrs = learning_rates(cfg)
+    started, out = time.time(), Path(cfg.out)
     methods = selected_methods(cfg)
     estimators = [e for e in ESTIMATION_METHODS if any(m[1] == e for m in methods)]
+    splits = carve_files(cfg.data, out / "data", cfg.validation_fraction, seed=0)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     runner = Runner(out / "logs", cfg.jobs, cfg.threads)
+    shards = lambda method: out / f"weights-{method[1]}"  # noqa: E731
 
     # 1. weights: one estimate per method on the training pairs; its pi+/pi- then score the test pairs
     timings: dict[str, float] = {}
     t0 = time.time()
     for method in estimators:
-        runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, weights_root))
+        runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
     runner.wait()
     for method in estimators:
-        runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, weights_root))
+        runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, out))
     if cfg.generated:  # the generated-data block's pairs, then their weights
-        runner.add("generate-pairs", "generate_pairs", generated.generate_config(cfg, weights_root))
+        runner.add("generate-pairs", "generate_pairs", generated.generate_config(cfg, out))
         runner.wait()
         for method in generated.ESTIMATORS:
-            runner.add(f"estimate-generated-{method}", "estimate", generated.estimate_config(cfg, method, weights_root))
+            runner.add(f"estimate-generated-{method}", "estimate", generated.estimate_config(cfg, method, out))
     runner.wait()
     timings["estimate"] = time.time() - t0
 
-    # 2. training, the same budget for every method and seed, then 3. one eval per seed with all methods side by
-    # side (win rates against that seed's DPO); a seed's eval runs while the next seed trains, so an experiment
-    # stopped early leaves whole seeds behind.
+    # 2. the lr grid with seed 0, each lr's models evaluated on validation prompts while the next lr trains
+    t0 = time.time()
+    for lr in lrs:
+        for method in methods:
+            runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed0", "train", train_config(cfg, method, lr, 0, shards(method), model_dir(out, method[0], lr, 0)))
+        runner.wait()
+        models = [model_dir(out, name, lr, 0) for name, _, _ in methods]
+        runner.add(f"eval-validation-lr{lr:g}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", lr, 0), 0, validation_dir(out, lr), "validation"),
+                   skip_if_done=validation_dir(out, lr))
+    runner.wait()
+    grid = grid_metrics(cfg, methods, lrs)
+    chosen = {name: choose_lr(grid[name]) for name, _, _ in methods}
+    say("chosen on validation: " + ", ".join(f"{name} {lr:g}" for name, lr in chosen.items()))
+    timings["grid"] = time.time() - t0
+
+    # 3. every method at its chosen lr over the seeds, one test eval per seed with all methods side by side
     t0 = time.time()
     for seed in range(cfg.seeds):
         for method in methods:
-            shards, model = weights_root / f"weights-{method[1]}", model_dir(out, method[0], seed)
-            runner.add(f"train-{slug(method[0])}-seed{seed}", "train", train_config(cfg, method, seed, shards, model))
+            lr = chosen[method[0]]
+            runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
         for method in generated.METHODS if cfg.generated else []:
-            shards, model = generated.weights_dir(weights_root, method[1]), generated.model_dir(out, method[0], seed)
-            runner.add(f"train-generated-{slug(method[0])}-seed{seed}", "train", train_config(cfg, method, seed, shards, model))
+            lr = chosen[method[0]]
+            model = generated.model_dir(out, method[0], lr, seed)
+            runner.add(f"train-generated-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, generated.weights_dir(out, method[1]), model))
         runner.wait()
-        models = [model_dir(out, name, seed) for name, _, _ in methods]
-        runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", seed), seed, out / "eval" / f"seed-{seed}"),
-                   skip_if_done=out / "eval" / f"seed-{seed}")
+        models = [model_dir(out, name, chosen[name], seed) for name, _, _ in methods]
+        test_dir = out / "eval" / f"seed-{seed}"
+        runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", chosen["DPO"], seed), seed, test_dir, "test"), skip_if_done=test_dir)
         if cfg.generated:
-            models = [generated.model_dir(out, name, seed) for name, _, _ in generated.METHODS]
-            evaluation = eval_config(cfg, models, generated.model_dir(out, "DPO", seed), seed, out / "eval" / f"generated-seed-{seed}")
+            models = [generated.model_dir(out, name, chosen[name], seed) for name, _, _ in generated.METHODS]
+            evaluation = eval_config(cfg, models, generated.model_dir(out, "DPO", chosen["DPO"], seed), seed, out / "eval" / f"generated-seed-{seed}", "test")
             runner.add(f"eval-generated-seed{seed}", "evaluate", evaluation, skip_if_done=out / "eval" / f"generated-seed-{seed}")
     runner.wait()
-    timings["train_and_eval"] = time.time() - t0
+    timings["seeds"] = time.time() - t0
     timings["total"] = time.time() - started
 
-    report = collect(cfg, methods, estimators, weights_root, timings, runner.commands)
+    report = collect(cfg, methods, estimators, lrs, grid, chosen, splits, timings, runner.commands)
     if cfg.generated:
-        report["generated"] = generated.collect(cfg, weights_root)
+        report["generated"] = generated.collect(cfg, out, chosen)
     order = [m[0] for m in METHODS]
     text = render(report, order, ESTIMATION_METHODS)
     for folder in [out, *([Path(cfg.results)] if cfg.results else [])]:
@@ -183,149 +217,68 @@ def check(cfg: ExperimentConfig) -> None:
     if not Path(cfg.base).is_dir():
         raise TispipeError(f"base model folder {cfg.base} does not exist", hint="build it with `make base` (tispipe init-base)")
     check_options(
-        cfg, at_least_one=("seeds", "jobs", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"), positive=("lr",),
-        non_negative=("threads",),
+        cfg, at_least_one=("seeds", "jobs", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"),
+        positive=("validation_fraction",), non_negative=("threads",),
     )
+    if not cfg.validation_fraction < 1:
+        raise TispipeError(f"--validation-fraction must be below 1, not {cfg.validation_fraction}")
 
 
-def say(text: str) -> None:
-    """A progress line of the experiment itself (stderr, with the time), between the jobs' own logs."""
-    from tispipe.console import log_console
-
-    log_console().print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, soft_wrap=True, markup=False)
+# ---------------------------------------------------------------- choosing the learning rates
 
 
-def model_dir(out: Path, name: str, seed: int) -> Path:
-    return out / "models" / f"{slug(name)}-seed{seed}"
+def grid_metrics(cfg: ExperimentConfig, methods, lrs: list[float]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{method: {lr: the validation eval's metrics of its seed-0 model}} (tispipe.experiment_report.seed_metrics)."""
+    out = Path(cfg.out)
+    grid: dict[str, dict[str, dict[str, float | None]]] = {name: {} for name, _, _ in methods}
+    for lr in lrs:
+        results = json.loads((validation_dir(out, lr) / "report.json").read_text(encoding="utf-8"))["results"]
+        for name, _, _ in methods:
+            grid[name][f"{lr:g}"] = seed_metrics(results[str(model_dir(out, name, lr, 0))])
+    return grid
 
 
-class Runner:
-    """Runs stages, at most `jobs` at a time, each logging to its own file; any failure stops the experiment.
-
-    A job is (label, stage module, config). Its config goes to LOGS/<label>.yaml first; one job at a
-    time runs `tispipe.<stage>.run(config)` in this process, more run `python -m tispipe <command>
-    --config LOGS/<label>.yaml` as subprocesses: the same settings either way.
-    """
-
-    def __init__(self, logs: Path, jobs: int, threads: int):
-        self.logs, self.jobs, self.threads = logs, jobs, threads
-        self.running: list[tuple[str, subprocess.Popen, float]] = []
-        self.commands: list[str] = []
-        self.done_markers: dict[str, tuple[Path, dict[str, Any]]] = {}
-
-    def add(self, label: str, stage: str, cfg: Any, skip_if_done: Path | None = None) -> None:
-        """Run the stage on `cfg`; with skip_if_done, not when that folder records a finished run of the same config."""
-        config_file = self.logs / f"{label}.yaml"
-        write_config(cfg, config_file)
-        argv = [COMMANDS[stage], "--config", str(config_file)]
-        self.commands.append("tispipe " + shlex.join(argv))
-        if skip_if_done is not None:
-            done, settings = skip_if_done / "experiment-config.json", config_dict(cfg)
-            if done.is_file() and json.loads(done.read_text(encoding="utf-8")) == settings:
-                say(f"skip  {label} (done)")
-                return
-            self.done_markers[label] = (done, settings)
-        if self.jobs == 1:
-            say(f"start {label}")
-            self._run_here(label, stage, cfg)
-            return
-        while len(self.running) >= self.jobs:
-            self._reap(block=True)
-        say(f"start {label}")
-        # OMP_NUM_THREADS holds every command (and its libraries) to the thread count
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb", **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
-        with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log:
-            process = subprocess.Popen([sys.executable, "-m", "tispipe", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.running.append((label, process, time.time()))
-
-    def _run_here(self, label: str, stage: str, cfg: Any) -> None:
-        """One job at a time: call the stage in this process, saving a Python start-up per job."""
-        import contextlib
-        import importlib
-
-        import torch
-
-        t0, threads, code = time.time(), torch.get_num_threads(), 0
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                try:
-                    importlib.import_module(f"tispipe.{stage}").run(cfg)
-                except TispipeError as e:
-                    # the lines the command line prints for a user error, so the log reads the same either way
-                    print(f"Error: {e.message}" + (f"\nHint: {e.hint}" if e.hint else ""), file=log)
-                    code = 1
-        finally:
-            torch.set_num_threads(threads)
-        self._finished(label, code, t0)
-
-    def _finished(self, label: str, code: int, t0: float) -> None:
-        if code != 0:
-            for _, other, _ in self.running:
-                other.terminate()
-            tail = (self.logs / f"{label}.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-            raise TispipeError(f"{label} failed (exit {code}): {' / '.join(tail)}", hint=f"its log: {self.logs / (label + '.log')}")
-        if label in self.done_markers:
-            path, settings = self.done_markers.pop(label)
-            atomic_write_json(path, settings)
-        say(f"done  {label} ({time.time() - t0:.0f}s)")
-
-    def wait(self) -> None:
-        while self.running:
-            self._reap(block=True)
-
-    def _reap(self, block: bool) -> None:
-        while True:
-            for item in self.running:
-                label, process, t0 = item
-                if process.poll() is not None:
-                    self.running.remove(item)
-                    self._finished(label, process.returncode, t0)
-                    return
-            if not block:
-                return
-            time.sleep(0.5)
+def choose_lr(by_lr: dict[str, dict[str, float | None]]) -> float:
+    """The lr with the highest validation oracle reward (pooled over the temperatures); ties to the smaller lr."""
+    best: tuple[float, float] | None = None
+    for lr in sorted(by_lr, key=float):
+        reward = by_lr[lr]["oracle_reward"]
+        if reward is not None and (best is None or reward > best[1]):
+            best = (float(lr), reward)
+    if best is None:
+        raise TispipeError("no learning rate of the grid has a validation oracle reward", hint="the validation evals sampled no responses (--num-prompts 0?)")
+    return best[0]
 
 
 # ---------------------------------------------------------------- the report
 
 
-def collect(cfg: ExperimentConfig, methods, estimators: list[str], weights_root: Path, timings: dict[str, float], commands: list[str]) -> dict[str, Any]:
+def collect(cfg: ExperimentConfig, methods, estimators: list[str], lrs: list[float], grid, chosen: dict[str, float], splits: dict[str, int],
+            timings: dict[str, float], commands: list[str]) -> dict[str, Any]:
     import torch
 
     from tispipe.weight_quality import weight_quality
 
     out = Path(cfg.out)
     reports = [json.loads((out / "eval" / f"seed-{seed}" / "report.json").read_text(encoding="utf-8")) for seed in range(cfg.seeds)]
-    rows = method_rows(reports, methods, cfg.base, lambda name, seed: model_dir(out, name, seed))
+    rows = method_rows(reports, methods, cfg.base, lambda name, seed: model_dir(out, name, chosen[name], seed))
+    for name in chosen:
+        rows[name]["lr"] = chosen[name]
     auc: dict[str, Any] = {}
     for method in estimators:
-        train_quality = weight_quality(str(weights_root / f"weights-{method}"))
-        test_quality = weight_quality(str(out / "weights-test" / method))
         keep = lambda quality: {k: v for k, v in quality.items() if k.endswith("_auc") or k == "labelled_rows"}  # noqa: E731
-        auc[method] = {"train": keep(train_quality), "test": keep(test_quality)}
-    steps = json.loads((model_dir(out, "DPO", 0) / "train_info.json").read_text(encoding="utf-8")).get("steps")
+        auc[method] = {"train": keep(weight_quality(out / f"weights-{method}")), "test": keep(weight_quality(out / "weights-test" / method))}
+    steps = json.loads((model_dir(out, "DPO", chosen["DPO"], 0) / "train_info.json").read_text(encoding="utf-8")).get("steps")
     return {
         "config": config_dict(cfg),
-        "command": command_line(cfg),
+        "command": command_line("experiment", cfg),
         "machine": {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()},
-        "budget": {"lr": cfg.lr, "batch_size": cfg.batch_size, "steps": steps, "seeds": cfg.seeds, "train_pairs": cfg.limit or "all"},
+        "budget": {"lrs": lrs, "batch_size": cfg.batch_size, "steps": steps, "seeds": cfg.seeds, "train_pairs": splits["train"] if cfg.limit is None else cfg.limit,
+                   "validation_pairs": splits["validation"]},
         "eval": {"temperatures": cfg.temperatures, "num_prompts": cfg.num_prompts, "max_new_tokens": cfg.max_new_tokens, "test_pairs": cfg.eval_limit or "all"},
         "methods": rows,
+        "grid": grid,
         "weight_auc": auc,
         "timing_seconds": timings,
         "commands": commands,
     }
-
-
-def command_line(cfg: ExperimentConfig) -> str:
-    """The `tispipe experiment` command that repeats this run, every option spelled out."""
-    words = ["tispipe", "experiment"]
-    for key, value in config_dict(cfg).items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            words += [flag] if value else []
-        elif value is not None:
-            words += [flag, str(value)]
-    return shlex.join(words)

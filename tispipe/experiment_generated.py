@@ -3,7 +3,7 @@
 The base model answers every training prompt twice, under the harmless system prompt (chosen) and under
 the harmful one (rejected), with `tispipe generate`; pairs whose responses are identical, empty or cut
 off without EOS are kept as sampled (their share is reported). DPO, TIS-DPO(P) and TIS-DPO(D) then train on those pairs with the main
-table's budget and are evaluated as the main table is: the toy oracle on the test prompts, win rates
+table's budget, each at its lr chosen for the main table, and are evaluated as the main table is: the toy oracle on the test prompts, win rates
 against that seed's DPO (here: DPO on the generated pairs). The generated pairs carry no token labels,
 so there is no weight AUC; their label noise (how often the oracle disagrees with the system prompts)
 is reported instead. RLCD's own recipe trains a preference model on the pairs and then runs RL against it; tispipe has no RL stage.
@@ -28,27 +28,27 @@ ESTIMATORS = ["prompt", "dpo"]
 LEFT_OUT = "RLCD (a preference model trained on the generated pairs, then RL against it) is left out: `tispipe reward-model` trains the preference model, but tispipe has no RL (PPO) stage."
 
 
-def pairs_dir(weights_root: Path) -> Path:
-    return weights_root / "generated" / "pairs"
+def pairs_dir(out: Path) -> Path:
+    return out / "generated" / "pairs"
 
 
-def weights_dir(weights_root: Path, method: str) -> Path:
-    return weights_root / "generated" / f"weights-{method}"
+def weights_dir(out: Path, method: str) -> Path:
+    return out / "generated" / f"weights-{method}"
 
 
-def model_dir(out: Path, name: str, seed: int) -> Path:
-    return out / "models" / f"generated-{slug(name)}-seed{seed}"
+def model_dir(out: Path, name: str, lr: float, seed: int) -> Path:
+    return out / "models" / f"generated-{slug(name)}-lr{lr:g}-seed{seed}"
 
 
-def generate_config(cfg: ExperimentConfig, weights_root: Path) -> GenerateConfig:
+def generate_config(cfg: ExperimentConfig, out: Path) -> GenerateConfig:
     """One pair per training prompt at T = 1, as long as the eval's responses; responses cut off there are
     kept as sampled (the block reports how many), identical and empty pairs are dropped."""
-    return GenerateConfig(model=cfg.base, prompts=str(Path(cfg.data) / "train.jsonl"), out=str(pairs_dir(weights_root)), limit=cfg.limit,
+    return GenerateConfig(model=cfg.base, prompts=str(out / "data" / "train.jsonl"), out=str(pairs_dir(out)), limit=cfg.limit,
                           temperature=1.0, max_new_tokens=cfg.max_new_tokens, threads=cfg.threads, seed=0)
 
 
-def estimate_config(cfg: ExperimentConfig, method: str, weights_root: Path) -> EstimateConfig:
-    return EstimateConfig(data=str(pairs_dir(weights_root)), model=cfg.base, method=method, out=str(weights_dir(weights_root, method)))
+def estimate_config(cfg: ExperimentConfig, method: str, out: Path) -> EstimateConfig:
+    return EstimateConfig(data=str(pairs_dir(out)), model=cfg.base, method=method, out=str(weights_dir(out, method)))
 
 
 def label_noise(folder: Path) -> dict[str, Any]:
@@ -68,15 +68,16 @@ def label_noise(folder: Path) -> dict[str, Any]:
             "responses_finished": finished / (2 * n)}
 
 
-def collect(cfg: ExperimentConfig, weights_root: Path) -> dict[str, Any]:
+def collect(cfg: ExperimentConfig, out: Path, chosen: dict[str, float]) -> dict[str, Any]:
     """The block's rows (mean ± std over seeds, as the main table's), the generation counts and the label noise."""
-    out = Path(cfg.out)
     reports = [json.loads((out / "eval" / f"generated-seed-{seed}" / "report.json").read_text(encoding="utf-8")) for seed in range(cfg.seeds)]
-    rows = method_rows(reports, METHODS, cfg.base, lambda name, seed: model_dir(out, name, seed))
-    manifest = json.loads((pairs_dir(weights_root) / "manifest.json").read_text(encoding="utf-8"))
+    rows = method_rows(reports, METHODS, cfg.base, lambda name, seed: model_dir(out, name, chosen[name], seed))
+    for name, _, _ in METHODS:
+        rows[name]["lr"] = chosen[name]
+    manifest = json.loads((pairs_dir(out) / "manifest.json").read_text(encoding="utf-8"))
     return {
         "methods": rows,
         "generation": {k: manifest[k] for k in ("generated", "pairs", "dropped")} | {"settings": manifest["settings"]},
-        "label_noise": label_noise(pairs_dir(weights_root)),
+        "label_noise": label_noise(pairs_dir(out)),
         "left_out": LEFT_OUT,
     }

@@ -9,7 +9,6 @@ report.json's (sorted) key order.
 from __future__ import annotations
 
 import statistics
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +68,14 @@ def _cell(entry: dict[str, Any], spec: str, percent: bool = False) -> str:
 
 
 def table(report: dict[str, Any], names: list[str]) -> str:
-    header = ["method", "weights", "oracle reward", "harmful", "win vs DPO", "pref acc", "KL/token"]
+    header = ["method", "weights", "lr (chosen)", "oracle reward", "harmful", "win vs DPO", "pref acc", "KL/token"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         row = report["methods"].get(name)
         if row is None:
             continue
         lines.append("| " + " | ".join([
-            name, row["weights"] or "-", _cell(row["oracle_reward"], "+.2f"), _cell(row["harmful_rate"], ".1f", percent=True),
+            name, row["weights"] or "-", f"{row['lr']:g}" if row.get("lr") else "-", _cell(row["oracle_reward"], "+.2f"), _cell(row["harmful_rate"], ".1f", percent=True),
             _cell(row["win_rate_vs_dpo"], ".3f"), _cell(row["pref_accuracy"], ".3f"), _cell(row["kl_per_token"], ".3f"),
         ]) + " |")
     return "\n".join(lines)
@@ -111,9 +110,12 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         "# Results: TIS-DPO against DPO, IPO and TDPO2 on the toy harmlessness task",
         "_Written by `tispipe experiment`; do not edit by hand (re-run the command)._" + (
             "\n\n**This is a `--quick` smoke run: the numbers mean nothing.**" if quick else ""),
-        f"Budget, the same for every method: lr {budget['lr']:g}, batch {budget['batch_size']}, {budget['steps']} steps, "
-        f"{budget['train_pairs']} training pairs, {budget['seeds']} seed(s) (0..{budget['seeds'] - 1}; the seed sets the data order, "
-        f"random weights and sampling). Evaluation on the test split ({ev['test_pairs']} pairs for accuracy and KL; "
+        f"Protocol: every method trains from the same base with the same budget (batch {budget['batch_size']}, {budget['steps']} steps, "
+        f"{budget['train_pairs']} training pairs) at every learning rate of one grid ({', '.join(f'{lr:g}' for lr in budget['lrs'])}) with seed 0. "
+        f"Each method's lr is the one whose model has the highest oracle reward on {budget['validation_pairs']} validation pairs' prompts, "
+        "carved from the training split (pooled over the temperatures; ties to the smaller lr); the test split plays no part in the choice. "
+        f"Each method is then trained at its own lr with {budget['seeds']} seed(s) (0..{budget['seeds'] - 1}; the seed sets the data order, "
+        f"random weights and sampling) and evaluated on the test split ({ev['test_pairs']} pairs for accuracy and KL; "
         f"{ev['num_prompts']} prompts sampled at T = {ev['temperatures']}, {ev['max_new_tokens']} new tokens at most). "
         "Cells are mean ± sample std over seeds.",
         "Columns: *oracle reward* = mean toy-oracle score of the sampled responses (distinct helpful minus harmful phrases), "
@@ -123,55 +125,94 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         "*KL/token* = KL(pi || base) per response token on the test pairs.",
         render_tables(report, order, estimators),
         " ".join(f"![{title}]({name})" for name, _, title in figures_of(report) if name != "results-generated.png"),
+        "![Oracle reward on validation prompts against the learning rate](results-lr.png) "
+        "![Oracle reward against KL on validation, one point per lr](results-frontier.png)",
         "Weight AUC: how well the estimated weights rank the ground-truth decisive tokens (helpful phrases in chosen, "
         "harmful phrases in rejected responses) above the other tokens of that side; 0.5 is chance. *train* = the shards "
         "training used, *test* = the same pi+/pi- scoring the held-out test pairs.",
         "## How this was run",
         f"```\n{report['command'] or 'tispipe experiment (called from Python)'}\n```",
         f"Machine: {machine['cpu_cores']} CPU cores, torch {machine['torch']}, Python {machine['python']} ({machine['platform']}). "
-        f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, training and evaluation "
-        f"{timing['train_and_eval'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
+        f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, lr grid {timing['grid'] / 60:.1f}, seeds "
+        f"{timing['seeds'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
     ]
     generated = "\n\n" + render_generated(report["generated"]) + "\n" if report.get("generated") else ""
-    return "\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report, order) + "\n" + generated + ("" if quick else "\n" + budget_sweep())
+    return "\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report, order) + "\n\n" + grid_table(report, order) + "\n" + generated
 
 
-def compare(report: dict[str, Any], a: str, b: str, key: str) -> str:
-    """'a' against 'b' on one metric, called a difference only when the means differ by more than both stds."""
+def _interval(entry: dict[str, Any]) -> tuple[float, float]:
+    std = entry["std"] or 0.0
+    return entry["mean"] - std, entry["mean"] + std
+
+
+def beats(report: dict[str, Any], a: str, b: str, key: str = "oracle_reward") -> str:
+    """Whether `a` beats `b` with non-overlapping mean ± std intervals, as a sentence."""
     x, y = report["methods"][a][key], report["methods"][b][key]
     if x["mean"] is None or y["mean"] is None:
         return f"{a} vs {b}: n/a"
-    spread = max(x["std"] or 0.0, y["std"] or 0.0)
-    word = "higher than" if x["mean"] > y["mean"] else "lower than" if x["mean"] < y["mean"] else "equal to"
-    if abs(x["mean"] - y["mean"]) <= spread or len(x["values"]) < 2:
-        word = "not clearly different from (within one std of)" if len(x["values"]) > 1 else "(one seed, no spread) " + word
-    return f"{a} {x['mean']:+.2f} is {word} {b} {y['mean']:+.2f}"
+    (xl, xh), (yl, yh) = _interval(x), _interval(y)
+    at = lambda name: f" at lr {report['methods'][name]['lr']:g}" if report["methods"][name].get("lr") else ""  # noqa: E731
+    if len(x["values"]) < 2:
+        word = "is (one seed, no spread) " + ("above" if x["mean"] > y["mean"] else "not above")
+    elif xl > yh:
+        word = "beats, with non-overlapping mean ± std,"
+    elif xh < yl:
+        word = "falls below, with non-overlapping mean ± std,"
+    else:
+        word = "does not beat (the mean ± std intervals overlap)"
+    return f"{a}{at(a)} ({_cell(x, '+.2f')}) {word} {b}{at(b)} ({_cell(y, '+.2f')})"
 
 
 def verdict(report: dict[str, Any], order: list[str]) -> str:
-    """Sentences computed from the table (never written by hand): does TIS-DPO(D) beat DPO, and what do the ablations do."""
+    """Sentences computed from the table (never written by hand): does TIS-DPO(D) beat DPO, where do the ablations
+    fall against the paper's order, and how do the estimation methods rank against the paper's D > S > P."""
     methods = report["methods"]
+    reward = lambda name: methods[name]["oracle_reward"]["mean"]  # noqa: E731
     lines = []
     if "TIS-DPO(D)" in methods:
         win = methods["TIS-DPO(D)"]["win_rate_vs_dpo"]
-        lines.append(f"- Oracle reward: {compare(report, 'TIS-DPO(D)', 'DPO', 'oracle_reward')}; TIS-DPO(D) wins "
+        lines.append(f"- Oracle reward on the test split, each method at its own lr: {beats(report, 'TIS-DPO(D)', 'DPO')}; TIS-DPO(D) wins "
                      f"{_cell(win, '.3f')} of the prompts against DPO (0.5 = parity).")
-        best = max((n for n in methods if n != "base"), key=lambda n: methods[n]["oracle_reward"]["mean"] or float("-inf"))
-        lines.append(f"- Highest mean oracle reward: {best} ({methods[best]['oracle_reward']['mean']:+.2f}); base model "
-                     f"{methods['base']['oracle_reward']['mean']:+.2f}.")
+    ranked = sorted((n for n in methods if n != "base" and reward(n) is not None), key=lambda n: -reward(n))
+    if ranked:
+        lines.append(f"- Highest mean oracle reward: {ranked[0]} ({reward(ranked[0]):+.2f}); base model {reward('base'):+.2f}.")
+    paper_order = [n for n in ("TIS-DPO(D) random weights U(L,U)", "TIS-DPO(D) equal weights", "TIS-DPO(D) without eta", "TIS-DPO(D)") if n in methods]
+    if len(paper_order) > 1:
+        measured = sorted(paper_order, key=reward)
+        holds = all(reward(a) < reward(b) for a, b in zip(paper_order, paper_order[1:]))
+        lines.append("- Ablations, lowest to highest mean oracle reward: " + " < ".join(f"{n} ({reward(n):+.2f})" for n in measured)
+                     + f". The paper's order (random U(L,U) < equal < without eta < full) {'holds' if holds else 'does not hold'} in the means.")
         for name in [n for n in order if n.startswith("TIS-DPO(D) ") and n in methods]:
-            lines.append(f"- Ablation: {compare(report, name, 'TIS-DPO(D)', 'oracle_reward')}.")
-    aucs = {m: e["test"]["chosen_helpful_auc"] for m, e in report["weight_auc"].items() if e["test"]["chosen_helpful_auc"] is not None}
+            lines.append(f"  - {beats(report, 'TIS-DPO(D)', name)}.")
+    estimators = [n for n in ("TIS-DPO(D)", "TIS-DPO(S)", "TIS-DPO(P)") if n in methods]
+    if len(estimators) > 1:
+        measured = sorted(estimators, key=lambda n: -reward(n))
+        holds = all(reward(a) > reward(b) for a, b in zip(estimators, estimators[1:]))
+        lines.append("- Estimation methods by mean oracle reward: " + " > ".join(f"{n} ({reward(n):+.2f})" for n in measured)
+                     + f"; the paper's D > S > P {'holds' if holds else 'does not hold'} in the means.")
+    aucs = {m: e["test"].get("chosen_helpful_decision_auc") for m, e in report["weight_auc"].items()}
+    aucs = {m: (v, report["weight_auc"][m]["test"].get("rejected_harmful_decision_auc")) for m, v in aucs.items() if v is not None}
     if aucs:
-        lines.append("- Held-out weight AUC (chosen side), best first: " + ", ".join(f"{m} {v:.3f}" for m, v in sorted(aucs.items(), key=lambda kv: -kv[1])) + ".")
+        lines.append("- Test-split decision-token AUC of w (chosen / rejected), by the weaker side, best first: "
+                     + ", ".join(f"{m} {c:.3f} / {r:.3f}" for m, (c, r) in sorted(aucs.items(), key=lambda kv: -min(kv[1]))) + ".")
     return "\n".join(lines)
 
 
-def budget_sweep() -> str:
-    """How the shared budget was chosen: a sweep run by hand before the experiment, kept as package data
-    (tispipe/budget_sweep.md) so that results.md remains a product of `tispipe experiment`. Its numbers come from the eval
-    report of the sweep's own runs (the commands it lists)."""
-    return (files("tispipe") / "budget_sweep.md").read_text(encoding="utf-8")
+def grid_table(report: dict[str, Any], order: list[str]) -> str:
+    """The lr grid: each method's validation oracle reward (seed 0) at each lr, its chosen lr in bold."""
+    grid = report.get("grid") or {}
+    lrs = sorted({lr for by_lr in grid.values() for lr in by_lr}, key=float)
+    lines = ["### The learning-rate grid (validation prompts, seed 0)", "",
+             "Oracle reward (pooled over the temperatures) / KL per token on the validation pairs; **bold** = the lr chosen.", "",
+             "| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+    for name in [n for n in order if n in grid]:
+        cells = []
+        for lr in lrs:
+            m = grid[name].get(lr) or {}
+            text = "n/a" if m.get("oracle_reward") is None else f"{m['oracle_reward']:+.2f} / {m['kl_per_token']:.3f}"
+            cells.append(f"**{text}**" if float(lr) == report["methods"][name].get("lr") else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def render_generated(block: dict[str, Any]) -> str:
@@ -186,16 +227,16 @@ def render_generated(block: dict[str, Any]) -> str:
         f"seed {s['seed']}); {gen['pairs']} pairs were kept (dropped: {dropped}); {noise['responses_finished']:.1%} of their responses "
         "ended with EOS, the others were cut off at the limit. Label noise of these pairs by the toy oracle: it "
         f"prefers the chosen response in {noise['oracle_agrees']:.1%}, ties in {noise['oracle_ties']:.1%} and prefers the rejected "
-        f"one in {noise['oracle_disagrees']:.1%}. Each method trains on them with the main table's budget; win rates are against "
+        f"one in {noise['oracle_disagrees']:.1%}. Each method trains on them with the main table's budget, at its lr chosen for the main table; win rates are against "
         "DPO trained on the same generated pairs.",
         table(table_report, [n for n in ("base", *GENERATED_TABLE) if n in block["methods"]]),
         "![Generated data: oracle reward](results-generated.png)",
         block["left_out"],
         "What the numbers say:",
         "\n".join([
-            f"- {compare(table_report, 'TIS-DPO(D)', 'DPO', 'oracle_reward')} (oracle reward).",
-            f"- {compare(table_report, 'TIS-DPO(P)', 'DPO', 'oracle_reward')} (oracle reward).",
-            f"- {compare(table_report, 'TIS-DPO(D)', 'TIS-DPO(P)', 'oracle_reward')} (oracle reward).",
+            f"- {beats(table_report, 'TIS-DPO(D)', 'DPO')} (oracle reward).",
+            f"- {beats(table_report, 'TIS-DPO(P)', 'DPO')} (oracle reward).",
+            f"- {beats(table_report, 'TIS-DPO(D)', 'TIS-DPO(P)')} (oracle reward).",
             f"- Against DPO on the same pairs, TIS-DPO(P) wins {_cell(block['methods']['TIS-DPO(P)']['win_rate_vs_dpo'], '.3f')} and "
             f"TIS-DPO(D) {_cell(block['methods']['TIS-DPO(D)']['win_rate_vs_dpo'], '.3f')} of the prompts (0.5 = parity).",
         ]),
@@ -221,3 +262,6 @@ def write_figures(report: dict[str, Any], folder: Path) -> None:
     for name, rows, title in figures_of(report):
         source = report["generated"]["methods"] if name == "results-generated.png" else report["methods"]
         figures.methods_figure(source, rows, folder / name, title)
+    names = [n for n in MAIN_TABLE if n in report["grid"]] + [n for n in report["grid"] if n.startswith("TIS-DPO(D) ")]
+    figures.lr_grid_figure(report["grid"], report["methods"], names, folder / "results-lr.png")
+    figures.frontier_figure(report["grid"], report["methods"], names, folder / "results-frontier.png")

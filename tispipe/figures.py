@@ -193,3 +193,71 @@ def methods_figure(rows: dict[str, Any], names: list[str], path: Path, title: st
     ax.set_ylabel("oracle reward (mean ± std over seeds)")
     ax.set_title(title, fontsize=10)
     return save(fig, path, {"methods": names, "mean": means, "std": stds})
+
+
+def contrast_study_figure(report: dict[str, Any], path: Path) -> Path:
+    """Decision-token AUC of w on validation against the contrast lr: one panel per method, one line per
+    (epochs, beta) and side (chosen solid, rejected dashed)."""
+    plt = _pyplot()
+    methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4), squeeze=False)
+    data: dict[str, Any] = {}
+    for ax, method in zip(axes[0], methods):
+        rows = [r for r in report["rows"] if r["method"] == method]
+        for budget in dict.fromkeys((r["epochs"], r["beta"]) for r in rows):
+            series = sorted((r for r in rows if (r["epochs"], r["beta"]) == budget), key=lambda r: r["lr"])
+            name = f"{budget[0]:g} epoch(s)" + (f", beta {budget[1]:g}" if budget[1] is not None else "")
+            for side, style in (("chosen", "-"), ("rejected", "--")):
+                lrs, values = [r["lr"] for r in series], [r["validation"][f"w_decision_{side}"] for r in series]
+                ax.plot(lrs, values, style, marker="o", label=f"{name}: {side}")
+                data[f"{method} {name} {side}"] = {"lr": lrs, "auc": values}
+        ax.axhline(0.9, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("contrast learning rate")
+        ax.set_ylabel("decision-token AUC of w (validation)")
+        ax.set_title(f"pi+/pi- built by {method}" + (f" (chosen: {report['chosen'][method]})" if method in report["chosen"] else ""), fontsize=9)
+        ax.legend(fontsize=7)
+    return save(fig, path, data)
+
+
+def lr_grid_figure(grid: dict[str, Any], rows: dict[str, Any], names: list[str], path: Path) -> Path:
+    """Validation oracle reward (seed 0) against the lr, one line per method; each method's chosen lr carries its
+    test-split mean ± std over the seeds as an error bar."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    data: dict[str, Any] = {}
+    for ax, group in zip(axes, ([n for n in names if not n.startswith("TIS-DPO(D) ")], ["TIS-DPO(D)", *[n for n in names if n.startswith("TIS-DPO(D) ")]])):
+        for name in [n for n in group if n in grid]:
+            lrs = sorted(grid[name], key=float)
+            values = [grid[name][lr]["oracle_reward"] for lr in lrs]
+            (line,) = ax.plot([float(lr) for lr in lrs], values, marker="o", ms=3, label=name)
+            test = rows[name]["oracle_reward"]
+            if rows[name].get("lr") and test["mean"] is not None:
+                ax.errorbar([rows[name]["lr"]], [test["mean"]], yerr=[test["std"] or 0.0], fmt="s", ms=7, mfc="none", color=line.get_color(), capsize=4)
+            data[name] = {"lr": [float(lr) for lr in lrs], "validation_oracle_reward": values, "chosen_lr": rows[name].get("lr"), "test": test}
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("oracle reward")
+    axes[0].set_title("Comparison: validation (line, seed 0); test at the chosen lr (square, mean ± std)", fontsize=8)
+    axes[1].set_title("Ablations of TIS-DPO(D): the same", fontsize=8)
+    return save(fig, path, data)
+
+
+def frontier_figure(grid: dict[str, Any], rows: dict[str, Any], names: list[str], path: Path) -> Path:
+    """Validation oracle reward against KL per token (seed 0), one point per lr joined in lr order: the reward-KL frontier."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    data: dict[str, Any] = {}
+    for name in [n for n in names if n in grid]:
+        lrs = sorted(grid[name], key=float)
+        kls = [grid[name][lr]["kl_per_token"] for lr in lrs]
+        rewards = [grid[name][lr]["oracle_reward"] for lr in lrs]
+        ax.plot(kls, rewards, marker="o", ms=3, label=name, ls="--" if name.startswith("TIS-DPO(D) ") else "-")
+        data[name] = {"lr": [float(lr) for lr in lrs], "kl_per_token": kls, "oracle_reward": rewards}
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("KL(pi || base) per token, validation pairs")
+    ax.set_ylabel("oracle reward, validation prompts")
+    ax.set_title("Reward against KL over the lr grid (seed 0)", fontsize=9)
+    ax.legend(fontsize=6)
+    return save(fig, path, data)

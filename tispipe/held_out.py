@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from tispipe.configs import ReadOptions
@@ -49,3 +50,38 @@ def read_options_of(settings: dict[str, Any]) -> ReadOptions:
     so held-out pairs are tokenized exactly as the training pairs were."""
     names = {f.name for f in dataclasses.fields(ReadOptions)} - {"split", "limit", "strict"}
     return ReadOptions(**{name: settings[name] for name in names if name in settings})
+
+
+def carve_files(data: str | Path, out: str | Path, fraction: float, seed: int) -> dict[str, int]:
+    """OUT/train.jsonl and OUT/validation.jsonl from DATA/train.jsonl, split by `is_held_out` of each row's
+    pair_id (so the split does not depend on row order), and DATA/test.jsonl copied as OUT/test.jsonl.
+
+    The rows are copied byte for byte. Returns the number of rows in each file. A validation split is
+    what a study may choose settings on; the test split is left for the final numbers.
+    """
+    import json
+
+    from tispipe.atomic import atomic_write_text
+
+    data, out = Path(data), Path(out)
+    kept, held = [], []
+    source = data / "train.jsonl"
+    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            pair_id = json.loads(line)["pair_id"]
+        except (ValueError, KeyError, TypeError):
+            raise TispipeError(f"{source} line {number}: not a JSON object with a pair_id", hint="a validation split is carved by pair_id") from None
+        (held if is_held_out(str(pair_id), fraction, seed) else kept).append(line)
+    if not held or not kept:
+        raise TispipeError(f"--validation-fraction {fraction} of {len(kept) + len(held)} pairs in {source} leaves {len(kept)} to train on and {len(held)} for validation")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, lines in (("train.jsonl", kept), ("validation.jsonl", held)):
+        text = "\n".join(lines) + "\n"
+        if not (out / name).is_file() or (out / name).read_text(encoding="utf-8") != text:
+            atomic_write_text(out / name, text)
+    test = (data / "test.jsonl").read_text(encoding="utf-8")
+    if not (out / "test.jsonl").is_file() or (out / "test.jsonl").read_text(encoding="utf-8") != test:
+        atomic_write_text(out / "test.jsonl", test)
+    return {"train": len(kept), "validation": len(held), "test": sum(1 for line in test.splitlines() if line.strip())}
