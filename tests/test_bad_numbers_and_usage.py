@@ -66,7 +66,8 @@ def test_bare_command_still_shows_the_help():
         (["eval", "--beta", "inf"], "--beta must be a finite number"),
         (["init-base", "--lr", "inf"], "--lr must be a finite number"),
         (["init-base", "--epochs", "-5"], "--epochs must be positive, not -5.0"),
-        (["experiment", "--lr", "inf"], "--lr must be a finite number"),
+        (["experiment", "--lrs", "1e-5,inf"], "--lrs must be positive finite numbers"),
+        (["experiment", "--validation-fraction", "inf"], "--validation-fraction must be a finite number"),
     ],
 )
 def test_non_finite_options_are_refused_before_anything_is_written(tmp_path, args, message):

@@ -13,8 +13,9 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from tispipe import contrast
-from tispipe.contrast import FINGERPRINT_FILE, PAPER_DEFAULTS, ContrastSettings, settings_for
+from tispipe.contrast import FINGERPRINT_FILE, PAPER_DEFAULTS, SMALL_MODEL_DEFAULTS, ContrastSettings, settings_for
 from tispipe.data import DataOptions, load_pairs, tokenize_pairs
+from tispipe.errors import TispipeError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,12 +23,17 @@ FINGERPRINTS = {"data": "d1", "tokenizer": "t1", "base": "b1"}
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo"])
-def test_settings_for_uses_paper_defaults_and_overrides_one_field_each(method):
-    default = settings_for(method, None, None, None, beta=0.2, seed=3)
-    assert default == ContrastSettings(method, **PAPER_DEFAULTS[method], beta=0.2, seed=3)
-    assert settings_for(method, 1e-3, None, None, 0.2, 3) == dataclasses.replace(default, lr=1e-3)
-    assert settings_for(method, None, 0.5, None, 0.2, 3) == dataclasses.replace(default, epochs=0.5)
-    assert settings_for(method, None, None, 7, 0.2, 3) == dataclasses.replace(default, batch_size=7)
+def test_settings_for_uses_the_presets_and_overrides_one_field_each(method):
+    paper = settings_for(method, None, None, None, beta=None, seed=3, preset="paper")
+    assert paper == ContrastSettings(method, **PAPER_DEFAULTS[method], seed=3)
+    assert settings_for(method, None, None, None, beta=None, seed=3) == ContrastSettings(method, **SMALL_MODEL_DEFAULTS[method], seed=3)
+    with pytest.raises(TispipeError, match="--contrast-preset must be one of small, paper"):
+        settings_for(method, None, None, None, None, 3, preset="big")
+    default = settings_for(method, None, None, None, beta=0.2, seed=3, preset="paper")
+    assert default == dataclasses.replace(paper, beta=0.2)
+    assert settings_for(method, 1e-3, None, None, 0.2, 3, "paper") == dataclasses.replace(default, lr=1e-3)
+    assert settings_for(method, None, 0.5, None, 0.2, 3, "paper") == dataclasses.replace(default, epochs=0.5)
+    assert settings_for(method, None, None, 7, 0.2, 3, "paper") == dataclasses.replace(default, batch_size=7)
 
 
 def test_batches_cover_whole_permutations_then_a_prefix():

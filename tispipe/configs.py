@@ -181,10 +181,11 @@ class EstimateConfig(DataOptions, ContrastPromptOptions, TrainingMemoryOptions, 
     upper: float | None = option(None, "Clamp bound U on r_t (default: 1.5).")
     shard_size: int = option(1000, "Pairs per Parquet shard.")
     batch_size: int = option(16, "Pairs per scoring forward pass.")
-    contrast_lr: float | None = option(None, "Learning rate for building pi+/pi- (default: sft 5e-5, dpo 1e-5).")
-    contrast_epochs: float | None = option(None, "Epochs for building pi+/pi- (default: sft 3, dpo 1).")
-    contrast_batch_size: int | None = option(None, "Pairs per step for building pi+/pi- (default: sft 32, dpo 16).")
-    contrast_beta: float = option(0.1, "DPO beta for building pi+/pi- with --method dpo.")
+    contrast_preset: str = option("small", "Defaults for building pi+/pi- that the --contrast-* options below leave unset: small (measured best on the toy base, docs/contrast-study.md) or paper (App. B.2/B.3, for 7B models: sft lr 5e-5 x 3 epochs, batch 32; dpo lr 1e-5 x 1 epoch, batch 16, beta 0.1).")
+    contrast_lr: float | None = option(None, "Learning rate for building pi+/pi- (default: from --contrast-preset).")
+    contrast_epochs: float | None = option(None, "Epochs for building pi+/pi- (default: from --contrast-preset).")
+    contrast_batch_size: int | None = option(None, "Pairs per step for building pi+/pi- (default: from --contrast-preset).")
+    contrast_beta: float | None = option(None, "DPO beta for building pi+/pi- with --method dpo (default: from --contrast-preset).")
 
     def scores_by_prompt(self) -> bool:
         """pi+/pi- are the base model under --pos-prompt/--neg-prompt (no models given)."""

@@ -180,7 +180,7 @@ def validate(cfg: EstimateConfig) -> None:
     from tispipe.weights import TRANSFORMS
 
     check_options(
-        cfg, choices={"method": ESTIMATION_METHODS, "transform": TRANSFORMS}, positive=("k", "contrast_lr", "contrast_epochs", "contrast_beta"),
+        cfg, choices={"method": ESTIMATION_METHODS, "transform": TRANSFORMS, "contrast_preset": ("small", "paper")}, positive=("k", "contrast_lr", "contrast_epochs", "contrast_beta"),
         at_least_one=("shard_size", "batch_size", "max_length", "max_prompt_length", "contrast_batch_size"), non_negative=("threads",),
     )
     if bool(cfg.pos_model) != bool(cfg.neg_model):
@@ -213,14 +213,15 @@ def _settings(cfg: EstimateConfig, lower: float | None, upper: float | None) -> 
     from tispipe.config_files import config_dict
 
     settings = config_dict(cfg)
-    for name in ("out", "overwrite", "threads"):
+    for name in ("out", "overwrite", "threads", "contrast_preset"):  # the preset only through the values it resolves to, below
         settings.pop(name)
     settings["lower"], settings["upper"] = lower, upper
     if cfg.builds_contrast_models():
         from tispipe.contrast import settings_for
 
-        resolved = settings_for(cfg.method, cfg.contrast_lr, cfg.contrast_epochs, cfg.contrast_batch_size, cfg.contrast_beta, cfg.seed)
+        resolved = settings_for(cfg.method, cfg.contrast_lr, cfg.contrast_epochs, cfg.contrast_batch_size, cfg.contrast_beta, cfg.seed, cfg.contrast_preset)
         settings["contrast_lr"], settings["contrast_epochs"], settings["contrast_batch_size"] = resolved.lr, resolved.epochs, resolved.batch_size
+        settings["contrast_beta"] = resolved.beta
     return settings
 
 
@@ -243,7 +244,7 @@ def contrastive_models(cfg: EstimateConfig, tokenizer, fingerprints: dict[str, s
     from tispipe import contrast
     from tispipe.adapters import lora_identity
 
-    settings = contrast.settings_for(cfg.method, cfg.contrast_lr, cfg.contrast_epochs, cfg.contrast_batch_size, cfg.contrast_beta, cfg.seed)
+    settings = contrast.settings_for(cfg.method, cfg.contrast_lr, cfg.contrast_epochs, cfg.contrast_batch_size, cfg.contrast_beta, cfg.seed, cfg.contrast_preset)
     base_fingerprints = {k: fingerprints[k] for k in ("data", "tokenizer", "base")}
     try:
         built = contrast.build(Path(cfg.out), cfg.model, tokenizer, all_pairs(cfg, tokenizer), settings, base_fingerprints, device=device, trust_remote_code=cfg.trust_remote_code, console=console,
