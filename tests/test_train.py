@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -150,6 +151,35 @@ def test_rederived_weights_use_the_new_settings(tiny, tmp_path):
     stored, doubled = read_metrics(tmp_path / "stored")[0], read_metrics(tmp_path / "k2")[0]
     assert doubled["weights/chosen_mean"] == pytest.approx(2 * stored["weights/chosen_mean"], rel=1e-5)
     assert doubled["weights/rejected_mean"] == pytest.approx(2 * stored["weights/rejected_mean"], rel=1e-5)
+
+
+def test_calibrated_and_top_weights_are_rederived_from_the_stored_log_ratios(tiny, tmp_path):
+    """One step over every pair: the logged mean weight (a mean over pairs of each response's mean) is that of the
+    transform applied to the stored r."""
+    import shutil
+
+    from tispipe.weights import compute_weights
+
+    model_dir, shards_dir = tiny
+    rows = [row for path in sorted((shards_dir / "shards").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+    with pytest.raises(TispipeError, match="records no spread of r"):
+        train.run(config(tiny, tmp_path / "none", max_steps=1, transform="calibrated"))
+    copy = tmp_path / "shards"
+    shutil.copytree(shards_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["logratio"] = {"chosen": {"std": 0.5}, "rejected": {"std": 2.0}}
+    shards_module.write_manifest(copy, manifest)
+    everything = dict(shards=str(copy), max_steps=1, batch_size=N_PAIRS, loss="dpo")
+    cases = {"calibrated": ({"transform": "calibrated"}, {"scale": 0.5}, {"scale": 2.0}),
+             "top": ({"transform": "top", "top_fraction": 0.3, "floor": 0.1}, {"fraction": 0.3, "floor": 0.1}, {"fraction": 0.3, "floor": 0.1})}
+    for name, (options, chosen_options, rejected_options) in cases.items():
+        train.run(config(tiny, tmp_path / name, **everything, **options))
+        logged = read_metrics(tmp_path / name)[0]
+        for side, mu, side_options in (("chosen", 1.0, chosen_options), ("rejected", -1.0, rejected_options)):
+            weights = [compute_weights(torch.tensor([r[f"{side}_logratio"]]), torch.ones(1, len(r[f"{side}_logratio"])), mu, options["transform"],
+                                       **side_options) for r in rows]
+            expected = sum(float(w.mean()) for w in weights) / len(weights)
+            assert logged[f"weights/{side}_mean"] == pytest.approx(expected, rel=1e-5), (name, side)
 
 
 def _interrupt_after(monkeypatch, n_steps, how):

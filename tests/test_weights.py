@@ -5,11 +5,13 @@ import torch
 
 from tispipe.errors import TispipeError
 from tispipe.weights import (
+    calibrated_weights,
     compute_weights,
     exp_weights,
     linear_weights,
     random_weights,
     rank_weights,
+    top_weights,
 )
 
 E = math.exp
@@ -88,7 +90,7 @@ def test_rank_weights_vectorised_matches_row_by_row(mu):
         assert (got[b, n:] == 0).all()
 
 
-@pytest.mark.parametrize("transform", ["exp", "rank", "linear"])
+@pytest.mark.parametrize("transform", ["exp", "calibrated", "top", "rank", "linear"])
 def test_weights_monotone_in_reward(transform):
     r = torch.linspace(-3, 3, 25).unsqueeze(0)
     mask = torch.ones_like(r)
@@ -101,8 +103,8 @@ def test_weights_monotone_in_reward(transform):
 def test_compute_weights_zero_at_masked_even_with_garbage():
     r = torch.tensor([[0.5, float("nan"), float("inf")], [1.0, -1.0, 1e30]])
     mask = torch.tensor([[1, 0, 0], [1, 1, 0]])
-    for transform in ["exp", "rank", "linear"]:
-        w = compute_weights(r, mask, mu=1.0, transform=transform)
+    for transform in ["exp", "calibrated", "top", "rank", "linear"]:
+        w = compute_weights(r, mask, mu=1.0, transform=transform, floor=0.1)
         assert torch.isfinite(w).all()
         assert (w[mask == 0] == 0).all()
         assert (w[mask == 1] > 0).all()
@@ -126,6 +128,10 @@ def test_compute_weights_defaults_per_transform():
         ({"k": -1.0}, "--k"),
         ({"transform": "rank", "low": 1.5, "high": 0.5}, "--low"),
         ({"transform": "softmax"}, "--transform"),
+        ({"transform": "top", "fraction": 0.0}, "--top-fraction"),
+        ({"transform": "top", "fraction": 1.5}, "--top-fraction"),
+        ({"transform": "calibrated", "scale": 0.0}, "positive spread of r"),
+        ({"transform": "calibrated", "k": 0.0}, "--k"),
     ],
 )
 def test_compute_weights_rejects_bad_options(kwargs, option):
@@ -146,3 +152,60 @@ def test_random_weights_range_mask_and_seed():
     assert torch.equal(w, again) and not torch.equal(w, other)
     with pytest.raises(TispipeError, match="--lower"):
         random_weights(mask, 1.0, 0.0, torch.Generator())
+
+
+def test_calibrated_weights_are_eq19_on_r_in_units_of_its_spread():
+    r = torch.tensor([[-2.0, -0.1, 0.0, 0.4, 5.0]])
+    close(calibrated_weights(r, 1.0, scale=0.2), [[E(-0.5), E(-0.5), 1.0, E(1.5), E(1.5)]])  # r / 0.2 = -10, -0.5, 0, 2, 25
+    close(calibrated_weights(r, -1.0, scale=2.0), [[E(0.5), E(0.05), 1.0, E(-0.2), E(-1.5)]])  # clamp before mu, as Eq. 19
+    # scale-free: the same weights for r and for r * c with the spread scaled alike
+    torch.testing.assert_close(calibrated_weights(3 * r, 1.0, scale=0.6, k=2.0), calibrated_weights(r, 1.0, scale=0.2, k=2.0))
+    torch.testing.assert_close(compute_weights(r, torch.ones_like(r), 1.0, "calibrated", scale=0.2), calibrated_weights(r, 1.0, 0.2))
+
+
+def test_top_weights_select_the_top_fraction_of_each_row_by_mu_r():
+    r = torch.tensor([[0.1, 0.9, -0.3, 0.9, 0.0, 0.5], [3.0, 1.0, 2.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    # ceil(0.4 * 6) = 3 of row 0 (0.9, 0.9, 0.5); ceil(0.4 * 3) = 2 of row 1; masked positions 0
+    close(top_weights(r, mask, 1.0, fraction=0.4), [[0, 1, 0, 1, 0, 1], [1, 0, 1, 0, 0, 0]])
+    # mu = -1 selects the lowest r; a floor instead of 0 for the others
+    close(top_weights(r, mask, -1.0, fraction=0.4, floor=0.25), [[1, 0.25, 1, 0.25, 1, 0.25], [0.25, 1, 1, 0, 0, 0]])
+    # at least one token per row, and ties go to the earlier token
+    close(top_weights(torch.tensor([[0.5, 0.5, 0.5]]), torch.ones(1, 3), 1.0, fraction=0.01), [[1, 0, 0]])
+    close(top_weights(r, mask, 1.0, fraction=1.0), mask.float().tolist())
+
+
+def test_estimate_calibrated_and_top_write_the_transform_of_the_stored_log_ratios(tmp_path, make_tiny_llama):
+    """--transform calibrated rewrites every shard's weights once the spread of r per side is known, and records
+    it; a run stopped after the scoring (shards with the placeholder weights) ends with the same bytes."""
+    import json
+
+    import pyarrow.parquet as pq
+    from conftest import invoke_cli, prompt_estimate
+
+    from tispipe.shards import file_sha256
+
+    command = prompt_estimate(tmp_path, make_tiny_llama, "--transform", "calibrated", "--shard-size", "5")
+    manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())
+    scales = manifest["calibration"]["logratio_std"]
+    assert scales["chosen"] == pytest.approx(manifest["logratio"]["chosen"]["std"]) and scales["chosen"] > 0
+    shards = sorted((tmp_path / "weights" / "shards").glob("*.parquet"))
+    assert len(shards) == 3
+    for path in shards:
+        for row in pq.read_table(path).to_pylist():
+            for side, mu in (("chosen", 1.0), ("rejected", -1.0)):
+                expected = calibrated_weights(torch.tensor([row[f"{side}_logratio"]]), mu, scales[side])[0]
+                torch.testing.assert_close(torch.tensor(row[f"{side}_weights"]), expected, rtol=1e-6, atol=1e-7)
+    hashes = [file_sha256(p) for p in shards]
+    # an interrupted run: the manifest not yet written, one shard still with the exp placeholder weights
+    (tmp_path / "weights" / "manifest.json").unlink()
+    uncalibrated = invoke_cli(*command, "--out", tmp_path / "plain", "--transform", "exp", "--shard-size", "5")
+    assert uncalibrated.exit_code == 0
+    (tmp_path / "plain" / "shards" / shards[1].name).replace(shards[1])
+    assert invoke_cli(*command, "--out", tmp_path / "weights").exit_code == 0
+    assert [file_sha256(p) for p in shards] == hashes
+    top = invoke_cli(*command, "--out", tmp_path / "top", "--transform", "top", "--top-fraction", "0.25")
+    assert top.exit_code == 0, top.output
+    for row in pq.read_table(sorted((tmp_path / "top" / "shards").glob("*.parquet"))[0]).to_pylist():
+        r = torch.tensor([row["chosen_logratio"]])
+        assert row["chosen_weights"] == top_weights(r, torch.ones_like(r), 1.0, fraction=0.25)[0].tolist()

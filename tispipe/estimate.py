@@ -131,6 +131,8 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
             distributed.barrier()  # rank 0 writes the manifest
             return {"manifest": json.loads((out / "manifest.json").read_text(encoding="utf-8")), "timings": None, "skipped": False}
         entries = [entry or shard_entry(out / "shards" / shard_name(index), size) for index, (entry, size) in enumerate(zip(entries, sizes))]
+    calibration = calibrate(out, entries, cfg, lower, upper) if cfg.transform == "calibrated" else None
+    entries = calibration.pop("entries") if calibration else entries
     scoring_seconds = time.perf_counter() - scoring_start
 
     manifest = {
@@ -144,6 +146,7 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
         "pairs": surveyed.pairs,
         "tokens": surveyed.tokens,
         "shards": entries,
+        **({"calibration": calibration} if calibration else {}),
         **weight_quality.shard_statistics(statistics := weight_quality.read_statistics(out, entries)),
     }
     figures.weights_figure(statistics, out / "weights.png")  # before the manifest: a folder with a manifest is complete
@@ -164,6 +167,21 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
     return {"manifest": manifest, "timings": timings, "skipped": False}
 
 
+def calibrate(out: Path, entries: list[dict[str, Any]], cfg: EstimateConfig, lower: float, upper: float) -> dict[str, Any]:
+    """--transform calibrated: once every shard holds its r_t, the std of r per side is known; each shard's
+    weights are rewritten from its stored r (the same bytes however often this runs, so a resumed run
+    that stopped half-way through ends the same). Returns the manifest's `calibration` plus the new entries."""
+    from tispipe.score import response_weights
+    from tispipe.shards import rewrite_weights
+
+    moments = weight_quality.column_moments(out, entries, ["chosen_logratio", "rejected_logratio"])
+    scales = {side: moments[f"{side}_logratio"].std() for side in ("chosen", "rejected")}
+    mu = {"chosen": 1.0, "rejected": -1.0}
+    weights_of = lambda r, side: response_weights(r, mu[side], cfg, lower, upper, scale=scales[side])  # noqa: E731
+    new_entries = [rewrite_weights(out / "shards" / entry["file"], weights_of) for entry in entries]
+    return {"logratio_std": scales, "entries": new_entries}
+
+
 def save_tokenizer(tokenizer, folder: Path) -> None:
     """The tokenizer's files (a few MB at most) in `folder`, whole or not at all."""
     from tispipe.atomic import staged_folder
@@ -180,7 +198,8 @@ def validate(cfg: EstimateConfig) -> None:
     from tispipe.weights import TRANSFORMS
 
     check_options(
-        cfg, choices={"method": ESTIMATION_METHODS, "transform": TRANSFORMS, "contrast_preset": ("small", "paper")}, positive=("k", "contrast_lr", "contrast_epochs", "contrast_beta"),
+        cfg, choices={"method": ESTIMATION_METHODS, "transform": TRANSFORMS, "contrast_preset": ("small", "paper")},
+        positive=("k", "contrast_lr", "contrast_epochs", "contrast_beta", "top_fraction"),
         at_least_one=("shard_size", "batch_size", "max_length", "max_prompt_length", "contrast_batch_size"), non_negative=("threads",),
     )
     if bool(cfg.pos_model) != bool(cfg.neg_model):
@@ -200,7 +219,9 @@ def _bounds(cfg: EstimateConfig, defaults: dict) -> tuple[float, float]:
     lower = lower if cfg.lower is None else cfg.lower
     upper = upper if cfg.upper is None else cfg.upper
     check_bounds(lower, upper)
-    if cfg.transform == "exp":
+    if cfg.transform == "top" and not cfg.top_fraction <= 1:
+        raise TispipeError(f"--top-fraction must be in (0, 1], not {cfg.top_fraction}")
+    if cfg.transform in ("exp", "calibrated"):
         # The largest weight Eq. 19 can give: k * exp(U) on chosen, k * exp(-L) on rejected; it must fit float32.
         largest = cfg.k * math.exp(min(max(upper, -lower), 700.0))
         if not largest < torch.finfo(torch.float32).max:

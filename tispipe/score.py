@@ -95,12 +95,14 @@ class Scorer:
         return out
 
 
-def response_weights(logratio: np.ndarray, mu: float, cfg: EstimateConfig, lower: float | None, upper: float | None) -> np.ndarray:
-    """w_t of one response from its r_t (paper Eq. 19 or the chosen transform), float32."""
+def response_weights(logratio: np.ndarray, mu: float, cfg: EstimateConfig, lower: float | None, upper: float | None, scale: float = 1.0) -> np.ndarray:
+    """w_t of one response from its r_t (paper Eq. 19 or the chosen transform), float32. `scale`: the side's
+    spread of r for the calibrated transform (estimate.calibrate rewrites the weights once it is known)."""
     from tispipe.weights import compute_weights
 
     r = torch.from_numpy(logratio)[None]
-    weights = compute_weights(r, torch.ones_like(r), mu, transform=cfg.transform, k=cfg.k, lower=lower, upper=upper)
+    weights = compute_weights(r, torch.ones_like(r), mu, transform=cfg.transform, k=cfg.k, lower=lower, upper=upper, scale=scale,
+                              fraction=cfg.top_fraction, floor=cfg.floor)
     return weights[0].numpy().astype(np.float32)
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -74,6 +75,16 @@ def write_shard(path: str | Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return shard_entry(path, len(rows))
+
+
+def rewrite_weights(path: Path, weights_of) -> dict[str, Any]:
+    """Replace a shard's weight columns by `weights_of(logratio, side)` of each row's stored r_t (float32 arrays),
+    keeping every other column; atomic, and the same stored r give the same bytes. Returns the new entry."""
+    rows = pq.read_table(path, schema=SCHEMA).to_pylist()
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            row[f"{side}_weights"] = weights_of(np.asarray(row[f"{side}_logratio"], dtype=np.float32), side)
+    return write_shard(path, rows)
 
 
 def shard_entry(path: Path, rows: int) -> dict[str, Any]:

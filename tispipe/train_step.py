@@ -22,7 +22,7 @@ from tispipe.logps import token_logps, token_logps_and_kl
 from tispipe.weights import DEFAULT_BOUNDS, compute_weights, random_weights
 
 # The options that re-derive token weights from the stored log-ratios (--weighting estimated).
-REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper")
+REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper", "top_fraction", "floor")
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,9 @@ class WeightPlan:
     """How each token's weight is obtained.
 
     kind: "stored" (the shards' weights), "rederive" (`compute_weights` on the stored log-ratios with
-    transform/k/mu/lower/upper; rank and linear keep their default output range), "equal" (all 1) or "random" (uniform in [lower, upper],
-    seeded by `seed`); `describe` says which, for the run's first line.
+    transform/k/mu/lower/upper/fraction/floor; rank and linear keep their default output range; calibrated
+    divides each side's r by `scales`, the std of r over that side's tokens in the manifest), "equal" (all 1)
+    or "random" (uniform in [lower, upper], seeded by `seed`); `describe` says which, for the run's first line.
     """
 
     kind: str
@@ -41,6 +42,9 @@ class WeightPlan:
     mu: float | None = None
     lower: float | None = None
     upper: float | None = None
+    fraction: float = 0.2
+    floor: float = 0.0
+    scales: tuple[float, float] = (1.0, 1.0)  # (chosen, rejected)
     seed: int | None = None
 
 
@@ -67,14 +71,28 @@ def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> WeightPlan:
         "mu": abs(_first(cfg.mu, 1.0)),
         "lower": _first(cfg.lower, stored.get("lower")),
         "upper": _first(cfg.upper, stored.get("upper")),
+        "fraction": _first(cfg.top_fraction, stored.get("top_fraction"), 0.2),
+        "floor": _first(cfg.floor, stored.get("floor"), 0.0),
     }
     if settings["transform"] != stored.get("transform") and cfg.lower is None and cfg.upper is None:
         settings["lower"] = settings["upper"] = None  # the new transform's own default bounds
-    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
+    if settings["transform"] == "calibrated":
+        settings["scales"] = _logratio_spread(manifest)
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None and (k not in ("fraction", "floor") or settings["transform"] == "top"))
     plan = WeightPlan(kind="rederive", describe=f"re-derived from stored log-ratios ({shown})", **settings)
     # Fail now, not at the first batch, on settings the weight function rejects.
-    compute_weights(torch.zeros(1, 1), torch.ones(1, 1), plan.mu, **_rederive_options(plan))
+    for side in (0, 1):
+        compute_weights(torch.zeros(1, 1), torch.ones(1, 1), plan.mu, **_rederive_options(plan, side))
     return plan
+
+
+def _logratio_spread(manifest: dict[str, Any]) -> tuple[float, float]:
+    """(chosen, rejected) standard deviation of r over every response token, as the estimate recorded it."""
+    try:
+        return tuple(float(manifest["logratio"][side]["std"]) for side in ("chosen", "rejected"))  # type: ignore[return-value]
+    except (KeyError, TypeError, ValueError):
+        raise TispipeError("the shards' manifest records no spread of r (logratio.chosen.std), which --transform calibrated needs",
+                           hint="re-run `tispipe estimate` with this version") from None
 
 
 def _first(*values):
@@ -87,9 +105,10 @@ def _manifest_weight_settings(manifest: dict[str, Any]) -> dict[str, Any]:
     return settings if isinstance(settings, dict) else {}
 
 
-def _rederive_options(plan: WeightPlan) -> dict[str, Any]:
-    """`compute_weights`'s keyword arguments besides mu."""
-    return {"transform": plan.transform, "k": plan.k, "lower": plan.lower, "upper": plan.upper}
+def _rederive_options(plan: WeightPlan, side: int) -> dict[str, Any]:
+    """`compute_weights`'s keyword arguments besides mu, for side 0 (chosen) or 1 (rejected)."""
+    return {"transform": plan.transform, "k": plan.k, "lower": plan.lower, "upper": plan.upper, "fraction": plan.fraction, "floor": plan.floor,
+            "scale": plan.scales[side]}
 
 
 class NonFiniteStep(TispipeError):
@@ -243,9 +262,8 @@ def batch_weights(plan: WeightPlan, batch, rows: list[dict]) -> torch.Tensor:
         values = [_random_row(plan, r, "chosen") for r in rows] + [_random_row(plan, r, "rejected") for r in rows]
         return batch.place(values)
     logratio = _place(batch, rows, "logratio")
-    options = _rederive_options(plan)
-    chosen = compute_weights(logratio[:b], mask[:b], plan.mu, **options)
-    rejected = compute_weights(logratio[b:], mask[b:], -plan.mu, **options)
+    chosen = compute_weights(logratio[:b], mask[:b], plan.mu, **_rederive_options(plan, 0))
+    rejected = compute_weights(logratio[b:], mask[b:], -plan.mu, **_rederive_options(plan, 1))
     return torch.cat([chosen, rejected])
 
 

@@ -99,10 +99,8 @@ def _flat(column) -> tuple[np.ndarray, np.ndarray]:
     return column.flatten().to_numpy(zero_copy_only=False), lengths
 
 
-def read_statistics(folder: str | Path, entries: list[dict[str, Any]]) -> TokenStatistics:
-    """Two passes over the shards in `entries`: each column's exact range and moments, then its histogram
-    per token class. A labelled row whose labels and values differ in length is an error naming the shard."""
-    names = [f"{side}_{column}" for side in SIDES for column in VALUE_COLUMNS]
+def column_moments(folder: str | Path, entries: list[dict[str, Any]], names: list[str]) -> dict[str, Moments]:
+    """Exact count, mean, std, min and max of each per-token column in `names` over the shards (one pass)."""
     moments = {name: Moments() for name in names}
     for path, batch in _batches(folder, entries, names):
         for name in names:
@@ -110,6 +108,14 @@ def read_statistics(folder: str | Path, entries: list[dict[str, Any]]) -> TokenS
             if not np.isfinite(values).all():
                 raise TispipeError(f"shard {path}: {name} holds NaN or infinite values")
             moments[name].add(values)
+    return moments
+
+
+def read_statistics(folder: str | Path, entries: list[dict[str, Any]]) -> TokenStatistics:
+    """Two passes over the shards in `entries`: each column's exact range and moments, then its histogram
+    per token class. A labelled row whose labels and values differ in length is an error naming the shard."""
+    names = [f"{side}_{column}" for side in SIDES for column in VALUE_COLUMNS]
+    moments = column_moments(folder, entries, names)
     histograms = {name: ClassHistogram(m.low, m.high) for name, m in moments.items()}
     rows = labelled_rows = 0
     label_columns = [f"{side}_labels" for side in SIDES]

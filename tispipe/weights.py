@@ -13,11 +13,11 @@ import torch
 from tispipe.configs import check_bounds
 from tispipe.errors import TispipeError
 
-TRANSFORMS = ("exp", "rank", "linear")
+TRANSFORMS = ("exp", "calibrated", "top", "rank", "linear")
 
-# Default clamp bounds per transform: paper Eq. 19 / section 7.1 for exp, the authors'
-# threshold_and_scale for linear. Rank ignores them.
-DEFAULT_BOUNDS = {"exp": (-0.5, 1.5), "linear": (-1.5, 1.5), "rank": (None, None)}
+# Default clamp bounds per transform: paper Eq. 19 / section 7.1 for exp (and for calibrated, on r / scale),
+# the authors' threshold_and_scale for linear. Rank and top ignore them.
+DEFAULT_BOUNDS = {"exp": (-0.5, 1.5), "calibrated": (-0.5, 1.5), "linear": (-1.5, 1.5), "rank": (None, None), "top": (None, None)}
 
 
 def exp_weights(
@@ -29,6 +29,33 @@ def exp_weights(
     lies in [e^-0.5, e^1.5] and a rejected weight (mu = -1) in [e^-1.5, e^0.5]. No renormalisation.
     """
     return k * torch.exp(mu * logratio.float().clamp(lower, upper))
+
+
+def calibrated_weights(
+    logratio: torch.Tensor, mu: float, scale: float, k: float = 1.0, lower: float = -0.5, upper: float = 1.5
+) -> torch.Tensor:
+    """Eq. 19 on r_t in units of its own spread: w_t = k * exp(mu * clamp(r_t / scale, lower, upper)).
+
+    `scale` is the standard deviation of r over every response token of that side in the data set
+    (the estimate manifest's `logratio.<side>.std`), so the paper's bounds [-0.5, 1.5] mean half a
+    std and 1.5 std whatever the size of the contrastive models' log-ratios.
+    """
+    if not scale > 0:
+        raise TispipeError(f"the calibrated transform needs a positive spread of r, not {scale}", hint="every stored log-ratio of that side is the same")
+    return exp_weights(logratio.float() / scale, mu, k=k, lower=lower, upper=upper)
+
+
+def top_weights(logratio: torch.Tensor, mask: torch.Tensor, mu: float, fraction: float = 0.2, floor: float = 0.0) -> torch.Tensor:
+    """Selection, the SePO way: within each row, weight 1 on the ceil(fraction * n) tokens with the highest
+    mu * r_t (at least one; among equal values the earlier token first) and `floor` on the others; 0 at masked positions."""
+    valid = mask.bool()
+    keyed = torch.where(valid, mu * logratio.float(), torch.full_like(logratio, float("-inf"), dtype=torch.float32))
+    order = torch.sort(keyed, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    chosen = rank < (fraction * valid.sum(-1, keepdim=True)).ceil().clamp(min=1)
+    weights = torch.where(chosen, torch.ones_like(keyed), torch.full_like(keyed, floor))
+    return torch.where(valid, weights, torch.zeros_like(weights))
 
 
 def rank_weights(
@@ -96,6 +123,9 @@ def compute_weights(
     upper: float | None = None,
     low: float = 0.7,
     high: float = 1.3,
+    scale: float = 1.0,
+    fraction: float = 0.2,
+    floor: float = 0.0,
 ) -> torch.Tensor:
     """Token weights (B, T) for one side of a pair, 0 at masked positions.
 
@@ -103,11 +133,14 @@ def compute_weights(
         logratio: (B, T) r_t = log pi+ - log pi- per response token.
         mask: (B, T) 1 on response tokens.
         mu: +1 for chosen, -1 for rejected (any non-zero float is accepted).
-        transform: "exp" (paper Eq. 19, uses k, lower, upper), "rank" (uses low, high),
+        transform: "exp" (paper Eq. 19, uses k, lower, upper), "calibrated" (Eq. 19 on r / scale),
+            "top" (1 on the top `fraction` of each row, `floor` elsewhere), "rank" (uses low, high),
             "linear" (threshold_and_scale, uses lower, upper, low, high).
         k: scale of the exp transform, > 0.
         lower, upper: clamp bounds; None means the transform's default (exp: -0.5, 1.5; linear: -1.5, 1.5).
         low, high: output range of the rank and linear transforms.
+        scale: the spread of r on this side (calibrated only), > 0.
+        fraction: share of each row's tokens that `top` selects, in (0, 1]; floor: the others' weight.
 
     Raises:
         TispipeError naming the option (`--transform`, `--k`, `--lower`/`--upper`, `--low`/`--high`).
@@ -119,15 +152,21 @@ def compute_weights(
     default_lower, default_upper = DEFAULT_BOUNDS[transform]
     lower = default_lower if lower is None else lower
     upper = default_upper if upper is None else upper
-    if transform != "rank":
+    if transform in ("exp", "calibrated", "linear"):
         check_bounds(lower, upper)
-    if transform == "exp" and not k > 0:
+    if transform in ("exp", "calibrated") and not k > 0:
         raise TispipeError(f"--k must be positive, not {k}")
-    if transform != "exp" and not low <= high:
+    if transform in ("rank", "linear") and not low <= high:
         raise TispipeError(f"--low ({low}) must not exceed --high ({high})")
+    if transform == "top" and not 0 < fraction <= 1:
+        raise TispipeError(f"--top-fraction must be in (0, 1], not {fraction}")
 
     if transform == "exp":
         weights = exp_weights(logratio, mu, k=k, lower=lower, upper=upper)
+    elif transform == "calibrated":
+        weights = calibrated_weights(logratio, mu, scale, k=k, lower=lower, upper=upper)
+    elif transform == "top":
+        weights = top_weights(logratio, mask, mu, fraction=fraction, floor=floor)
     elif transform == "rank":
         weights = rank_weights(logratio, mask, mu, low=low, high=high)
     else:
