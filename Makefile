@@ -71,12 +71,17 @@ $(RUNS)/eval-reward-model/report.json: $(RUNS)/reward-model/model.safetensors $(
 	$(TISPIPE) eval --model $(RUNS)/base --model $(RUNS)/dpo --model $(RUNS)/tisdpo --ref $(RUNS)/base --baseline $(RUNS)/dpo \
 		--data $(DATA)/test.jsonl --oracle toy --reward-model $(RUNS)/reward-model --out $(RUNS)/eval-reward-model $(EVAL_ARGS) --overwrite
 
-# The paper's comparison and ablations over 3 seeds with one shared budget (docs/results.md; tispipe/experiment.py).
-# It reuses $(RUNS)/weights-{sft,dpo} when their settings match; a re-run skips finished trainings.
-.PHONY: experiment
-EXPERIMENT_ARGS ?= --seeds 3 --lr 2e-5 --max-steps 120 --num-prompts 100 --max-new-tokens 64 --eval-limit 200
+# The paper's comparison and ablations (docs/results.md; tispipe/experiment.py): every method at its own lr from
+# one grid, chosen on a validation split carved from train, then 5 seeds on the test split. A re-run skips
+# finished trainings. `make experiment EXPERIMENT_ARGS="... --generated"` adds the generated-data block.
+.PHONY: experiment contrast-study
+EXPERIMENT_ARGS ?= --seeds 5 --lrs 1e-5,2e-5,5e-5,1e-4,2e-4 --max-steps 120 --num-prompts 100 --max-new-tokens 64 --eval-limit 200 --no-generated
 experiment: $(RUNS)/base/model.safetensors
-	$(TISPIPE) experiment --data $(DATA) --base $(RUNS)/base --out $(RUNS)/experiment --weights-root $(RUNS) --results docs $(EXPERIMENT_ARGS)
+	$(TISPIPE) experiment --data $(DATA) --base $(RUNS)/base --out $(RUNS)/experiment --results docs $(EXPERIMENT_ARGS)
+
+# Which budget builds pi+/pi- whose weights find the decision tokens (docs/contrast-study.md; the small-model defaults).
+contrast-study: $(RUNS)/base/model.safetensors
+	$(TISPIPE) contrast-study --data $(DATA) --base $(RUNS)/base --out $(RUNS)/contrast-study --results docs
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -40,10 +40,15 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     # DPO against itself ties on every prompt
     assert report["methods"]["DPO"]["win_rate_vs_dpo"]["mean"] == 0.5
     assert report["methods"]["base"]["kl_per_token"]["mean"] == pytest.approx(0.0, abs=1e-6)
-    for method in ("prompt", "sft", "dpo"):
+    for method in ("prompt", "sft", "dpo", "dpo-vs-base"):
+        assert list(report["weight_auc"][method]) == ["exp", "calibrated", "top 20%"]
         for split in ("train", "test"):
-            auc = report["weight_auc"][method][split]
+            auc = report["weight_auc"][method]["exp"][split]
             assert 0.0 <= auc["chosen_helpful_auc"] <= 1.0 and auc["labelled_rows"] > 0, (method, split)
+            assert report["weight_auc"][method]["calibrated"][split]["labelled_rows"] == auc["labelled_rows"]
+    # dpo-vs-base scores with the dpo pair's pi+ against the base
+    given = json.loads((out / "weights-dpo-vs-base" / "manifest.json").read_text())["contrast"]
+    assert given["pos_model"] == str(out / "weights-dpo" / "contrast" / "pos") and given["neg_model"] == str(tiny_task / "base")
     # the validation evals read the validation file, the seed evals the test file
     assert "validation.jsonl" in (out / "logs" / "eval-validation-lr1e-05.yaml").read_text()
     assert "test.jsonl" in (out / "logs" / "eval-seed1.yaml").read_text()
@@ -54,7 +59,8 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     assert "--quick" in text and "tispipe experiment" in text
     for name in names:
         assert f"| {name} | " in text
-    assert "### Weight quality per estimation method" in text and "| dpo | test | 0." in text
+    assert "### Weight quality per estimation method and transform" in text and "| dpo | exp | test | 0." in text and "| dpo | top 20% | test | 0." in text
+    assert "### Other weights from the same contrast" in text
     assert "### The learning-rate grid (validation prompts, seed 0)" in text and "**" in text
     assert "The paper's order (random U(L,U) < equal < without eta < full)" in text and "the paper's D > S > P" in text
 
@@ -73,7 +79,7 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
         assert info["steps"] == 4 and info["shards"].endswith(f"weights-{'prompt' if name == 'TIS-DPO(P)' else 'dpo'}"), name
     assert "### Generated data (paper Table 2, third block)" in text and "RLCD" in text and "left out" in text
     assert f"prefers the chosen response in {noise['oracle_agrees']:.1%}" in text
-    for name in ("results-comparison.png", "results-ablations.png", "results-generated.png", "results-lr.png", "results-frontier.png"):
+    for name in ("results-comparison.png", "results-ablations.png", "results-transforms.png", "results-generated.png", "results-lr.png", "results-frontier.png"):
         assert (docs / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in text
     assert json.loads((docs / "results-comparison.json").read_text())["mean"][1] == report["methods"]["DPO"]["oracle_reward"]["mean"]
     lr_figure = json.loads((docs / "results-lr.json").read_text())
@@ -142,7 +148,7 @@ def test_every_method_builds_a_valid_train_config(tmp_path):
         assert (train_cfg.lr, train_cfg.max_steps, train_cfg.seed, train_cfg.resume) == (2e-5, 120, 1, True), name
         assert train_cfg.shards == str(tmp_path / f"weights-{estimator}")
         assert train_cfg.out == str(experiment.model_dir(tmp_path, name, 2e-5, 1))
-    assert {e for _, e, _ in experiment.METHODS} == set(ESTIMATION_METHODS)
+    assert {e for _, e, _ in experiment.METHODS} == set(experiment.ESTIMATORS) == {*ESTIMATION_METHODS, "dpo-vs-base"}
 
 
 def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path):

@@ -306,7 +306,7 @@ class ExperimentConfig(StudyOptions):
     max_new_tokens: int = option(96, "Longest sampled response in tokens.")
     methods: str = option("all", "Comma-separated method names (see tispipe.experiment.METHODS) or all.")
     generated: bool = option(True, "Also run the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base model generates (tispipe generate), at the main table's chosen lrs.")
-    quick: bool = option(False, "Smoke run (1 seed, 2 lrs, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the tables are written.")
+    quick: bool = option(False, "Smoke run (2 seeds, 2 lrs, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the tables are written.")
 
 
 @dataclass(kw_only=True)

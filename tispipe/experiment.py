@@ -50,7 +50,16 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("TIS-DPO(D) random weights U(0.7,1.3)", "dpo", {"loss": "tisdpo", "weighting": "random", "lower": 0.7, "upper": 1.3}),
     ("TIS-DPO(D) equal weights", "dpo", {"loss": "tisdpo", "weighting": "equal"}),
     ("TIS-DPO(D) without eta", "dpo", {"loss": "tisdpo", "eta_coef": 0.0}),
+    # other ways from the same r to weights (tispipe.weights), re-derived from the dpo shards by train
+    ("TIS-DPO(D) calibrated", "dpo", {"loss": "tisdpo", "transform": "calibrated"}),
+    ("TIS-DPO(D) top 20%", "dpo", {"loss": "tisdpo", "transform": "top", "top_fraction": 0.2}),
+    # the "DPO vs reference" estimator: pi+ = the dpo pair's pi+, pi- = the base itself (one trained model)
+    ("TIS-DPO(D vs base)", "dpo-vs-base", {"loss": "tisdpo"}),
 ]
+# the shards a method can train on: one per estimation method, and pi+ of the dpo pair against the base
+ESTIMATORS = (*ESTIMATION_METHODS, "dpo-vs-base")
+# (name, compute_weights options) of the transforms the weight-quality table also measures
+TRANSFORMS = [("exp", None), ("calibrated", {"transform": "calibrated"}), ("top 20%", {"transform": "top", "fraction": 0.2})]
 
 
 def quick_settings(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -89,17 +98,26 @@ def learning_rates(cfg: ExperimentConfig) -> list[float]:
 # ---------------------------------------------------------------- the jobs' configs
 
 
-def estimate_config(cfg: ExperimentConfig, method: str, out: Path) -> EstimateConfig:
-    """Token weights of the training pairs (validation split removed), from pi+/pi- made with `method`."""
-    return EstimateConfig(data=str(out / "data" / "train.jsonl"), model=cfg.base, method=method, out=str(out / f"weights-{method}"), limit=cfg.limit)
+def _given_models(cfg: ExperimentConfig, estimator: str, out: Path) -> dict[str, str]:
+    """pi+/pi- as models already built: none for prompt, the dpo pair's pi+ and the base for dpo-vs-base."""
+    if estimator == "dpo-vs-base":
+        return {"pos_model": str(out / "weights-dpo" / "contrast" / "pos"), "neg_model": cfg.base}
+    return {}
 
 
-def held_out_estimate_config(cfg: ExperimentConfig, method: str, out: Path) -> EstimateConfig:
+def estimate_config(cfg: ExperimentConfig, estimator: str, out: Path) -> EstimateConfig:
+    """Token weights of the training pairs (validation split removed), from pi+/pi- made by `estimator`."""
+    method = "dpo" if estimator == "dpo-vs-base" else estimator
+    return EstimateConfig(data=str(out / "data" / "train.jsonl"), model=cfg.base, method=method, **_given_models(cfg, estimator, out),
+                          out=str(out / f"weights-{estimator}"), limit=cfg.limit)
+
+
+def held_out_estimate_config(cfg: ExperimentConfig, estimator: str, out: Path) -> EstimateConfig:
     """The same pi+/pi- (for prompt: the same system prompts) scoring the test pairs."""
-    contrast = out / f"weights-{method}" / "contrast"
-    models = {} if method == "prompt" else {"pos_model": str(contrast / "pos"), "neg_model": str(contrast / "neg")}
-    return EstimateConfig(data=str(out / "data" / "test.jsonl"), model=cfg.base, method=method, **models,
-                          out=str(out / "weights-test" / method), overwrite=True, limit=cfg.eval_limit)
+    contrast = out / f"weights-{estimator}" / "contrast"
+    models = _given_models(cfg, estimator, out) or ({} if estimator == "prompt" else {"pos_model": str(contrast / "pos"), "neg_model": str(contrast / "neg")})
+    return EstimateConfig(data=str(out / "data" / "test.jsonl"), model=cfg.base, method="dpo" if estimator == "dpo-vs-base" else estimator, **models,
+                          out=str(out / "weights-test" / estimator), overwrite=True, limit=cfg.eval_limit)
 
 
 def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], lr: float, seed: int, shards: Path, out: Path) -> TrainConfig:
@@ -136,7 +154,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     lrs = learning_rates(cfg)
     started, out = time.time(), Path(cfg.out)
     methods = selected_methods(cfg)
-    estimators = [e for e in ESTIMATION_METHODS if any(m[1] == e for m in methods)]
+    estimators = [e for e in ESTIMATORS if any(m[1] == e for m in methods)]
+    if "dpo-vs-base" in estimators and "dpo" not in estimators:
+        estimators.insert(estimators.index("dpo-vs-base"), "dpo")  # its pi+ is the dpo pair's
     splits = carve_files(cfg.data, out / "data", cfg.validation_fraction, seed=0)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     runner = Runner(out / "logs", cfg.jobs, cfg.threads)
@@ -145,10 +165,12 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     # 1. weights: one estimate per method on the training pairs; its pi+/pi- then score the test pairs
     timings: dict[str, float] = {}
     t0 = time.time()
-    for method in estimators:
+    for method in [e for e in estimators if e != "dpo-vs-base"]:
         runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
     runner.wait()
     for method in estimators:
+        if method == "dpo-vs-base":
+            runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
         runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, out))
     if cfg.generated:  # the generated-data block's pairs, then their weights
         runner.add("generate-pairs", "generate_pairs", generated.generate_config(cfg, out))
@@ -199,13 +221,13 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.generated:
         report["generated"] = generated.collect(cfg, out, chosen)
     order = [m[0] for m in METHODS]
-    text = render(report, order, ESTIMATION_METHODS)
+    text = render(report, order, list(ESTIMATORS))
     for folder in [out, *([Path(cfg.results)] if cfg.results else [])]:
         folder.mkdir(parents=True, exist_ok=True)
         write_figures(report, folder)
         atomic_write_json(folder / "report.json", report)
         atomic_write_text(folder / "results.md", text)
-    print(render_tables(report, order, ESTIMATION_METHODS))
+    print(render_tables(report, order, list(ESTIMATORS)))
     say(f"Wrote {out / 'results.md'}{' and ' + str(Path(cfg.results) / 'results.md') if cfg.results else ''} in {timings['total'] / 60:.1f} min")
     return report
 
@@ -265,9 +287,10 @@ def collect(cfg: ExperimentConfig, methods, estimators: list[str], lrs: list[flo
     for name in chosen:
         rows[name]["lr"] = chosen[name]
     auc: dict[str, Any] = {}
+    keep = lambda quality: {k: v for k, v in quality.items() if k.endswith("_auc") or k == "labelled_rows"}  # noqa: E731
     for method in estimators:
-        keep = lambda quality: {k: v for k, v in quality.items() if k.endswith("_auc") or k == "labelled_rows"}  # noqa: E731
-        auc[method] = {"train": keep(weight_quality(out / f"weights-{method}")), "test": keep(weight_quality(out / "weights-test" / method))}
+        auc[method] = {name: {"train": keep(weight_quality(out / f"weights-{method}", options)), "test": keep(weight_quality(out / "weights-test" / method, options))}
+                       for name, options in TRANSFORMS}
     steps = json.loads((model_dir(out, "DPO", chosen["DPO"], 0) / "train_info.json").read_text(encoding="utf-8")).get("steps")
     return {
         "config": config_dict(cfg),

@@ -14,6 +14,8 @@ from typing import Any
 
 # the rows of the paper's Table 1; Table 2 holds TIS-DPO(D) and its ablations, the methods named "TIS-DPO(D) ..."
 MAIN_TABLE = ["DPO", "IPO", "TDPO2", "TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"]
+# other weights from the same contrast: transforms of the dpo pair's r, and its pi+ against the base
+TRANSFORM_TABLE = ["TIS-DPO(D)", "TIS-DPO(D) calibrated", "TIS-DPO(D) top 20%", "TIS-DPO(D vs base)"]
 # the rows of the generated-data block (tispipe.experiment_generated.METHODS)
 GENERATED_TABLE = ["DPO", "TIS-DPO(P)", "TIS-DPO(D)"]
 
@@ -84,22 +86,29 @@ def table(report: dict[str, Any], names: list[str]) -> str:
 def render_tables(report: dict[str, Any], order: list[str], estimators: list[str]) -> str:
     # report.json is written with sorted keys: order the rows as the paper's tables do, not as the file does
     names = [n for n in ["base", *order] if n in report["methods"]]
-    ablations = ["TIS-DPO(D)"] + [n for n in names if n.startswith("TIS-DPO(D) ")]
     columns = [(f"{side}_{what}{kind}{suffix}_auc", f"{score} {side}, {tokens}")  # weight_quality's keys
                for score, suffix in (("w_t", ""), ("r_t", "_logratio")) for kind, tokens in (("", "all"), ("_decision", "decision"))
                for side, what in (("chosen", "helpful"), ("rejected", "harmful"))]
-    auc_lines = ["| estimation | split | " + " | ".join(title for _, title in columns) + " |", "|---|---|" + "---|" * len(columns)]
+    auc_lines = ["| estimation | transform | split | " + " | ".join(title for _, title in columns) + " |", "|---|---|---|" + "---|" * len(columns)]
     for method in [m for m in estimators if m in report["weight_auc"]]:
-        for split in ("train", "test"):
-            cells = [report["weight_auc"][method][split].get(key) for key, _ in columns]
-            auc_lines.append(f"| {method} | {split} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+        for transform, by_split in report["weight_auc"][method].items():
+            for split in ("train", "test"):
+                cells = ["same" if transform != "exp" and "_logratio" in key else by_split[split].get(key) for key, _ in columns]
+                auc_lines.append(f"| {method} | {transform} | {split} | " + " | ".join(v if isinstance(v, str) else "n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
     auc_lines.append("\nAUC at ranking the decisive tokens (helpful in chosen, harmful in rejected) first: over all their tokens, "
-                     "and over decision tokens (each decisive span's first token against the neutral ones); w_t is the weight, r_t the signed log-ratio.")
+                     "and over decision tokens (each decisive span's first token against the neutral ones); w_t is the weight, r_t the signed log-ratio "
+                     "(the same for every transform of one estimate). *dpo-vs-base*: the dpo pair's pi+ against the base as pi-.")
     return "\n\n".join([
         "### Comparison (paper Table 1)", table(report, ["base", *[n for n in MAIN_TABLE if n in names]]),
-        "### Ablations of TIS-DPO(D) (paper Table 2)", table(report, [n for n in ablations if n in names]),
-        "### Weight quality per estimation method", "\n".join(auc_lines),
+        "### Ablations of TIS-DPO(D) (paper Table 2)", table(report, [n for n in ablation_names(names) if n in names]),
+        "### Other weights from the same contrast: transforms, and pi+ against the base", table(report, [n for n in TRANSFORM_TABLE if n in names]),
+        "### Weight quality per estimation method and transform", "\n".join(auc_lines),
     ])
+
+
+def ablation_names(names: list[str]) -> list[str]:
+    """TIS-DPO(D) and its ablations (paper Table 2), in `names` order."""
+    return ["TIS-DPO(D)"] + [n for n in names if n.startswith("TIS-DPO(D) ") and n not in TRANSFORM_TABLE]
 
 
 def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> str:
@@ -190,8 +199,10 @@ def verdict(report: dict[str, Any], order: list[str]) -> str:
         holds = all(reward(a) > reward(b) for a, b in zip(estimators, estimators[1:]))
         lines.append("- Estimation methods by mean oracle reward: " + " > ".join(f"{n} ({reward(n):+.2f})" for n in measured)
                      + f"; the paper's D > S > P {'holds' if holds else 'does not hold'} in the means.")
-    aucs = {m: e["test"].get("chosen_helpful_decision_auc") for m, e in report["weight_auc"].items()}
-    aucs = {m: (v, report["weight_auc"][m]["test"].get("rejected_harmful_decision_auc")) for m, v in aucs.items() if v is not None}
+    for name in [n for n in TRANSFORM_TABLE[1:] if n in methods]:
+        lines.append(f"- Other weights: {beats(report, name, 'TIS-DPO(D)')}.")
+    aucs = {m: e["exp"]["test"].get("chosen_helpful_decision_auc") for m, e in report["weight_auc"].items()}
+    aucs = {m: (v, report["weight_auc"][m]["exp"]["test"].get("rejected_harmful_decision_auc")) for m, v in aucs.items() if v is not None}
     if aucs:
         lines.append("- Test-split decision-token AUC of w (chosen / rejected), by the weaker side, best first: "
                      + ", ".join(f"{m} {c:.3f} / {r:.3f}" for m, (c, r) in sorted(aucs.items(), key=lambda kv: -min(kv[1]))) + ".")
@@ -247,9 +258,10 @@ def render_generated(block: dict[str, Any]) -> str:
 def figures_of(report: dict[str, Any]) -> list[tuple[str, list[str], str]]:
     """(file name, rows, title) of each bar chart of an experiment report: the comparison, the ablations and,
     when it ran, the generated-data block."""
-    ablations = ["TIS-DPO(D)"] + [n for n in report["methods"] if n.startswith("TIS-DPO(D) ")]
+    ablations = ablation_names(list(report["methods"]))
     charts = [("results-comparison.png", ["base", *MAIN_TABLE], "Comparison (paper Table 1): oracle reward"),
-              ("results-ablations.png", ablations, "Ablations of TIS-DPO(D) (paper Table 2): oracle reward")]
+              ("results-ablations.png", ablations, "Ablations of TIS-DPO(D) (paper Table 2): oracle reward"),
+              ("results-transforms.png", TRANSFORM_TABLE, "Other weights from the same contrast: oracle reward")]
     if report.get("generated"):
         charts.append(("results-generated.png", ["base", *GENERATED_TABLE], "Generated data (Table 2, third block): oracle reward"))
     return charts

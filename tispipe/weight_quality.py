@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tispipe.errors import TispipeError
-from tispipe.shards import open_shard, read_manifest, verify_shards
+from tispipe.shards import open_shard, read_manifest, rewrite_weights, verify_shards
 from tispipe.token_histograms import (
     DECISION,
     DECISIVE,
@@ -159,11 +159,41 @@ def shard_statistics(stats: TokenStatistics) -> dict[str, Any]:
     return out
 
 
-def weight_quality(folder: str | Path) -> dict[str, Any]:
-    """The AUCs (as in the manifest) and mean weight per label kind, over the labelled rows of a finished estimate run."""
+def weight_quality(folder: str | Path, transform: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The AUCs (as in the manifest) and mean weight per label kind, over the labelled rows of a finished estimate run.
+
+    With `transform` (compute_weights' options: transform, k, lower, upper, fraction, floor), the weights are
+    those `tispipe train` would re-derive from the stored r with it (calibrated: over the manifest's spread
+    of r per side): the shards are copied to a temporary folder, their weights rewritten there, and measured.
+    """
     manifest = read_manifest(folder)
     verify_shards(folder, manifest)
-    stats = read_statistics(folder, manifest["shards"])
+    if transform is None:
+        return _quality(folder, read_statistics(folder, manifest["shards"]))
+    import shutil
+    import tempfile
+
+    import torch
+
+    from tispipe.weights import compute_weights
+
+    scales = {side: manifest["logratio"][side]["std"] for side in SIDES}
+    mu = {"chosen": 1.0, "rejected": -1.0}
+
+    def weights_of(r: np.ndarray, side: str) -> np.ndarray:
+        values = torch.from_numpy(r)[None]
+        return compute_weights(values, torch.ones_like(values), mu[side], scale=scales[side], **transform)[0].numpy()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "shards").mkdir()
+        entries = []
+        for entry in manifest["shards"]:
+            shutil.copyfile(Path(folder) / "shards" / entry["file"], Path(tmp) / "shards" / entry["file"])
+            entries.append(rewrite_weights(Path(tmp) / "shards" / entry["file"], weights_of))
+        return _quality(folder, read_statistics(tmp, entries))
+
+
+def _quality(folder: str | Path, stats: TokenStatistics) -> dict[str, Any]:
     result: dict[str, Any] = {"shards": str(folder), "rows": stats.rows, "labelled_rows": stats.labelled_rows}
     if not stats.labelled_rows:
         return result
