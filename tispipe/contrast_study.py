@@ -214,6 +214,8 @@ def verdict(report: dict[str, Any]) -> list[str]:
         elif paper_row is best:
             sentence += "; it is the paper's setting"
         out.append(sentence + ".")
+    out.append("- These choices are the small-model defaults of `tispipe estimate` (`--contrast-preset small`, tispipe.contrast.SMALL_MODEL_DEFAULTS); "
+               "`--contrast-preset paper` gives the paper's settings.")
     for r in report["rows"]:
         if r["halves"] and report["chosen"].get("dpo") == r["label"]:
             a, b = r["halves"]["pos-vs-base"], r["halves"]["base-vs-neg"]

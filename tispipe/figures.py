@@ -195,6 +195,13 @@ def methods_figure(rows: dict[str, Any], names: list[str], path: Path, title: st
     return save(fig, path, {"methods": names, "mean": means, "std": stds})
 
 
+def _lr_axis(ax, lrs: list[float]) -> None:
+    """A log x axis labelled at the grid's learning rates only."""
+    ax.set_xscale("log")
+    ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs], fontsize=7)
+    ax.minorticks_off()
+
+
 def contrast_study_figure(report: dict[str, Any], path: Path) -> Path:
     """Decision-token AUC of w on validation against the contrast lr: one panel per method, one line per
     (epochs, beta) and side (chosen solid, rejected dashed)."""
@@ -204,15 +211,15 @@ def contrast_study_figure(report: dict[str, Any], path: Path) -> Path:
     data: dict[str, Any] = {}
     for ax, method in zip(axes[0], methods):
         rows = [r for r in report["rows"] if r["method"] == method]
-        for budget in dict.fromkeys((r["epochs"], r["beta"]) for r in rows):
+        for number, budget in enumerate(dict.fromkeys((r["epochs"], r["beta"]) for r in rows)):
             series = sorted((r for r in rows if (r["epochs"], r["beta"]) == budget), key=lambda r: r["lr"])
             name = f"{budget[0]:g} epoch(s)" + (f", beta {budget[1]:g}" if budget[1] is not None else "")
-            for side, style in (("chosen", "-"), ("rejected", "--")):
+            for side, style, marker in (("chosen", "-", "o"), ("rejected", "--", "s")):
                 lrs, values = [r["lr"] for r in series], [r["validation"][f"w_decision_{side}"] for r in series]
-                ax.plot(lrs, values, style, marker="o", label=f"{name}: {side}")
+                ax.plot(lrs, values, style, marker=marker, color=f"C{number}", label=f"{name}: {side}")
                 data[f"{method} {name} {side}"] = {"lr": lrs, "auc": values}
         ax.axhline(0.9, color="grey", lw=0.8, ls=":")
-        ax.set_xscale("log")
+        _lr_axis(ax, sorted({r["lr"] for r in rows}))
         ax.set_xlabel("contrast learning rate")
         ax.set_ylabel("decision-token AUC of w (validation)")
         ax.set_title(f"pi+/pi- built by {method}" + (f" (chosen: {report['chosen'][method]})" if method in report["chosen"] else ""), fontsize=9)
@@ -235,7 +242,7 @@ def lr_grid_figure(grid: dict[str, Any], rows: dict[str, Any], names: list[str],
             if rows[name].get("lr") and test["mean"] is not None:
                 ax.errorbar([rows[name]["lr"]], [test["mean"]], yerr=[test["std"] or 0.0], fmt="s", ms=7, mfc="none", color=line.get_color(), capsize=4)
             data[name] = {"lr": [float(lr) for lr in lrs], "validation_oracle_reward": values, "chosen_lr": rows[name].get("lr"), "test": test}
-        ax.set_xscale("log")
+        _lr_axis(ax, sorted({float(lr) for name in group if name in grid for lr in grid[name]}))
         ax.set_xlabel("learning rate")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("oracle reward")
