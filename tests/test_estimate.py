@@ -319,3 +319,30 @@ def test_inspect_terminal_and_html(runs, tmp_path):
     assert text.count('class="t') == sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows[1:])
     result = CliRunner().invoke(app, ["inspect", str(runs["dpo"]), "--pair", "99"])
     assert result.exit_code == 1 and "out of range" in result.output
+
+
+def test_one_sided_logratio_takes_each_side_against_the_base(tmp_path, make_tiny_llama):
+    """--logratio one-sided: chosen r = log base - log pi-, rejected r = log pi+ - log base; the same numbers as
+    the paper's pair r with the base in place of pi+ (chosen side) or of pi- (rejected side)."""
+    import pyarrow.parquet as pq
+    from conftest import invoke_cli
+
+    from tispipe.toy import generate
+
+    for name, seed in (("base", 0), ("pos", 1), ("neg", 2)):
+        make_tiny_llama(tmp_path / name, seed=seed)
+    write_jsonl(tmp_path / "pairs.jsonl", generate(8, 0, "train"))
+    common = ["estimate", "--data", tmp_path / "pairs.jsonl", "--model", tmp_path / "base", "--device", "cpu"]
+    runs = {"one-sided": ("pos", "neg", "one-sided"), "chosen": ("base", "neg", "pair"), "rejected": ("pos", "base", "pair")}
+    rows = {}
+    for label, (pos, neg, logratio) in runs.items():
+        result = invoke_cli(*common, "--pos-model", tmp_path / pos, "--neg-model", tmp_path / neg, "--logratio", logratio, "--out", tmp_path / label)
+        assert result.exit_code == 0, result.output
+        rows[label] = pq.read_table(tmp_path / label / "shards" / "part-00000.parquet").to_pylist()
+    for one_sided, chosen, rejected in zip(rows["one-sided"], rows["chosen"], rows["rejected"]):
+        assert one_sided["chosen_logratio"] == chosen["chosen_logratio"] and one_sided["rejected_logratio"] == rejected["rejected_logratio"]
+        assert one_sided["chosen_ref_logps"] == chosen["chosen_ref_logps"]
+    manifest = json.loads((tmp_path / "one-sided" / "manifest.json").read_text())
+    assert manifest["settings"]["logratio"] == "one-sided"
+    bad = invoke_cli(*common, "--logratio", "both", "--out", tmp_path / "bad")
+    assert bad.exit_code == 1 and "--logratio must be one of pair, one-sided" in bad.output

@@ -175,6 +175,7 @@ class EstimateConfig(DataOptions, ContrastPromptOptions, TrainingMemoryOptions, 
     method: str = option("dpo", "How pi+/pi- are made: prompt (system prompts), sft or dpo (trained on the pairs).")
     pos_model: str | None = option(None, "Use this existing model as pi+ (with --neg-model) instead of building one.")
     neg_model: str | None = option(None, "Use this existing model as pi- (with --pos-model).")
+    logratio: str = option("pair", "How r_t is formed: pair (log pi+ - log pi-, the paper's) or one-sided (chosen tokens: log base - log pi-; rejected tokens: log pi+ - log base: each side from the model that learned to push it down; docs/contrast-study.md).")
     transform: str = option("exp", "exp (paper Eq. 19), calibrated (Eq. 19 on r divided by its std per side), top (1 on each response's top --top-fraction tokens, --floor elsewhere), rank (the authors' rank_based, 0.7 to 1.3) or linear (threshold_and_scale).")
     k: float = option(1.0, "Scale k of the exp and calibrated transforms.")
     top_fraction: float = option(0.2, "The top transform: share of each response's tokens (by mu * r) weighted 1.")

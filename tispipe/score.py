@@ -1,8 +1,9 @@
 """Scoring pairs with the contrastive models, and the shard rows the scores become (stage one's compute).
 
 For a batch of pairs, one forward per model gives per-token log-probs of both responses
-(tispipe.batching's pair layout): log pi+ and log pi- make r_t = log pi+ - log pi-, and the base
-model's log pi_ref is stored too. With the prompt method pi+ and pi- are the base model under two
+(tispipe.batching's pair layout): log pi+ and log pi- make r_t = log pi+ - log pi- (with `--logratio
+one-sided`, each side against the base: log pi_ref - log pi- on chosen, log pi+ - log pi_ref on rejected
+tokens), and the base model's log pi_ref is stored too. With the prompt method pi+ and pi- are the base model under two
 system prompts, so one forward of the base over three prompts per pair gives all three. Pairs go
 through the models in the shared-prompt layout (tispipe.shared_prompt): each prompt computed once.
 When pi+ and pi- are LoRA adapters of the base (`estimate --lora-r`), one base in memory carries
@@ -82,11 +83,14 @@ class Scorer:
         else:
             batch = make_pair_batch([i.prompt_ids for i in items], chosen, rejected, self.pad_id).to(self.device)
             ref, pos, neg = (batch.unplace(sequence_token_logps(model, batch)) for model in (self.base, self.pos, self.neg))
+        # --logratio one-sided: on chosen tokens log ref - log pi-, on rejected tokens log pi+ - log ref
+        minus = {"chosen": (ref, neg), "rejected": (pos, ref)} if self.cfg.logratio == "one-sided" else {"chosen": (pos, neg), "rejected": (pos, neg)}
         out = []
         for j, item in enumerate(items):
             result = {}
             for side, row in (("chosen", j), ("rejected", b + j)):
-                logratio = np.asarray(pos[row], dtype=np.float32) - np.asarray(neg[row], dtype=np.float32)
+                high, low = minus[side]
+                logratio = np.asarray(high[row], dtype=np.float32) - np.asarray(low[row], dtype=np.float32)
                 ref_logps = np.asarray(ref[row], dtype=np.float32)
                 if not (np.isfinite(logratio).all() and np.isfinite(ref_logps).all()):
                     raise TispipeError(f"pair {item.pair_id!r}: the {side} scores hold NaN or infinite values", hint="try --dtype float32, or check the models")
