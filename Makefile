@@ -30,9 +30,10 @@ base: $(RUNS)/base/model.safetensors
 $(RUNS)/base/model.safetensors: $(DATA)/train.jsonl | $(VENV)/.installed
 	$(TISPIPE) init-base --data $(DATA)/train.jsonl --out $(RUNS)/base --overwrite
 
-# Stage one: DPO-built contrastive models (the paper's best method), weights cached in shards.
+# Stage one: DPO-built contrastive models (the paper's best method), weights cached in shards; each side's r
+# against the base (--logratio one-sided), where the dpo pair finds the decision tokens (docs/contrast-study.md).
 WEIGHTS ?= $(RUNS)/weights-dpo
-ESTIMATE_ARGS ?= --method dpo
+ESTIMATE_ARGS ?= --method dpo --logratio one-sided
 estimate: $(WEIGHTS)/manifest.json
 
 $(WEIGHTS)/manifest.json: $(RUNS)/base/model.safetensors

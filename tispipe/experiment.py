@@ -58,6 +58,7 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 # the shards a method can train on: one per estimation method, and pi+ of the dpo pair against the base
 ESTIMATORS = (*ESTIMATION_METHODS, "dpo-vs-base")
+DPO_PAIR_SCORINGS = ("dpo-vs-base",)
 # (name, compute_weights options) of the transforms the weight-quality table also measures
 TRANSFORMS = [("exp", None), ("calibrated", {"transform": "calibrated"}), ("top 20%", {"transform": "top", "fraction": 0.2})]
 
@@ -98,25 +99,27 @@ def learning_rates(cfg: ExperimentConfig) -> list[float]:
 # ---------------------------------------------------------------- the jobs' configs
 
 
-def _given_models(cfg: ExperimentConfig, estimator: str, out: Path) -> dict[str, str]:
-    """pi+/pi- as models already built: none for prompt, the dpo pair's pi+ and the base for dpo-vs-base."""
+def _scoring(cfg: ExperimentConfig, estimator: str, out: Path) -> dict[str, str]:
+    """The estimate options of `estimator`: its method, and for dpo-vs-base pi+/pi- as models already built
+    (the dpo pair's pi+ against the base)."""
     if estimator == "dpo-vs-base":
-        return {"pos_model": str(out / "weights-dpo" / "contrast" / "pos"), "neg_model": cfg.base}
-    return {}
+        return {"method": "dpo", "pos_model": str(out / "weights-dpo" / "contrast" / "pos"), "neg_model": cfg.base}
+    return {"method": estimator}
 
 
 def estimate_config(cfg: ExperimentConfig, estimator: str, out: Path) -> EstimateConfig:
     """Token weights of the training pairs (validation split removed), from pi+/pi- made by `estimator`."""
-    method = "dpo" if estimator == "dpo-vs-base" else estimator
-    return EstimateConfig(data=str(out / "data" / "train.jsonl"), model=cfg.base, method=method, **_given_models(cfg, estimator, out),
+    return EstimateConfig(data=str(out / "data" / "train.jsonl"), model=cfg.base, **_scoring(cfg, estimator, out),
                           out=str(out / f"weights-{estimator}"), limit=cfg.limit)
 
 
 def held_out_estimate_config(cfg: ExperimentConfig, estimator: str, out: Path) -> EstimateConfig:
     """The same pi+/pi- (for prompt: the same system prompts) scoring the test pairs."""
-    contrast = out / f"weights-{estimator}" / "contrast"
-    models = _given_models(cfg, estimator, out) or ({} if estimator == "prompt" else {"pos_model": str(contrast / "pos"), "neg_model": str(contrast / "neg")})
-    return EstimateConfig(data=str(out / "data" / "test.jsonl"), model=cfg.base, method="dpo" if estimator == "dpo-vs-base" else estimator, **models,
+    options = _scoring(cfg, estimator, out)
+    if estimator in ("sft", "dpo"):
+        contrast = out / f"weights-{estimator}" / "contrast"
+        options |= {"pos_model": str(contrast / "pos"), "neg_model": str(contrast / "neg")}
+    return EstimateConfig(data=str(out / "data" / "test.jsonl"), model=cfg.base, **options,
                           out=str(out / "weights-test" / estimator), overwrite=True, limit=cfg.eval_limit)
 
 
@@ -154,9 +157,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     lrs = learning_rates(cfg)
     started, out = time.time(), Path(cfg.out)
     methods = selected_methods(cfg)
-    estimators = [e for e in ESTIMATORS if any(m[1] == e for m in methods)]
-    if "dpo-vs-base" in estimators and "dpo" not in estimators:
-        estimators.insert(estimators.index("dpo-vs-base"), "dpo")  # its pi+ is the dpo pair's
+    estimators = [e for e in ESTIMATORS if any(m[1] == e for m in methods) or (e == "dpo" and any(m[1] in DPO_PAIR_SCORINGS for m in methods))]
     splits = carve_files(cfg.data, out / "data", cfg.validation_fraction, seed=0)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     runner = Runner(out / "logs", cfg.jobs, cfg.threads)
@@ -165,11 +166,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     # 1. weights: one estimate per method on the training pairs; its pi+/pi- then score the test pairs
     timings: dict[str, float] = {}
     t0 = time.time()
-    for method in [e for e in estimators if e != "dpo-vs-base"]:
+    for method in [e for e in estimators if e not in DPO_PAIR_SCORINGS]:
         runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
     runner.wait()
     for method in estimators:
-        if method == "dpo-vs-base":
+        if method in DPO_PAIR_SCORINGS:  # they score with the dpo pair's models, built above
             runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
         runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, out))
     if cfg.generated:  # the generated-data block's pairs, then their weights
