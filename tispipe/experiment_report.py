@@ -134,7 +134,7 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         "*KL/token* = KL(pi || base) per response token on the test pairs.",
         render_tables(report, order, estimators),
         " ".join(f"![{title}]({name})" for name, _, title in figures_of(report) if name != "results-generated.png"),
-        "![Oracle reward on validation prompts against the learning rate](results-lr.png) "
+        "![Oracle reward against the learning rate: validation, and test at the chosen lr](results-lr.png) "
         "![Oracle reward against KL on validation, one point per lr](results-frontier.png)",
         "Weight AUC: how well the estimated weights rank the ground-truth decisive tokens (helpful phrases in chosen, "
         "harmful phrases in rejected responses) above the other tokens of that side; 0.5 is chance. *train* = the shards "
@@ -274,6 +274,9 @@ def write_figures(report: dict[str, Any], folder: Path) -> None:
     for name, rows, title in figures_of(report):
         source = report["generated"]["methods"] if name == "results-generated.png" else report["methods"]
         figures.methods_figure(source, rows, folder / name, title)
-    names = [n for n in MAIN_TABLE if n in report["grid"]] + [n for n in report["grid"] if n.startswith("TIS-DPO(D) ")]
-    figures.lr_grid_figure(report["grid"], report["methods"], names, folder / "results-lr.png")
-    figures.frontier_figure(report["grid"], report["methods"], names, folder / "results-frontier.png")
+    present = list(report["grid"])
+    groups = [("Comparison (paper Table 1)", [n for n in MAIN_TABLE if n in present]),
+              ("Ablations of TIS-DPO(D) (paper Table 2)", [n for n in ablation_names(present) if n in present]),
+              ("Other weights from the same contrast", [n for n in TRANSFORM_TABLE if n in present])]
+    figures.lr_grid_figure(report["grid"], report["methods"], [g for g in groups if g[1]], folder / "results-lr.png")
+    figures.frontier_figure(report["grid"], report["methods"], list(dict.fromkeys(n for _, names in groups for n in names)), folder / "results-frontier.png")

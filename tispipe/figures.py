@@ -227,17 +227,18 @@ def contrast_study_figure(report: dict[str, Any], path: Path) -> Path:
     return save(fig, path, data)
 
 
-def lr_grid_figure(grid: dict[str, Any], rows: dict[str, Any], names: list[str], path: Path) -> Path:
-    """Validation oracle reward (seed 0) against the lr, one line per method; each method's chosen lr carries its
-    test-split mean ± std over the seeds as an error bar."""
+def lr_grid_figure(grid: dict[str, Any], rows: dict[str, Any], groups: list[tuple[str, list[str]]], path: Path) -> Path:
+    """Validation oracle reward (seed 0) against the lr, one line per method and one panel per (title, names)
+    group; each method's chosen lr carries its test-split mean ± std over the seeds as an error bar."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), sharey=True, squeeze=False)
     data: dict[str, Any] = {}
-    for ax, group in zip(axes, ([n for n in names if not n.startswith("TIS-DPO(D) ")], ["TIS-DPO(D)", *[n for n in names if n.startswith("TIS-DPO(D) ")]])):
-        for name in [n for n in group if n in grid]:
+    for ax, (title, group) in zip(axes[0], groups):
+        ax.set_title(title, fontsize=8)
+        for number, name in enumerate([n for n in group if n in grid]):
             lrs = sorted(grid[name], key=float)
             values = [grid[name][lr]["oracle_reward"] for lr in lrs]
-            (line,) = ax.plot([float(lr) for lr in lrs], values, marker="o", ms=3, label=name)
+            (line,) = ax.plot([float(lr) for lr in lrs], values, marker="o", ms=3, label=name, color=f"C{number % 10}")
             test = rows[name]["oracle_reward"]
             if rows[name].get("lr") and test["mean"] is not None:
                 ax.errorbar([rows[name]["lr"]], [test["mean"]], yerr=[test["std"] or 0.0], fmt="s", ms=7, mfc="none", color=line.get_color(), capsize=4)
@@ -245,9 +246,8 @@ def lr_grid_figure(grid: dict[str, Any], rows: dict[str, Any], names: list[str],
         _lr_axis(ax, sorted({float(lr) for name in group if name in grid for lr in grid[name]}))
         ax.set_xlabel("learning rate")
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("oracle reward")
-    axes[0].set_title("Comparison: validation (line, seed 0); test at the chosen lr (square, mean ± std)", fontsize=8)
-    axes[1].set_title("Ablations of TIS-DPO(D): the same", fontsize=8)
+    axes[0][0].set_ylabel("oracle reward")
+    fig.suptitle("Oracle reward against the lr: validation prompts, seed 0 (line); test split at the chosen lr (square, mean ± std over seeds)", fontsize=9)
     return save(fig, path, data)
 
 
@@ -256,11 +256,12 @@ def frontier_figure(grid: dict[str, Any], rows: dict[str, Any], names: list[str]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     data: dict[str, Any] = {}
-    for name in [n for n in names if n in grid]:
+    colours = plt.get_cmap("tab20")
+    for number, name in enumerate([n for n in names if n in grid]):
         lrs = sorted(grid[name], key=float)
         kls = [grid[name][lr]["kl_per_token"] for lr in lrs]
         rewards = [grid[name][lr]["oracle_reward"] for lr in lrs]
-        ax.plot(kls, rewards, marker="o", ms=3, label=name, ls="--" if name.startswith("TIS-DPO(D) ") else "-")
+        ax.plot(kls, rewards, marker="o", ms=3, label=name, color=colours(number % 20), ls="-" if number < 6 else "--")
         data[name] = {"lr": [float(lr) for lr in lrs], "kl_per_token": kls, "oracle_reward": rewards}
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("KL(pi || base) per token, validation pairs")
