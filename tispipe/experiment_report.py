@@ -91,7 +91,7 @@ def render_tables(report: dict[str, Any], order: list[str], estimators: list[str
                for side, what in (("chosen", "helpful"), ("rejected", "harmful"))]
     auc_lines = ["| estimation | transform | split | " + " | ".join(title for _, title in columns) + " |", "|---|---|---|" + "---|" * len(columns)]
     for method in [m for m in estimators if m in report["weight_auc"]]:
-        for transform, by_split in report["weight_auc"][method].items():
+        for transform, by_split in sorted(report["weight_auc"][method].items(), key=lambda item: item[0] != "exp"):  # the paper's first
             for split in ("train", "test"):
                 cells = ["same" if transform != "exp" and "_logratio" in key else by_split[split].get(key) for key, _ in columns]
                 auc_lines.append(f"| {method} | {transform} | {split} | " + " | ".join(v if isinstance(v, str) else "n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
