@@ -53,8 +53,8 @@ def top_weights(logratio: torch.Tensor, mask: torch.Tensor, mu: float, fraction:
     order = torch.sort(keyed, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    chosen = rank < (fraction * valid.sum(-1, keepdim=True)).ceil().clamp(min=1)
-    weights = torch.where(chosen, torch.ones_like(keyed), torch.full_like(keyed, floor))
+    selected = rank < (fraction * valid.sum(-1, keepdim=True)).ceil().clamp(min=1)
+    weights = torch.where(selected, torch.ones_like(keyed), torch.full_like(keyed, floor))
     return torch.where(valid, weights, torch.zeros_like(weights))
 
 
