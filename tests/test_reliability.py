@@ -125,8 +125,10 @@ def assert_no_finished_train(out: Path) -> None:
 
 def spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TISPIPE_DEBUG": "0"}
+    # A shell's background job (`make test &`) starts with SIGINT ignored, and Python then leaves it ignored:
+    # restore the default so that the Ctrl-C tests send a real KeyboardInterrupt however the suite was started.
     return subprocess.Popen([sys.executable, "-m", "tispipe", *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_until(proc: subprocess.Popen, condition, timeout: float = 60.0) -> bool:
