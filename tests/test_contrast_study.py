@@ -55,3 +55,13 @@ def test_quick_contrast_study_builds_scores_and_chooses_on_validation(tiny_task,
     assert text == (out / "contrast-study.md").read_text() and "--quick" in text and "| dpo-lr1e-05-ep0.5-beta0.1" in text
     assert "### The two halves of r for dpo" in text and "tispipe contrast-study" in text
     assert (docs / "contrast-study.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_inputs_and_bad_options_are_named(tiny_task, tmp_path):
+    with pytest.raises(TispipeError, match="train.jsonl does not exist"):
+        contrast_study.run(ContrastStudyConfig(data=str(tmp_path), base=str(tiny_task / "base"), out=str(tmp_path / "x")))
+    with pytest.raises(TispipeError, match="base model folder"):
+        contrast_study.run(ContrastStudyConfig(data=str(tiny_task / "data"), base=str(tmp_path / "none"), out=str(tmp_path / "x")))
+    with pytest.raises(TispipeError, match="--validation-fraction must be below 1"):
+        contrast_study.run(ContrastStudyConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"), out=str(tmp_path / "x"), validation_fraction=1.0))
+    assert not (tmp_path / "x").exists()

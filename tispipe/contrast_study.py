@@ -25,9 +25,8 @@ from typing import Any
 
 from tispipe.atomic import atomic_write_json, atomic_write_text
 from tispipe.configs import ContrastStudyConfig, EstimateConfig, check_options
-from tispipe.errors import TispipeError
 from tispipe.held_out import carve_files
-from tispipe.jobs import Runner, command_line, say
+from tispipe.jobs import Runner, check_study, command_line, say
 
 # (method, lr, epochs, beta); batch sizes are the paper's (sft 32, dpo 16). The paper's own settings are
 # sft 5e-5 x 3 epochs and dpo 1e-5 x 1 epoch, beta 0.1 (tispipe.contrast.PAPER_DEFAULTS).
@@ -60,11 +59,8 @@ def label(setting: tuple[str, float, float, float]) -> str:
 
 def run(cfg: ContrastStudyConfig) -> dict[str, Any]:
     """Build, score and tabulate every setting of the grid; returns the report (also OUT/report.json)."""
-    check_options(cfg, at_least_one=("jobs", "limit"), positive=("validation_fraction",), non_negative=("threads",))
-    if not cfg.validation_fraction < 1:
-        raise TispipeError(f"--validation-fraction must be below 1, not {cfg.validation_fraction}")
-    if not Path(cfg.base).is_dir():
-        raise TispipeError(f"base model folder {cfg.base} does not exist", hint="build it with `make base` (tispipe init-base)")
+    check_study(cfg)
+    check_options(cfg, at_least_one=("limit",))
     started, out = time.time(), Path(cfg.out)
     grid = QUICK_GRID if cfg.quick else GRID
     limit = 48 if cfg.quick else cfg.limit

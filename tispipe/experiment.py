@@ -34,7 +34,7 @@ from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, Expe
 from tispipe.errors import TispipeError
 from tispipe.experiment_report import method_rows, render, render_tables, seed_metrics, slug, write_figures
 from tispipe.held_out import carve_files
-from tispipe.jobs import Runner, command_line, say
+from tispipe.jobs import Runner, check_study, command_line, say
 
 # (name, estimation method of the shards it trains on, TrainConfig fields). Every method also gets the shared budget.
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
@@ -234,17 +234,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def check(cfg: ExperimentConfig) -> None:
-    for name in ("train.jsonl", "test.jsonl"):
-        if not (Path(cfg.data) / name).is_file():
-            raise TispipeError(f"{Path(cfg.data) / name} does not exist", hint="make the toy data with `tispipe toy-data --out DIR`")
-    if not Path(cfg.base).is_dir():
-        raise TispipeError(f"base model folder {cfg.base} does not exist", hint="build it with `make base` (tispipe init-base)")
-    check_options(
-        cfg, at_least_one=("seeds", "jobs", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"),
-        positive=("validation_fraction",), non_negative=("threads",),
-    )
-    if not cfg.validation_fraction < 1:
-        raise TispipeError(f"--validation-fraction must be below 1, not {cfg.validation_fraction}")
+    check_study(cfg)
+    check_options(cfg, at_least_one=("seeds", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"))
 
 
 # ---------------------------------------------------------------- choosing the learning rates

@@ -119,6 +119,20 @@ class Runner:
             time.sleep(0.5)
 
 
+def check_study(cfg: Any) -> None:
+    """What both studies need before they start (StudyOptions): the task's two files, the base, a usable validation share."""
+    from tispipe.configs import check_options
+
+    for name in ("train.jsonl", "test.jsonl"):
+        if not (Path(cfg.data) / name).is_file():
+            raise TispipeError(f"{Path(cfg.data) / name} does not exist", hint="make the toy data with `tispipe toy-data --out DIR`")
+    if not Path(cfg.base).is_dir():
+        raise TispipeError(f"base model folder {cfg.base} does not exist", hint="build it with `make base` (tispipe init-base)")
+    check_options(cfg, at_least_one=("jobs",), positive=("validation_fraction",), non_negative=("threads",))
+    if not cfg.validation_fraction < 1:
+        raise TispipeError(f"--validation-fraction must be below 1, not {cfg.validation_fraction}")
+
+
 def command_line(command: str, cfg: Any) -> str:
     """The `tispipe <command>` line that repeats a study run from its config, every option spelled out."""
     words = ["tispipe", command]
