@@ -82,3 +82,55 @@ def test_models_without_logits_to_keep_give_the_same_logits(model):
         full = forward_logits(NoKeep(model), batch)
     assert kept.shape == (3, 8, 64)
     torch.testing.assert_close(kept, full)
+
+
+def test_packed_layout_hand_built():
+    """Three pairs of 6, 3 and 3 tokens: rows as wide as the longest pair, the two short pairs share a row."""
+    from tispipe.shared_prompt import CHOSEN, PROMPT, REJECTED, allowed, pack_pairs
+
+    packed = pack_pairs([[1, 2], [7], [10]], [[3, 4], [8], [11]], [[5, 6], [9], [12]], pad_id=0)
+    assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 2, 3], [0, 1, 1, 0, 1, 1]]
+    P, C, R = PROMPT, CHOSEN, REJECTED
+    assert packed.segment.tolist() == [[P, P, C, C, R, R], [P, C, R, P, C, R]]
+    assert packed.pair.tolist() == [[1, 1, 1, 1, 1, 1], [2, 2, 2, 3, 3, 3]]
+    # Column p-1 predicts both first tokens, the chosen run's own columns its later tokens, the rejected run's the rejected ones.
+    assert packed.keep.tolist() == [[False, True, True, False, True, False], [True, False, False, True, False, False]]
+    assert packed.chosen_index.tolist() == [[0, 1], [3, 5], [4, 5]]  # 5 = the zero row past a response's end
+    assert packed.rejected_index.tolist() == [[0, 2], [3, 5], [4, 5]]
+    ok = allowed(packed)
+    assert ok[0, 4].tolist() == [True, True, False, False, True, False]  # rejected sees its prompt, not the chosen run
+    assert ok[1, 3].tolist() == [False, False, False, True, False, False]  # the second pair's prompt starts afresh
+
+
+def test_pairs_shorter_than_a_row_are_placed_first_fit_by_length():
+    from tispipe.shared_prompt import pack_pairs, place_rows
+
+    assert place_rows([6, 3, 3]) == [[0], [1, 2]]
+    assert place_rows([2, 9, 5, 4, 7, 2]) == [[1], [4, 0], [2, 3], [5]]
+    packed = pack_pairs([[1]] * 4, [[2] * 4, [2], [2], [2] * 2], [[3]] * 4, pad_id=0)  # 6, 3, 3 and 4 tokens
+    assert packed.input_ids.shape == (3, 6) and int((packed.pair > 0).sum()) == 16
+    assert packed.pair.tolist() == [[1] * 6, [4] * 4 + [0] * 2, [2] * 3 + [3] * 3]
+
+
+@pytest.mark.parametrize("keeps", [True, False])
+def test_packed_pairs_give_the_padded_layouts_logits(model, keeps):
+    """Several pairs per packed row, with a model that takes logits_to_keep and with one that does not."""
+
+    class NoKeep(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache)
+
+    prompts = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17], [18]]
+    chosen, rejected = [[20, 21], [22], [23, 24], [25]], [[30], [31, 32, 33], [34], [35, 36]]
+    batch = make_pair_batch(prompts, chosen, rejected, pad_id=0)
+    assert batch.packed is not None and batch.packed.input_ids.shape == (3, 11)  # pairs of 11, 6, 6 and 4 tokens: 6 + 4 share a row
+    plain = make_pair_batch(prompts, chosen, rejected, pad_id=0, shared=False)
+    subject = model if keeps else NoKeep(model)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_logits(subject, batch) * plain.response_mask[..., None],
+                                   forward_logits(model, plain) * plain.response_mask[..., None], atol=1e-5, rtol=1e-4)

@@ -14,10 +14,10 @@ Every per-token tensor is therefore (N, R) over response positions, R = the long
 column j holds response token j, and `response_mask` marks the real ones.
 
 Pairs go through the model in one forward: the batch holds the B chosen sequences first and the
-B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected). A pair batch whose prompts are
-long enough also carries the shared-prompt layout (tispipe.shared_prompt: one row per pair, its prompt
-computed once), which `forward_logits` uses for every model that takes it; the logits come back in the
-layout above either way.
+B rejected sequences after them (rows 0..B-1 chosen, B..2B-1 rejected). A pair batch also carries the
+shared-prompt layout (tispipe.shared_prompt: each pair one contiguous run in a packed row, its prompt
+computed once, no padding between runs), which `forward_logits` uses for every model that takes it; the
+logits come back in the layout above either way.
 """
 
 from __future__ import annotations
@@ -99,16 +99,15 @@ def make_pair_batch(
     prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int, shared: bool = True
 ) -> SequenceBatch:
     """The chosen sequences (rows 0..B-1) then the rejected ones (rows B..2B-1), for one concatenated forward;
-    with `shared`, the shared-prompt layout of the same pairs too, where the longest prompt is at least as
-    long as the longest response.
+    with `shared`, the shared-prompt layout of the same pairs too (what `forward_logits` uses where it can).
 
-    Below that the packed rows cost more than they save: on the toy data (prompts of about 15 tokens,
-    responses of 40-50) scoring 512 pairs with three models took 5.0-6.1 s packed against 4.2-4.6 s padded,
-    and training the toy base was no faster; at HH-RLHF's lengths (prompts 2.5x a response) training ran
-    1.3-2x faster packed (bench/notes.md).
+    The packed rows measured at least as fast as the padded layout at every length tried
+    (bench/pair_layout.py, one thread, forward and backward of training's micro-batches): equal on the toy
+    base at the toy data's lengths (prompts of about 15 tokens, responses of 40-50), 1.24x faster on the
+    14.7M model there, and 1.8x (toy base) and 3.1x (14.7M) at HH-RLHF's lengths (bench/notes.md).
     """
     batch = make_batch(list(prompts) + list(prompts), list(chosen) + list(rejected), pad_id)
-    if shared and max(map(len, prompts)) >= max(max(map(len, chosen)), max(map(len, rejected))):
+    if shared:
         batch.packed = shared_prompt.pack_pairs(prompts, chosen, rejected, pad_id)
     return batch
 
@@ -131,9 +130,12 @@ def forward_logits(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor
     if batch.packed is not None:
         reason = shared_prompt.unsupported(model)
         if reason is None:
-            packed = batch.packed
-            logits = _logits(model, shared_prompt.model_inputs(model, packed), packed.chosen_width + packed.rejected_width + 1)
-            return shared_prompt.unpack_logits(logits, packed, batch.labels.shape[1])
+            packed, kwargs = batch.packed, shared_prompt.model_inputs(model, batch.packed)
+            if _forward_takes(model, "logits_to_keep"):
+                kept = model(**kwargs, logits_to_keep=packed.keep).logits
+            else:
+                kept = model(**kwargs).logits[packed.keep]
+            return shared_prompt.unpack_logits(kept, packed, batch.labels.shape[1])
         _note_once(model, f"each prompt is computed twice per pair (once with each response): {reason}")
     kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     if _forward_takes(model, "position_ids"):
