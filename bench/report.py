@@ -50,13 +50,17 @@ def render(r: dict) -> str:
         lines += ["", f"## Training, {t['model']} ({t['parameters'] / 1e6:.2f}M parameters){lengths}", "",
                   f"{t['steps']} steps of {t['batch_size']} pairs per run, rate measured after the first {t['warmup_steps_excluded']} steps, "
                   f"{len(t['pairs_per_s']['tispipe_dpo'])} runs per side. 1-min load average before each run: {t['load_average_1min']}.", "",
-                  "| side | pairs/s (each run) | median | peak RSS MiB |", "|---|---|---|---|"]
+                  "| side | pairs/s (each run) | median | peak RSS MiB | tokens/s (each run) | pairs/s of the steps measured |", "|---|---|---|---|---|---|"]
         names = {"tispipe_dpo": "tispipe train --loss dpo (cached ref log-probs)", "tispipe_tisdpo": "tispipe train --loss tisdpo (eta: reference forward)",
                  "tispipe_dpo_ungrouped": "tispipe train --loss dpo --length-group-steps 0 (random batches, like TRL's)",
                  "trl_dpo": "TRL DPOTrainer, gradient checkpointing off", "trl_dpo_default": "TRL DPOTrainer, its defaults (gradient checkpointing on)",
                  "trl_dpo_precomputed": "TRL DPOTrainer, precompute_ref_log_probs, gradient checkpointing off"}
         for name, rates in t["pairs_per_s"].items():
-            lines.append(f"| {names[name]} | {rates} | {_median(rates)} | {max(t['peak_rss_mib'][name])} |")
+            tokens, measured = t.get("tokens_per_s", {}).get(name, "-"), t.get("measured_steps_pairs_per_s", {}).get(name, "-")
+            lines.append(f"| {names[name]} | {rates} | {_median(rates)} | {max(t['peak_rss_mib'][name])} | {tokens} | {measured} |")
+        if "mean_tokens_per_pair" in t:
+            lines += ["", f"tispipe's pairs/s is its tokens/s over the shards' mean of {t['mean_tokens_per_pair']} tokens a pair (each prompt once): "
+                      "its length-grouped steps differ in length, so the few measured may be longer or shorter than the mean; TRL's batches are random."]
         lines += ["", f"Ratios: dpo / TRL {t['dpo_vs_trl']}, tisdpo / TRL {t['tisdpo_vs_trl']}"
                   + (f", dpo without length grouping / TRL {t['dpo_ungrouped_vs_trl']}" if "dpo_ungrouped_vs_trl" in t else "")
                   + (f"; against TRL's defaults: dpo {t['dpo_vs_trl_default']}, tisdpo {t['tisdpo_vs_trl_default']}" if "dpo_vs_trl_default" in t else "")

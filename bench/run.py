@@ -55,7 +55,7 @@ def tispipe_train(model: Path, shards: Path, loss: str, steps: int, batch: int, 
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     pairs = [batch * m["step"] for m in lines]  # every step is a full batch (steps x batch <= pairs)
     times = [p / m["pairs_per_s"] for p, m in zip(pairs, lines)]
-    return {**usage, "step_times": times}
+    return {**usage, "step_times": times, "step_tokens": [t * m["tokens_per_s"] for t, m in zip(times, lines)]}
 
 
 def trl_train(model: Path, shards: Path, steps: int, batch: int, threads: int, out: Path, checkpointing: bool = False, precompute: bool = False) -> dict:
@@ -74,6 +74,23 @@ def steady_rate(step_times: list[float], batch: int, warmup: int) -> float:
     return (len(step_times) - warmup) * batch / (step_times[-1] - step_times[warmup - 1])
 
 
+def steady_token_rate(step_times: list[float], step_tokens: list[float], warmup: int) -> float:
+    """Tokens/s (each prompt once) from the end of step `warmup` to the end of the last step."""
+    return (step_tokens[-1] - step_tokens[warmup - 1]) / (step_times[-1] - step_times[warmup - 1])
+
+
+def pair_lengths(shards: Path) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts of every pair in the shards."""
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    lengths = []
+    for entry in manifest["shards"]:
+        table = pq.read_table(shards / "shards" / entry["file"], columns=["prompt_ids", "chosen_ids", "rejected_ids"]).to_pydict()
+        lengths += [(len(p), len(c), len(r)) for p, c, r in zip(table["prompt_ids"], table["chosen_ids"], table["rejected_ids"])]
+    return lengths
+
+
 SIDES = ("tispipe_dpo", "tispipe_tisdpo", "tispipe_dpo_ungrouped", "trl_dpo")
 
 
@@ -83,8 +100,18 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
 
     tispipe_*: its defaults (pairs batched by length within 16-step windows); tispipe_dpo_ungrouped:
     --length-group-steps 0, batches as the shuffled stream comes, like TRL's random batches.
+
+    A run measures a few steps, and tispipe's length-grouped steps differ in length far more than random
+    ones (at HH lengths, 509 to 2,914 tokens a step of 8 pairs), so the few steps measured may hold longer or
+    shorter pairs than the data's mean. tispipe's pairs/s is therefore its measured tokens/s over the mean
+    tokens of a pair in the shards: the rate a whole epoch would run at. TRL's batches are random, so its
+    measured pairs/s already has the data's mean in expectation.
     """
+    lengths = pair_lengths(shards)
+    mean_tokens = sum(map(sum, lengths)) / len(lengths)
     rates: dict[str, list[float]] = {name: [] for name in sides}
+    token_rates: dict[str, list[float]] = {name: [] for name in sides if name.startswith("tispipe")}
+    measured: dict[str, list[float]] = {name: [] for name in token_rates}  # pairs/s of the steps measured, unnormalised
     rss: dict[str, list[float]] = {k: [] for k in rates}
     loads = []
     for r in range(repeats):
@@ -96,7 +123,12 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
             else:
                 extra = ("--length-group-steps", "0") if name.endswith("ungrouped") else ()
                 result = tispipe_train(model, shards, name.split("_")[1], steps, batch, threads, out, extra)
-            rates[name].append(round(steady_rate(result["step_times"], batch, warmup), 2))
+            if name in token_rates:
+                token_rates[name].append(round(steady_token_rate(result["step_times"], result["step_tokens"], warmup), 1))
+                measured[name].append(round(steady_rate(result["step_times"], batch, warmup), 2))
+                rates[name].append(round(token_rates[name][-1] / mean_tokens, 2))
+            else:
+                rates[name].append(round(steady_rate(result["step_times"], batch, warmup), 2))
             rss[name].append(round(result["peak_rss_mib"], 1))
             print(f"  {tag} {name} run {r}: {rates[name][-1]} pairs/s, peak RSS {rss[name][-1]} MiB, load {loads[-1]}", flush=True)
     median = {k: statistics.median(v) for k, v in rates.items()}
@@ -106,30 +138,28 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
     return {
         "model": str(model.relative_to(ROOT)), "parameters": parameter_count(model), "steps": steps, "warmup_steps_excluded": warmup,
         "batch_size": batch, "threads": threads, "pairs_per_s": rates, "median_pairs_per_s": median, "peak_rss_mib": rss, "load_average_1min": loads,
+        "mean_tokens_per_pair": round(mean_tokens, 1), "tokens_per_s": token_rates, "median_tokens_per_s": {k: statistics.median(v) for k, v in token_rates.items()},
+        "measured_steps_pairs_per_s": measured,
         **ratios,
     }
 
 
-def training_ceiling_fraction(model: Path, shards: Path, pairs_per_s: float, gflops: float) -> float:
+def training_ceiling_fraction(model: Path, shards: Path, tokens_per_s: float, gflops: float) -> float:
     """Useful training FLOPs per second over the matmul ceiling measured in the same run.
 
     Useful FLOPs of a pair: forward and backward (3x the forward) of its prompt once and both responses, each
     token at `forward_flops_per_token` with the context its sequence averages (tispipe.shared_prompt's work;
-    padding and a second prompt are not useful work). The shards give the token lengths of the pairs trained on.
+    padding and a second prompt are not useful work). Averaged per token over the shards' pairs, times the
+    tokens/s trained.
     """
-    import pyarrow.parquet as pq
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model)
-    manifest = json.loads((shards / "manifest.json").read_text())
-    flops, pairs = 0.0, 0
-    for entry in manifest["shards"]:
-        table = pq.read_table(shards / "shards" / entry["file"], columns=["prompt_ids", "chosen_ids", "rejected_ids"]).to_pydict()
-        for p, c, r in zip(table["prompt_ids"], table["chosen_ids"], table["rejected_ids"]):
-            p, c, r = len(p), len(c), len(r)
-            flops += 3 * (p * forward_flops_per_token(config, p) + c * forward_flops_per_token(config, p + c) + r * forward_flops_per_token(config, p + r))
-            pairs += 1
-    return round(flops / pairs * pairs_per_s / (gflops * 1e9), 3)
+    flops, tokens = 0.0, 0
+    for p, c, r in pair_lengths(shards):
+        flops += 3 * (p * forward_flops_per_token(config, p) + c * forward_flops_per_token(config, p + c) + r * forward_flops_per_token(config, p + r))
+        tokens += p + c + r
+    return round(flops / tokens * tokens_per_s / (gflops * 1e9), 3)
 
 
 def scoring(model: Path, shards: Path, threads: int, pairs: int, naive_pairs: int, repeats: int) -> dict:
@@ -207,7 +237,7 @@ def main() -> None:
         results["train_hh_large"] = training(large, hh, 3 if quick else 8, 8, args.threads, 1 if quick else 2, 1 if quick else 2, "hh-large", hh_sides)
         gflops = matmul_gflops(args.threads)
         results["train_hh_large"].update(length_profile=length_profile(hh), matmul_gflops=round(gflops, 2), ceiling_fraction=training_ceiling_fraction(
-            large, hh, results["train_hh_large"]["median_pairs_per_s"]["tispipe_dpo"], gflops))
+            large, hh, results["train_hh_large"]["median_tokens_per_s"]["tispipe_dpo"], gflops))
     if "memory" in parts:
         print("memory", flush=True)
         results["memory_train"] = memory(base, shards, 10 if quick else 60, 16, args.threads)

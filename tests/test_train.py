@@ -111,6 +111,12 @@ def test_every_loss_and_weighting_trains_and_starts_at_log2(tiny, tmp_path, loss
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected", "logratio/chosen", "logratio/chosen_weighted", "grad_norm", "lr", "pairs_per_s", "epoch"):
         assert math.isfinite(metrics[-1][key]), key
+    import pyarrow.parquet as pq
+
+    rows = [r for f in sorted((tiny[1] / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
+    per_pair = metrics[-1]["tokens_per_s"] / metrics[-1]["pairs_per_s"]  # tokens per pair trained, each prompt once
+    assert min(lengths) <= per_pair <= max(lengths) and per_pair * 8 == pytest.approx(round(per_pair * 8))
     assert ("kl/chosen" in first) == train.needs_ref(config(tiny, out, loss=loss))
     assert metrics[-1]["loss"] != first["loss"]  # the policy moved
     if weighting == "equal":

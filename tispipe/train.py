@@ -199,7 +199,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     def save(state: TrainState) -> Path:
         return checkpoint_all_ranks(out, state, policy, model, optimizer, scheduler, config_dict(cfg), cfg.fsdp, manifest_sha)
 
-    start_step, pairs_seen, started, eval_seconds = state.step, 0, time.perf_counter(), 0.0
+    start_step, pairs_seen, tokens_seen, started, eval_seconds = state.step, 0, 0, time.perf_counter(), 0.0
     metrics: dict[str, float] = {}
     log_path = out / "metrics.jsonl" if rank == 0 else None
     per_step = cfg.batch_size * cfg.grad_accum * world
@@ -224,9 +224,11 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                     ) from None
                 pairs = sum(len(m) for m in micro_batches) if world == 1 else metrics["pairs"]  # the global step's pairs
                 pairs_seen += pairs
+                tokens_seen += int(metrics.pop("tokens"))
                 state = TrainState(state.step + 1, epoch, state.rows_in_epoch + pairs)
                 elapsed = time.perf_counter() - started - eval_seconds  # the rate of training alone
-                metrics.update(step=state.step, epoch=epoch + state.rows_in_epoch / max(1, rows_per_epoch), pairs_per_s=pairs_seen / elapsed)
+                metrics.update(step=state.step, epoch=epoch + state.rows_in_epoch / max(1, rows_per_epoch), pairs_per_s=pairs_seen / elapsed,
+                               tokens_per_s=tokens_seen / elapsed)
                 if held_out is not None and due(cfg, state.step, total_steps):
                     eval_started = time.perf_counter()
                     metrics.update(evaluate(context, held_out))

@@ -130,7 +130,8 @@ class StepContext:
 
 
 def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, float]:
-    """Forward/backward every micro-batch, clip, step; return the step's metrics (means over its pairs).
+    """Forward/backward every micro-batch, clip, step; return the step's metrics (means over its pairs; `pairs`
+    and `tokens`, each prompt counted once, are the step's totals).
 
     Each micro-batch's summed loss is divided by the step's pair count, so the accumulated gradient is
     the gradient of the mean loss over the whole step, whatever the micro-batch sizes.
@@ -142,9 +143,10 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
     with the most micro-batches (each last pass syncs gradients); missing ones are zero-weighted.
     """
     n_pairs = sum(len(m) for m in micro_batches)
+    n_tokens = sum(len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for m in micro_batches for r in m)
     passes, divisor, world = len(micro_batches), n_pairs, distributed.world_size()
     if world > 1:
-        n_pairs = int(distributed.all_reduce([n_pairs])[0])
+        n_pairs, n_tokens = (int(v) for v in distributed.all_reduce([n_pairs, n_tokens]))
         passes = int(distributed.all_reduce([passes], "max")[0])
         divisor = n_pairs / world
     sums: dict[str, float] = defaultdict(float)
@@ -175,7 +177,7 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
     ctx.optimizer.zero_grad(set_to_none=True)
     metrics = {name: total / n_pairs for name, total in sums.items()}
     metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-    metrics.update(grad_norm=float(grad_norm), lr=lr, pairs=n_pairs)
+    metrics.update(grad_norm=float(grad_norm), lr=lr, pairs=n_pairs, tokens=n_tokens)
     return metrics
 
 
