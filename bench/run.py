@@ -99,7 +99,8 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
     trl_dpo_precomputed: reference log-probs computed before training (precompute_ref_log_probs), as tispipe's dpo has them.
 
     tispipe_*: its defaults (pairs batched by length within 16-step windows); tispipe_dpo_ungrouped:
-    --length-group-steps 0, batches as the shuffled stream comes, like TRL's random batches.
+    --length-group-steps 0, batches as the shuffled stream comes, like TRL's random batches;
+    tispipe_dpo_compiled: --torch-compile (its compilation falls in the warm-up steps left out).
 
     A run measures a few steps, and tispipe's length-grouped steps differ in length far more than random
     ones (at HH lengths, 509 to 2,914 tokens a step of 8 pairs), so the few steps measured may hold longer or
@@ -121,7 +122,7 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
             if name.startswith("trl"):
                 result = trl_train(model, shards, steps, batch, threads, out, checkpointing=name == "trl_dpo_default", precompute=name == "trl_dpo_precomputed")
             else:
-                extra = ("--length-group-steps", "0") if name.endswith("ungrouped") else ()
+                extra = ("--length-group-steps", "0") if name.endswith("ungrouped") else ("--torch-compile",) if name.endswith("compiled") else ()
                 result = tispipe_train(model, shards, name.split("_")[1], steps, batch, threads, out, extra)
             if name in token_rates:
                 token_rates[name].append(round(steady_token_rate(result["step_times"], result["step_tokens"], warmup), 1))
@@ -234,10 +235,13 @@ def main() -> None:
         print("training at HH lengths (tiny model)", flush=True)
         results["train_hh_small"] = training(base, hh, 4 if quick else 24, 16, args.threads, 1 if quick else 2, 2 if quick else 4, "hh-small", hh_sides)
         print("training at HH lengths (larger model)", flush=True)
-        results["train_hh_large"] = training(large, hh, 3 if quick else 8, 8, args.threads, 1 if quick else 2, 1 if quick else 2, "hh-large", hh_sides)
+        results["train_hh_large"] = training(large, hh, 3 if quick else 8, 8, args.threads, 1 if quick else 2, 1 if quick else 2, "hh-large",
+                                             (*hh_sides[:2], "tispipe_dpo_compiled", *hh_sides[2:]))
         gflops = matmul_gflops(args.threads)
-        results["train_hh_large"].update(length_profile=length_profile(hh), matmul_gflops=round(gflops, 2), ceiling_fraction=training_ceiling_fraction(
-            large, hh, results["train_hh_large"]["median_tokens_per_s"]["tispipe_dpo"], gflops))
+        tokens_per_s = results["train_hh_large"]["median_tokens_per_s"]
+        results["train_hh_large"].update(length_profile=length_profile(hh), matmul_gflops=round(gflops, 2),
+                                         ceiling_fraction=training_ceiling_fraction(large, hh, tokens_per_s["tispipe_dpo"], gflops),
+                                         ceiling_fraction_compiled=training_ceiling_fraction(large, hh, tokens_per_s["tispipe_dpo_compiled"], gflops))
     if "memory" in parts:
         print("memory", flush=True)
         results["memory_train"] = memory(base, shards, 10 if quick else 60, 16, args.threads)
@@ -256,6 +260,7 @@ def main() -> None:
         results["train_dpo_vs_trl_hh_large"] = results["train_hh_large"]["dpo_vs_trl_precomputed"]  # both with cached reference log-probs
         results["train_tisdpo_vs_trl_hh_large"] = results["train_hh_large"]["tisdpo_vs_trl"]  # both with a live reference forward
         results["train_ceiling_fraction_large"] = results["train_hh_large"]["ceiling_fraction"]
+        results["train_ceiling_fraction_large_compiled"] = results["train_hh_large"]["ceiling_fraction_compiled"]
     results["machine"]["load_average_end"] = load_average()
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     from report import main as write_markdown

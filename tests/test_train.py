@@ -111,8 +111,6 @@ def test_every_loss_and_weighting_trains_and_starts_at_log2(tiny, tmp_path, loss
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected", "logratio/chosen", "logratio/chosen_weighted", "grad_norm", "lr", "pairs_per_s", "epoch"):
         assert math.isfinite(metrics[-1][key]), key
-    import pyarrow.parquet as pq
-
     rows = [r for f in sorted((tiny[1] / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
     per_pair = metrics[-1]["tokens_per_s"] / metrics[-1]["pairs_per_s"]  # tokens per pair trained, each prompt once
@@ -464,3 +462,16 @@ def test_resume_refuses_shards_other_than_those_it_was_trained_on(tiny, tmp_path
     (shards_dir / "manifest.json").write_text(json.dumps({**manifest, "pairs": 999}))  # another estimate's manifest
     with pytest.raises(TispipeError, match="was trained on other shards"):
         train.run(config((tiny[0], shards_dir), tmp_path / "run", loss="dpo", max_steps=4, save_every=2, resume=True))
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_runs_losses_and_weights(tiny, tmp_path):
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    train.run(config(tiny, eager, loss="tisdpo", max_steps=3))
+    train.run(config(tiny, compiled, loss="tisdpo", max_steps=3, torch_compile=True))
+    a, b = read_metrics(eager), read_metrics(compiled)
+    assert [m["loss"] for m in b] == pytest.approx([m["loss"] for m in a], abs=1e-5)
+    x, y = load_weights(eager), load_weights(compiled)
+    assert x.keys() == y.keys()  # saved under the model's own names, not the compiled wrapper's
+    for name in x:
+        torch.testing.assert_close(y[name], x[name], atol=1e-5, rtol=1e-4)

@@ -250,6 +250,7 @@ class TrainConfig(TrainingLoopOptions, HeldOutOptions, ReportToOption, TrainingM
     eval_data: str | None = option(None, "Held-out pairs measured every --eval-every steps (eval/ metrics): an estimate output folder (its weights are used) or any source --data reads (weights 1).")
     merge: bool = option(False, "With --lora-r: also write the base with the adapter merged in, a plain model folder, to OUT/merged.")
     fsdp: bool = option(False, "Under torchrun: shard the policy with FSDP instead of DDP (GPU; also runs on CPU with gloo).")
+    torch_compile: bool = option(False, "Run the policy through torch.compile (dynamic shapes): fuses the work between matmuls; the first step pays the compilation (bench/results.md).")
 
 
 @dataclass(kw_only=True)

@@ -180,7 +180,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         write_config(dataclasses.replace(cfg, resume=False, overwrite=False), out / "config.yaml")
 
     ref_note = "cached reference log-probs" if ref is None else "reference: the base, adapter off" if isinstance(ref, AdapterOff) else f"reference {ref_name}"
-    ref_note += "".join(f"; {note}" for note in (adapter_summary(policy), "gradient checkpointing" if cfg.gradient_checkpointing else "") if note)
+    ref_note += "".join(f"; {note}" for note in (adapter_summary(policy), "gradient checkpointing" if cfg.gradient_checkpointing else "",
+                                                "torch.compile" if cfg.torch_compile else "") if note)
     console.print(
         f"Training {cfg.loss} (weights: {plan.describe}) on {rows_per_epoch} pairs x {cfg.epochs} epoch(s): "
         f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} pairs"
@@ -190,7 +191,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if held_out is not None:
         console.print(f"Measuring {held_out.describe} " + (f"every {cfg.eval_every} steps and " if cfg.eval_every else "") + "after the last step")
     autocast = torch.autocast(torch.device(device).type, dtype=compute_dtype) if compute_dtype != torch.float32 else nullcontext()
-    context = StepContext(model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
+    # Only the forward goes through the compiled module; checkpoints and the saved model read `model`, whose names it keeps.
+    forward_model = torch.compile(model, dynamic=True) if cfg.torch_compile else model
+    context = StepContext(forward_model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
     if world > 1:
         # A rank whose share of a step ran out still joins every gradient sync, with a zero-weighted row.
         first = stream_rows(cfg.shards, manifest, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, columns=columns, rank=rank, world_size=world, vocab_size=len(tokenizer))
