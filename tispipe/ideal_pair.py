@@ -102,10 +102,9 @@ class IdealPair:
             if slot_ids != self.tokens[phrase, capital][: len(slot_ids)]:
                 raise ValueError(f"the tokens of {phrase!r} in {text!r} differ from the phrase's own tokens")
             for j, t in enumerate(inside):
-                r[t] = sum(
-                    sign * (self.prefix_logp(side, topic, capital, slot_ids[: j + 1]) - self.prefix_logp(side, topic, capital, slot_ids[:j]))
-                    for side, sign in LOGRATIO_SIGN.items()
-                )
+                step = {side: self.prefix_logp(side, topic, capital, slot_ids[: j + 1]) - self.prefix_logp(side, topic, capital, slot_ids[:j])
+                        for side in ("chosen", "rejected")}
+                r[t] = step["chosen"] - step["rejected"]  # log pi+(y_t) - log pi-(y_t), pi+ = chosen text
         return r
 
 
