@@ -116,15 +116,12 @@ def decision_aucs(pair: IdealPair, rows: Iterable[dict]) -> dict[str, float | No
     """
     scores: dict[str, list[np.ndarray]] = defaultdict(list)
     classes: dict[str, list[np.ndarray]] = defaultdict(list)
-    for row in rows:
-        for side, sign in LOGRATIO_SIGN.items():
-            text, spans = row[side], row[f"{side}_spans"]
-            ids = [*pair.tokenizer.encode(text, add_special_tokens=False), pair.tokenizer.eos_token_id]
-            labels = np.array(token_labels(pair.tokenizer, text, spans, ids))
-            starts = np.zeros(len(ids), dtype=bool)
-            starts[0] = True
-            scores[side].append(sign * pair.logratios(row["prompt"], text, spans, ids))
-            classes[side].append(token_classes(labels, starts, DECISIVE_LABEL[side]))
+    for side, text, spans, ids, signed in _signed_logratios(pair, rows):
+        labels = np.array(token_labels(pair.tokenizer, text, spans, ids))
+        starts = np.zeros(len(ids), dtype=bool)
+        starts[0] = True
+        scores[side].append(signed)
+        classes[side].append(token_classes(labels, starts, DECISIVE_LABEL[side]))
     out: dict[str, float | None] = {}
     for side in LOGRATIO_SIGN:
         score, cls = np.concatenate(scores[side]), np.concatenate(classes[side])
@@ -137,17 +134,22 @@ def decision_aucs(pair: IdealPair, rows: Iterable[dict]) -> dict[str, float | No
 def wrong_sign_phrases(pair: IdealPair, rows: Iterable[dict]) -> Counter:
     """Counter of (side, phrase) whose decisive span's first token the ideal pair scores <= 0 (sign-turned)."""
     wrong: Counter = Counter()
+    for side, text, spans, _, signed in _signed_logratios(pair, rows):
+        offsets = pair.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for start, end, label in spans:
+            first = next(t for t, (a, b) in enumerate(offsets) if a < end and start < b)
+            if label == DECISIVE_LABEL[side] and signed[first] <= 0:
+                wrong[side, text[start:end].lower()] += 1
+    return wrong
+
+
+def _signed_logratios(pair: IdealPair, rows: Iterable[dict]):
+    """(side, text, spans, stored ids, r_t sign-turned so that higher is more decisive) per response."""
     for row in rows:
         for side, sign in LOGRATIO_SIGN.items():
             text, spans = row[side], row[f"{side}_spans"]
             ids = [*pair.tokenizer.encode(text, add_special_tokens=False), pair.tokenizer.eos_token_id]
-            r = sign * pair.logratios(row["prompt"], text, spans, ids)
-            offsets = pair.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-            for start, end, label in spans:
-                first = next(t for t, (a, b) in enumerate(offsets) if a < end and start < b)
-                if label == DECISIVE_LABEL[side] and r[first] <= 0:
-                    wrong[side, text[start:end].lower()] += 1
-    return wrong
+            yield side, text, spans, ids, sign * pair.logratios(row["prompt"], text, spans, ids)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
