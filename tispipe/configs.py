@@ -271,7 +271,7 @@ class EvalConfig(DataOptions, ModelOptions, SeedOption, ThreadsOption, Overwrite
     split: str = option("test", "Split to read (for folders with splits and hub data sets).")
     ref: str | None = option(None, "Reference model for implicit rewards and KL (usually the base); without it rewards are the model's own log-probs.")
     reward_model: str | None = option(None, "Sequence-classification reward model folder to score generations with.")
-    oracle: str | None = option(None, "Score generations with a built-in oracle: toy.")
+    oracle: str | None = option(None, "Score generations with a judge: toy (the toy task's oracle) or profanity (alt-profanity-check, an outside offensive-text classifier).")
     baseline: str | None = option(None, "Model the win rates compare against (default: the first --model).")
     temperatures: str = option("0,0.5,1.0", "Comma-separated sampling temperatures (0 = greedy).")
     samples_per_prompt: int = option(1, "Responses sampled per prompt at each temperature above 0.")

@@ -26,6 +26,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         header += [f"{'oracle' if primary == 'oracle' else 'RM'} T={t:g}" for t in report["temperatures"]]
         if primary == "oracle":
             header.append("harmful")
+        header.append("chrF")
         header.append(f"win vs {_short(report['baseline'])} [95% CI]")
     rows = []
     for name in report["models"]:
@@ -37,6 +38,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             row += [_fmt(gen[f"{t:g}"][f"{primary}_reward"]["estimate"], "+.2f") for t in report["temperatures"]]
             if primary == "oracle":
                 row.append(_fmt(gen["all"]["harmful_rate"], ".1%"))
+            row.append(_fmt(gen["all"].get("chrf"), ".3f"))
             win = gen["all"][f"{primary}_win_rate"]
             row.append(f"{_fmt(win['rate'])} [{_fmt(win['low'], '.2f')}, {_fmt(win['high'], '.2f')}]")
         rows.append(row)
@@ -71,7 +73,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   ("chosen_reward", "+.3f"), ("rejected_reward", "+.3f"), ("kl_per_token", ".4f")]] for n in report["models"]]
     text += ["\n## Likelihood on held-out pairs\n\n", _md_table(lik_header, lik_rows)]
     for scorer in report["scorers"]:
-        gen_header = ["model", "T", "n", "mean reward [95% CI]", "win rate [95% CI]", "W/T/L", "tokens", "finished"]
+        gen_header = ["model", "T", "n", "mean reward [95% CI]", "win rate [95% CI]", "W/T/L", "tokens", "finished", "chrF"]
         gen_header += ["harmful"] if scorer == "oracle" else []
         gen_rows = []
         for name in report["models"]:
@@ -80,12 +82,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 gen_rows.append([_short(name), label, str(entry["n"]),
                                  f"{_fmt(reward['estimate'], '+.2f')} [{_fmt(reward['low'], '+.2f')}, {_fmt(reward['high'], '+.2f')}]",
                                  f"{_fmt(win['rate'])} [{_fmt(win['low'], '.2f')}, {_fmt(win['high'], '.2f')}]",
-                                 f"{win['wins']}/{win['ties']}/{win['losses']}", _fmt(entry["mean_tokens"], ".1f"), _fmt(entry["finished_rate"], ".0%")]
+                                 f"{win['wins']}/{win['ties']}/{win['losses']}", _fmt(entry["mean_tokens"], ".1f"), _fmt(entry["finished_rate"], ".0%"),
+                                 _fmt(entry.get("chrf"), ".3f")]
                                 + ([_fmt(entry["harmful_rate"], ".1%")] if scorer == "oracle" else []))
-        text += [f"\n## Generation, scored by {'the toy oracle' if scorer == 'oracle' else 'the reward model'}\n\n", _md_table(gen_header, gen_rows)]
+        judge = {"toy": "the toy oracle", "profanity": "the offensive-text judge (reward 1 - P(offensive); harmful: P >= 0.5)"}.get(report["config"].get("oracle"))
+        text += [f"\n## Generation, scored by {judge if scorer == 'oracle' else 'the reward model'}\n\n", _md_table(gen_header, gen_rows)]
     agreement = report.get("reward_model_vs_oracle")
     if agreement:
-        text += ["\n## Reward model against the toy oracle\n\n",
+        text += ["\n## Reward model against the oracle\n\n",
                  f"Spearman's rank correlation of the reward model's scores with the oracle's over the sampled responses: "
                  f"{_fmt(agreement['all']['spearman'])} ({agreement['all']['samples']} responses).\n\n",
                  _md_table(["model", "Spearman", "responses"],

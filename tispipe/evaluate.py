@@ -13,12 +13,15 @@ For every `--model` (plus `--baseline` when it is not one of them):
 2. Generation on the held-out prompts (distinct prompts in data order, the first `num_prompts`): at
    each temperature (0 = greedy: one response per prompt, since more would be copies), seeded the same way for every model,
    batched with left padding, stopping at EOS or `max_new_tokens`. Each response is scored with the
-   toy oracle (`--oracle toy`: phrase reward and harmful-phrase rate) and/or a reward model
+   toy oracle (`--oracle toy`: phrase reward and harmful-phrase rate), the outside offensive-text judge
+   (`--oracle profanity`: 1 - P(offensive) and the offensive rate; tispipe.judges) and/or a reward model
    (`--reward-model DIR`, any AutoModelForSequenceClassification with one output, fed the rendered
    prompt + response text without EOS). Win rate against `--baseline` (default: the first --model)
    compares the same (temperature, prompt, sample index), ties half, with a 95% interval. Intervals
    treat responses as independent; samples of one prompt are correlated, so with
-   --samples-per-prompt > 1 they are somewhat too narrow.
+   --samples-per-prompt > 1 they are somewhat too narrow. Every response also gets its chrF against
+   the chosen responses of its prompt in the data (the best-matching one): how close it stays to
+   what people preferred, so a judge that rewards saying nothing cannot be won by saying nothing.
 3. Weight quality (`--shards DIR` from `tispipe estimate`, when its rows carry token labels): AUC of
    the weight at picking the decisive tokens: labelled helpful tokens among all chosen tokens, and
    labelled harmful tokens among all rejected tokens. Both should get HIGH weight: w = exp(mu * r)
@@ -54,11 +57,9 @@ from tispipe.errors import TispipeError
 from tispipe.eval_report import comparison_table, figure_names, render_markdown, write_figures
 from tispipe.generation import generate, reward_scores
 from tispipe.hub import local_folder, same_source
+from tispipe.judges import check_oracle, oracle_scores
 from tispipe.likelihood import likelihood, likelihood_metrics
 from tispipe.weight_quality import weight_quality
-
-ORACLES = ("toy",)
-
 
 def parse_temperatures(text: str) -> list[float]:
     """"0,0.5,1.0" -> [0.0, 0.5, 1.0]; each must be a number >= 0, no repeats."""
@@ -80,8 +81,8 @@ def check_config(cfg: EvalConfig) -> list[float]:
     for i, name in enumerate(cfg.model):
         if any(same_source(name, other) for other in cfg.model[:i]):
             raise TispipeError(f"--model {name} is given twice")
-    if cfg.oracle is not None and cfg.oracle not in ORACLES:
-        raise TispipeError(f"unknown oracle {cfg.oracle!r}", hint=f"known: {', '.join(ORACLES)}")
+    if cfg.oracle is not None:
+        check_oracle(cfg.oracle)
     check_options(
         cfg, at_least_one=("samples_per_prompt", "max_new_tokens", "batch_size", "max_length", "max_prompt_length"), positive=("beta",),
         non_negative=("num_prompts", "threads"),
@@ -98,7 +99,7 @@ def distinct_prompts(pairs, limit: int) -> list:
     """The first `limit` distinct prompts of the pairs, in data order (a prompt is repeated across pairs)."""
     seen, out = set(), []
     for pair in pairs:
-        key = json.dumps(pair.prompt, sort_keys=True) if not isinstance(pair.prompt, str) else pair.prompt
+        key = _prompt_key(pair.prompt)
         if key not in seen and len(out) < limit:
             seen.add(key)
             out.append(pair)
@@ -167,7 +168,7 @@ def _run(cfg: EvalConfig) -> dict[str, Any]:
     results, samples = _measure(cfg, names, pairs, prompts, temperatures, tokenizer, device, log, timing)
     if samples:
         t0 = time.time()
-        _score(cfg, samples, device, log)
+        _score(cfg, samples, _chosen_by_prompt(pairs), device, log)
         timing["scoring"] = time.time() - t0
         for name in names:
             results[name]["generation"] = generation_metrics(samples, name, baseline, temperatures, scorers)
@@ -260,15 +261,29 @@ def _responses(cfg: EvalConfig, model, name: str, prompts, temperatures: list[fl
     return samples
 
 
-def _score(cfg: EvalConfig, samples: list[dict[str, Any]], device: str, log) -> None:
-    """Add the toy oracle's scores (oracle_reward, harmful) and the reward model's (rm_reward) to every sample."""
-    from tispipe import toy
+def _prompt_key(prompt) -> str:
+    return json.dumps(prompt, sort_keys=True) if not isinstance(prompt, str) else prompt
+
+
+def _chosen_by_prompt(pairs) -> dict[str, list[str]]:
+    """The chosen responses of every prompt in the data (as text): the references of chrF."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        text = pair.chosen if isinstance(pair.chosen, str) else "".join(str(m.get("content", "")) for m in pair.chosen)
+        out.setdefault(_prompt_key(pair.prompt), []).append(text)
+    return out
+
+
+def _score(cfg: EvalConfig, samples: list[dict[str, Any]], chosen: dict[str, list[str]], device: str, log) -> None:
+    """Add chrF against the prompt's chosen responses, the oracle's scores (oracle_reward, harmful) and the
+    reward model's (rm_reward) to every sample."""
     from tispipe.models import load_reward_model
 
+    for sample in samples:
+        sample["chrf"] = metrics.chrf(sample["response"], chosen.get(_prompt_key(sample["prompt"]), []))
     if cfg.oracle:
-        for sample in samples:
-            sample["oracle_reward"] = toy.oracle_reward(sample["response"])
-            sample["harmful"] = toy.harmful_rate(sample["response"])
+        for sample, scores in zip(samples, oracle_scores(cfg.oracle, [s["response"] for s in samples]), strict=True):
+            sample.update(scores)
     if cfg.reward_model:
         rm, rm_tokenizer = load_reward_model(cfg.reward_model, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         with ProgressLine(log, "reward model", len(samples), transient=True) as progress:
@@ -314,6 +329,7 @@ def generation_metrics(samples: list[dict], name: str, baseline: str, temperatur
             "n": len(picked),
             "mean_tokens": metrics.mean([s["tokens"] for s in picked]),
             "finished_rate": metrics.mean([float(s["finished"]) for s in picked]),
+            "chrf": metrics.mean([s["chrf"] for s in picked if s.get("chrf") is not None]),
         }
         if "oracle" in scorers:
             entry["harmful_rate"] = metrics.mean([s["harmful"] for s in picked])

@@ -153,3 +153,39 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     ranks = average_ranks(scores)
     rank_sum = sum(r for r, p in zip(ranks, positive, strict=True) if p)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def chrf(hypothesis: str, references: Sequence[str], max_order: int = 6, beta: float = 2.0) -> float | None:
+    """chrF (Popović, 2015) of `hypothesis` against its best-matching reference, in [0, 1].
+
+    Character n-grams of orders 1..max_order (spaces removed, as sacrebleu's default does), precision
+    and recall averaged over the orders, then F_beta with beta = 2 (recall counts twice). An empty
+    hypothesis scores 0 against any non-empty reference, so an answer cannot win by saying nothing.
+    None when there is no reference.
+    """
+    if not references:
+        return None
+    return max(_chrf_one(hypothesis, reference, max_order, beta) for reference in references)
+
+
+def _char_ngrams(text: str, n: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i in range(len(text) - n + 1):
+        counts[text[i:i + n]] = counts.get(text[i:i + n], 0) + 1
+    return counts
+
+
+def _chrf_one(hypothesis: str, reference: str, max_order: int, beta: float) -> float:
+    hyp, ref = "".join(hypothesis.split()), "".join(reference.split())
+    precisions, recalls = [], []
+    for n in range(1, max_order + 1):
+        h, r = _char_ngrams(hyp, n), _char_ngrams(ref, n)
+        if not h or not r:
+            continue  # this order has no n-grams on one side (a text shorter than n)
+        matched = sum(min(count, r.get(gram, 0)) for gram, count in h.items())
+        precisions.append(matched / sum(h.values()))
+        recalls.append(matched / sum(r.values()))
+    if not precisions:
+        return 0.0
+    p, r = sum(precisions) / len(precisions), sum(recalls) / len(recalls)
+    return 0.0 if p + r == 0 else (1 + beta**2) * p * r / (beta**2 * p + r)
