@@ -61,6 +61,7 @@ from tispipe.judges import check_oracle, oracle_scores
 from tispipe.likelihood import likelihood, likelihood_metrics
 from tispipe.weight_quality import weight_quality
 
+
 def parse_temperatures(text: str) -> list[float]:
     """"0,0.5,1.0" -> [0.0, 0.5, 1.0]; each must be a number >= 0, no repeats."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
