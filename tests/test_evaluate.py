@@ -143,11 +143,14 @@ def test_weight_quality_auc_on_hand_made_shards(tmp_path):
     rows = [
         # the decisive tokens get the highest weights: helpful (+1) in chosen, harmful (-1) in rejected
         {"pair_id": "p0", "chosen_weights": [1.0, 1.5, 1.4], "chosen_labels": [0, 1, 1], "chosen_logratio": [0.0, 0.4, 0.3],
-         "rejected_weights": [1.0, 1.6, 1.3, 1.0], "rejected_labels": [0, -1, -1, 0], "rejected_logratio": [0.0, -0.5, -0.3, 0.0]},
+         "rejected_weights": [1.0, 1.6, 1.3, 1.0], "rejected_labels": [0, -1, -1, 0], "rejected_logratio": [0.0, -0.5, -0.3, 0.0],
+         "chosen_ref_logps": [-1.0, -1.0, -1.0], "rejected_ref_logps": [-1.0, -3.0, -2.0, -0.5]},
         # one chosen helpful token ties with a neutral one: AUC counts it half
         {"pair_id": "p1", "chosen_weights": [1.0, 1.0], "chosen_labels": [1, 0], "chosen_logratio": [0.0, 0.0],
-         "rejected_weights": [0.9, 1.2], "rejected_labels": [1, -1], "rejected_logratio": [0.1, -0.2]},
-        {"pair_id": "p2", "chosen_weights": [1.0], "rejected_weights": [1.0], "chosen_logratio": [0.0], "rejected_logratio": [0.0]},  # no labels: skipped
+         "rejected_weights": [0.9, 1.2], "rejected_labels": [1, -1], "rejected_logratio": [0.1, -0.2],
+         "chosen_ref_logps": [-1.0, -1.0], "rejected_ref_logps": [-0.2, -4.0]},
+        {"pair_id": "p2", "chosen_weights": [1.0], "rejected_weights": [1.0], "chosen_logratio": [0.0], "rejected_logratio": [0.0],
+         "chosen_ref_logps": [-1.0], "rejected_ref_logps": [-1.0]},  # no labels: skipped
     ]
     (tmp_path / "shards").mkdir()
     entry = write_shard(tmp_path / "shards" / shard_name(0), rows)
@@ -160,6 +163,8 @@ def test_weight_quality_auc_on_hand_made_shards(tmp_path):
     # decision tokens: the first of each helpful span (1.5 in p0, the tied 1.0 in p1) against neutral 1.0, 1.0 -> (2 + 1) / 4
     assert result["chosen_helpful_decision_auc"] == pytest.approx(3 / 4)
     assert result["chosen_helpful_decision_logratio_auc"] == pytest.approx(3 / 4)
+    # the surprisal baseline: the harmful tokens are the rejected side's least likely under the reference; chosen is all ties
+    assert result["rejected_harmful_surprisal_auc"] == 1.0 and result["chosen_helpful_surprisal_auc"] == 0.5
     assert result["rejected_harmful_mean_weight"] == pytest.approx((1.6 + 1.3 + 1.2) / 3)
     assert result["rejected_neutral_mean_weight"] == pytest.approx(1.0)
 

@@ -16,6 +16,9 @@ and over decision tokens (the first token of each decisive span against the neut
 later tokens are left out, since they follow from its first one under both contrastive models, so their
 log-ratio says little whatever the span). Each is given for the weights w_t and for the raw r_t (its
 sign turned so that higher means more decisive), so that a transform that loses information shows.
+
+`weight_quality` also ranks by the reference model's surprisal -log ref(y_t) (the shards' ref_logps), a
+baseline that needs no contrastive pair: a pair's weights are worth their cost where they beat it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
 VALUE_COLUMNS = ("weights", "logratio")
+SURPRISAL_COLUMN = "ref_logps"  # ranked low-first: the most surprising tokens first
 # (name suffix, positive classes, negative classes) of the two AUCs
 AUC_KINDS = (("", DECISIVE, LABELLED_OTHER), ("_decision", (DECISION,), (NEUTRAL,)))
 
@@ -70,8 +74,9 @@ class TokenStatistics:
 
 
 def high_is_decisive(side: str, column: str) -> bool:
-    """Whether high values of the column mark the side's decisive tokens (weights always; r_t on chosen)."""
-    return column == "weights" or LOGRATIO_SIGN[side] > 0
+    """Whether high values of the column mark the side's decisive tokens (weights always; r_t on chosen;
+    log ref(y_t) never: a low one is a surprising token)."""
+    return column == "weights" or (column == "logratio" and LOGRATIO_SIGN[side] > 0)
 
 
 def manifest_auc_key(side: str, column: str, kind: str) -> str:
@@ -111,10 +116,10 @@ def column_moments(folder: str | Path, entries: list[dict[str, Any]], names: lis
     return moments
 
 
-def read_statistics(folder: str | Path, entries: list[dict[str, Any]]) -> TokenStatistics:
-    """Two passes over the shards in `entries`: each column's exact range and moments, then its histogram
+def read_statistics(folder: str | Path, entries: list[dict[str, Any]], columns: tuple[str, ...] = VALUE_COLUMNS) -> TokenStatistics:
+    """Two passes over the shards in `entries`: each of `columns`' exact range and moments, then its histogram
     per token class. A labelled row whose labels and values differ in length is an error naming the shard."""
-    names = [f"{side}_{column}" for side in SIDES for column in VALUE_COLUMNS]
+    names = [f"{side}_{column}" for side in SIDES for column in columns]
     moments = column_moments(folder, entries, names)
     histograms = {name: ClassHistogram(m.low, m.high) for name, m in moments.items()}
     rows = labelled_rows = 0
@@ -124,7 +129,7 @@ def read_statistics(folder: str | Path, entries: list[dict[str, Any]]) -> TokenS
         rows, labelled_rows = rows + batch.num_rows, labelled_rows + int(labelled.sum())
         for side in SIDES:
             labels, label_lengths = _flat(batch.column(f"{side}_labels").filter(labelled))
-            for column in VALUE_COLUMNS:
+            for column in columns:
                 values, lengths = _flat(batch.column(f"{side}_{column}"))
                 if not np.array_equal(label_lengths, lengths[labelled]):
                     raise TispipeError(f"shard {path}: a row has {side} labels and {column} of different lengths (they must line up)")
@@ -168,8 +173,9 @@ def weight_quality(folder: str | Path, transform: dict[str, Any] | None = None) 
     """
     manifest = read_manifest(folder)
     verify_shards(folder, manifest)
+    columns = (*VALUE_COLUMNS, SURPRISAL_COLUMN)
     if transform is None:
-        return _quality(folder, read_statistics(folder, manifest["shards"]))
+        return _quality(folder, read_statistics(folder, manifest["shards"], columns))
     import shutil
     import tempfile
 
@@ -190,7 +196,7 @@ def weight_quality(folder: str | Path, transform: dict[str, Any] | None = None) 
         for entry in manifest["shards"]:
             shutil.copyfile(Path(folder) / "shards" / entry["file"], Path(tmp) / "shards" / entry["file"])
             entries.append(rewrite_weights(Path(tmp) / "shards" / entry["file"], weights_of))
-        return _quality(folder, read_statistics(tmp, entries))
+        return _quality(folder, read_statistics(tmp, entries, columns))
 
 
 def _quality(folder: str | Path, stats: TokenStatistics) -> dict[str, Any]:
@@ -201,6 +207,7 @@ def _quality(folder: str | Path, stats: TokenStatistics) -> dict[str, Any]:
         for kind, _, _ in AUC_KINDS:
             result[f"{side}_{DECISIVE_NAME[side]}{kind}_auc"] = stats.auc(side, "weights", kind)
             result[f"{side}_{DECISIVE_NAME[side]}{kind}_logratio_auc"] = stats.auc(side, "logratio", kind)
+            result[f"{side}_{DECISIVE_NAME[side]}{kind}_surprisal_auc"] = stats.auc(side, SURPRISAL_COLUMN, kind)
     for side in SIDES:
         histogram = stats.histograms[f"{side}_weights"]
         kinds = {DECISIVE_NAME[side]: DECISIVE, "neutral": (NEUTRAL,), OPPOSITE_NAME[side]: (OPPOSITE,)}
