@@ -17,6 +17,7 @@ COMMANDS = {
     "estimate": configs.EstimateConfig,
     "generate": configs.GenerateConfig,
     "inspect": configs.InspectConfig,
+    "convert-gguf": configs.ConvertGgufConfig,
     "train": configs.TrainConfig,
     "eval": configs.EvalConfig,
     "reward-model": configs.RewardModelConfig,
@@ -28,8 +29,9 @@ SHARED_BASES = (configs.DataOptions, configs.ReadOptions, configs.ContrastPrompt
                 configs.HeldOutOptions, configs.ReportToOption,
                 configs.TrainingLoopOptions, configs.TrainingMemoryOptions, configs.StudyOptions)
 # Base fields whose meaning is the command's own: what --data holds (one JSONL file for init-base, a folder
-# of them for experiment) and what --limit counts differ per command, so their help may too.
-OWN_MEANING = {"data", "limit"}
+# of them for experiment), what --limit counts and what --dtype sets (how models run; what convert-gguf
+# saves) differ per command, so their help may too.
+OWN_MEANING = {"data", "limit", "dtype"}
 
 
 def commands() -> dict:

@@ -98,6 +98,9 @@ def stage_command(cls: type, stage: str, summary: str) -> Callable[..., None]:
 
 app.command("toy-data")(stage_command(configs.ToyDataConfig, "toy", "Generate the synthetic harmlessness preference set (with token-level ground-truth labels)."))
 app.command("init-base")(stage_command(configs.InitBaseConfig, "base", "Train the tiny offline base model (tokenizer + Llama-style LM, SFT on the toy data)."))
+app.command("convert-gguf")(stage_command(
+    configs.ConvertGgufConfig, "gguf_convert", "Convert a GGUF model file into a plain Hugging Face folder (exact logits) that every command takes."
+))
 app.command("estimate")(stage_command(configs.EstimateConfig, "estimate", "Stage one: build pi+/pi-, score every response token once, write token weights to Parquet shards."))
 app.command("generate")(stage_command(
     configs.GenerateConfig, "generate_pairs", "Make preference pairs from the model itself: each prompt answered under the good and the bad system prompt."

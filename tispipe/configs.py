@@ -222,6 +222,13 @@ class InspectConfig:
 
 
 @dataclass(kw_only=True)
+class ConvertGgufConfig(OverwriteOption):
+    gguf: str = required("The .gguf model file to convert.", argument=True)
+    out: str = required("Folder for the Hugging Face model and tokenizer.")
+    dtype: str = option("float32", "Weights to save: float32 (exact) or bfloat16.")
+
+
+@dataclass(kw_only=True)
 class TrainConfig(TrainingLoopOptions, HeldOutOptions, ReportToOption, TrainingMemoryOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
     shards: str = required("`tispipe estimate` output folder (shards/ + manifest.json).")
     model: str = required("Policy to start from (folder or hub name); also the reference unless --ref.")
