@@ -35,6 +35,20 @@ def test_carve_files_splits_train_by_pair_id_and_copies_test(tmp_path):
         carve_files(data, tmp_path / "bad", 0.2, seed=0)
 
 
+def test_carve_files_keeps_a_shipped_validation_split(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"pair_id": "a"}\n{"pair_id": "b"}\n')
+    (data / "validation.jsonl").write_text('{"pair_id": "v"}\n')
+    (data / "test.jsonl").write_text('{"pair_id": "t"}\n')
+    assert carve_files(data, tmp_path / "out", 0.5, seed=0) == {"train": 2, "validation": 1, "test": 1}
+    assert (tmp_path / "out" / "train.jsonl").read_text() == (data / "train.jsonl").read_text()
+    assert (tmp_path / "out" / "validation.jsonl").read_text() == '{"pair_id": "v"}\n'
+    (data / "validation.jsonl").write_text("\n")
+    with pytest.raises(TispipeError, match="validation.jsonl 0"):
+        carve_files(data, tmp_path / "bad", 0.5, seed=0)
+
+
 @pytest.mark.slow  # two tiny contrast builds and four scorings (about 20 s)
 def test_quick_contrast_study_builds_scores_and_chooses_on_validation(tiny_task, tmp_path):
     out, docs = tmp_path / "study", tmp_path / "docs"

@@ -87,6 +87,10 @@ class SeedOption:
 THREADS_HELP = "torch CPU threads (0: torch's default; 1 is often faster for tiny models on a busy machine)."
 
 
+LORA_R_HELP = "Train LoRA adapters of this rank instead of every weight (peft; 0: full fine-tuning). The reference is the base with the adapter off."
+CONTRAST_PRESET_HELP = "Defaults for building pi+/pi- that the --contrast-* options below leave unset: small (measured best on the toy base, docs/contrast-study.md) or paper (App. B.2/B.3, for 7B models: sft lr 5e-5 x 3 epochs, batch 32; dpo lr 1e-5 x 1 epoch, batch 16, beta 0.1)."
+
+
 MAX_STEPS_HELP = "Stop a training run after this many optimizer steps (default: all the steps of its epochs)."
 
 
@@ -107,7 +111,7 @@ class HeldOutOptions:
 class TrainingMemoryOptions:
     """How a trained model fits in memory (train, and estimate's pi+/pi- builds): LoRA adapters, gradient checkpointing."""
 
-    lora_r: int = option(0, "Train LoRA adapters of this rank instead of every weight (peft; 0: full fine-tuning). The reference is the base with the adapter off.")
+    lora_r: int = option(0, LORA_R_HELP)
     lora_alpha: float | None = option(None, "LoRA alpha (scale alpha / r; default: 2 x --lora-r).")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
     lora_targets: str = option("all-linear", "Modules that get adapters: all-linear (every linear layer but the output head) or comma-separated module names (e.g. q_proj,v_proj).")
@@ -184,7 +188,7 @@ class EstimateConfig(DataOptions, ContrastPromptOptions, TrainingMemoryOptions, 
     upper: float | None = option(None, "Clamp bound U on r_t (default: 1.5).")
     shard_size: int = option(1000, "Pairs per Parquet shard.")
     batch_size: int = option(16, "Pairs per scoring forward pass.")
-    contrast_preset: str = option("small", "Defaults for building pi+/pi- that the --contrast-* options below leave unset: small (measured best on the toy base, docs/contrast-study.md) or paper (App. B.2/B.3, for 7B models: sft lr 5e-5 x 3 epochs, batch 32; dpo lr 1e-5 x 1 epoch, batch 16, beta 0.1).")
+    contrast_preset: str = option("small", CONTRAST_PRESET_HELP)
     contrast_lr: float | None = option(None, "Learning rate for building pi+/pi- (default: from --contrast-preset).")
     contrast_epochs: float | None = option(None, "Epochs for building pi+/pi- (default: from --contrast-preset).")
     contrast_batch_size: int | None = option(None, "Pairs per step for building pi+/pi- (default: from --contrast-preset).")
@@ -314,6 +318,10 @@ class ExperimentConfig(StudyOptions):
     temperatures: str = option("0,1.0", "Sampling temperatures (0 = greedy).")
     max_new_tokens: int = option(96, "Longest sampled response in tokens.")
     methods: str = option("all", "Comma-separated method names (see tispipe.experiment.METHODS) or all.")
+    oracle: str = option("toy", "Judge of the sampled responses (as eval --oracle): toy or profanity.")
+    lora_r: int = option(0, LORA_R_HELP)  # of every training run and every pi+/pi- build
+    contrast_preset: str = option("small", CONTRAST_PRESET_HELP)
+    select_by: str = option("oracle_reward", "Validation metric that chooses each method's lr: oracle_reward or pref_accuracy.")
     generated: bool = option(True, "Also run the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base model generates (tispipe generate), at the main table's chosen lrs.")
     quick: bool = option(False, "Smoke run (2 seeds, 2 lrs, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the tables are written.")
 

@@ -110,7 +110,7 @@ def _scoring(cfg: ExperimentConfig, estimator: str, out: Path) -> dict[str, str]
 def estimate_config(cfg: ExperimentConfig, estimator: str, out: Path) -> EstimateConfig:
     """Token weights of the training pairs (validation split removed), from pi+/pi- made by `estimator`."""
     return EstimateConfig(data=str(out / "data" / "train.jsonl"), model=cfg.base, **_scoring(cfg, estimator, out),
-                          out=str(out / f"weights-{estimator}"), limit=cfg.limit)
+                          out=str(out / f"weights-{estimator}"), limit=cfg.limit, lora_r=cfg.lora_r, contrast_preset=cfg.contrast_preset)
 
 
 def held_out_estimate_config(cfg: ExperimentConfig, estimator: str, out: Path) -> EstimateConfig:
@@ -126,14 +126,14 @@ def held_out_estimate_config(cfg: ExperimentConfig, estimator: str, out: Path) -
 def train_config(cfg: ExperimentConfig, method: tuple[str, str, dict[str, Any]], lr: float, seed: int, shards: Path, out: Path) -> TrainConfig:
     """One method's training at `lr` for one seed on `shards` into `out`: its own fields plus the budget every method shares."""
     _, _, fields = method
-    return TrainConfig(shards=str(shards), model=cfg.base, out=str(out), **fields,
+    return TrainConfig(shards=str(shards), model=cfg.base, out=str(out), **fields, lora_r=cfg.lora_r,
                        lr=lr, batch_size=cfg.batch_size, threads=cfg.threads, max_steps=cfg.max_steps, seed=seed, resume=True)
 
 
 def eval_config(cfg: ExperimentConfig, models: list[Path], baseline: Path, seed: int, out: Path, split: str) -> EvalConfig:
     """The base and `models` side by side on OUT/data/<split>.jsonl, win rates against `baseline` (DPO)."""
     return EvalConfig(model=[cfg.base, *map(str, models)], ref=cfg.base,
-                      baseline=str(baseline), data=str(Path(cfg.out) / "data" / f"{split}.jsonl"), oracle="toy",
+                      baseline=str(baseline), data=str(Path(cfg.out) / "data" / f"{split}.jsonl"), oracle=cfg.oracle,
                       temperatures=cfg.temperatures, num_prompts=cfg.num_prompts, max_new_tokens=cfg.max_new_tokens, seed=seed,
                       threads=cfg.threads, out=str(out), overwrite=True, limit=cfg.eval_limit)
 
@@ -192,7 +192,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                    skip_if_done=validation_dir(out, lr))
     runner.wait()
     grid = grid_metrics(cfg, methods, lrs)
-    chosen = {name: choose_lr(grid[name]) for name, _, _ in methods}
+    chosen = {name: choose_lr(grid[name], cfg.select_by) for name, _, _ in methods}
     say("chosen on validation: " + ", ".join(f"{name} {lr:g}" for name, lr in chosen.items()))
     timings["grid"] = time.time() - t0
 
@@ -233,9 +233,17 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     return report
 
 
+SELECT_BY = ("oracle_reward", "pref_accuracy")
+
+
 def check(cfg: ExperimentConfig) -> None:
+    from tispipe.contrast import PRESETS
+    from tispipe.judges import check_oracle
+
     check_study(cfg)
-    check_options(cfg, at_least_one=("seeds", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"))
+    check_options(cfg, at_least_one=("seeds", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"),
+                  non_negative=("lora_r",), choices={"select_by": SELECT_BY, "contrast_preset": tuple(PRESETS)})
+    check_oracle(cfg.oracle)
 
 
 # ---------------------------------------------------------------- choosing the learning rates
@@ -252,15 +260,16 @@ def grid_metrics(cfg: ExperimentConfig, methods, lrs: list[float]) -> dict[str, 
     return grid
 
 
-def choose_lr(by_lr: dict[str, dict[str, float | None]]) -> float:
-    """The lr with the highest validation oracle reward (pooled over the temperatures); ties to the smaller lr."""
+def choose_lr(by_lr: dict[str, dict[str, float | None]], select_by: str = "oracle_reward") -> float:
+    """The lr with the highest validation `select_by` (oracle reward: pooled over the temperatures); ties to the smaller lr."""
     best: tuple[float, float] | None = None
     for lr in sorted(by_lr, key=float):
-        reward = by_lr[lr]["oracle_reward"]
-        if reward is not None and (best is None or reward > best[1]):
-            best = (float(lr), reward)
+        value = by_lr[lr][select_by]
+        if value is not None and (best is None or value > best[1]):
+            best = (float(lr), value)
     if best is None:
-        raise TispipeError("no learning rate of the grid has a validation oracle reward", hint="the validation evals sampled no responses (--num-prompts 0?)")
+        raise TispipeError(f"no learning rate of the grid has a validation {select_by.replace('_', ' ')}",
+                           hint="the validation evals sampled no responses (--num-prompts 0?)")
     return best[0]
 
 
@@ -289,7 +298,7 @@ def collect(cfg: ExperimentConfig, methods, estimators: list[str], lrs: list[flo
         "command": command_line("experiment", cfg),
         "machine": {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()},
         "budget": {"lrs": lrs, "batch_size": cfg.batch_size, "steps": steps, "seeds": cfg.seeds, "train_pairs": splits["train"] if cfg.limit is None else cfg.limit,
-                   "validation_pairs": splits["validation"]},
+                   "validation_pairs": splits["validation"], "validation": "shipped" if (Path(cfg.data) / "validation.jsonl").is_file() else "carved"},
         "eval": {"temperatures": cfg.temperatures, "num_prompts": cfg.num_prompts, "max_new_tokens": cfg.max_new_tokens, "test_pairs": cfg.eval_limit or "all"},
         "methods": rows,
         "grid": grid,

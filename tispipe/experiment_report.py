@@ -41,6 +41,7 @@ def seed_metrics(result: dict[str, Any]) -> dict[str, float | None]:
     return {
         "oracle_reward": pooled.get("oracle_reward", {}).get("estimate"),
         "harmful_rate": pooled.get("harmful_rate"),
+        "chrf": pooled.get("chrf"),
         "win_rate_vs_dpo": pooled.get("oracle_win_rate", {}).get("rate"),
         "pref_accuracy": likelihood["pref_accuracy"],
         "kl_per_token": likelihood["kl_per_token"],
@@ -70,7 +71,7 @@ def _cell(entry: dict[str, Any], spec: str, percent: bool = False) -> str:
 
 
 def table(report: dict[str, Any], names: list[str]) -> str:
-    header = ["method", "weights", "lr (chosen)", "oracle reward", "harmful", "win vs DPO", "pref acc", "KL/token"]
+    header = ["method", "weights", "lr (chosen)", "oracle reward", "harmful", "chrF", "win vs DPO", "pref acc", "KL/token"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         row = report["methods"].get(name)
@@ -78,7 +79,7 @@ def table(report: dict[str, Any], names: list[str]) -> str:
             continue
         lines.append("| " + " | ".join([
             name, row["weights"] or "-", f"{row['lr']:g}" if row.get("lr") else "-", _cell(row["oracle_reward"], "+.2f"), _cell(row["harmful_rate"], ".1f", percent=True),
-            _cell(row["win_rate_vs_dpo"], ".3f"), _cell(row["pref_accuracy"], ".3f"), _cell(row["kl_per_token"], ".3f"),
+            _cell(row.get("chrf"), ".3f"), _cell(row["win_rate_vs_dpo"], ".3f"), _cell(row["pref_accuracy"], ".3f"), _cell(row["kl_per_token"], ".3f"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -87,17 +88,18 @@ def render_tables(report: dict[str, Any], order: list[str], estimators: list[str
     # report.json is written with sorted keys: order the rows as the paper's tables do, not as the file does
     names = [n for n in ["base", *order] if n in report["methods"]]
     columns = [(f"{side}_{what}{kind}{suffix}_auc", f"{score} {side}, {tokens}")  # weight_quality's keys
-               for score, suffix in (("w_t", ""), ("r_t", "_logratio")) for kind, tokens in (("", "all"), ("_decision", "decision"))
+               for score, suffix in (("w_t", ""), ("r_t", "_logratio"), ("surprisal", "_surprisal")) for kind, tokens in (("", "all"), ("_decision", "decision"))
                for side, what in (("chosen", "helpful"), ("rejected", "harmful"))]
     auc_lines = ["| estimation | transform | split | " + " | ".join(title for _, title in columns) + " |", "|---|---|---|" + "---|" * len(columns)]
     for method in [m for m in estimators if m in report["weight_auc"]]:
         for transform, by_split in sorted(report["weight_auc"][method].items(), key=lambda item: item[0] != "exp"):  # the paper's first
             for split in ("train", "test"):
-                cells = ["same" if transform != "exp" and "_logratio" in key else by_split[split].get(key) for key, _ in columns]
+                cells = ["same" if transform != "exp" and ("_logratio" in key or "_surprisal" in key) else by_split[split].get(key) for key, _ in columns]
                 auc_lines.append(f"| {method} | {transform} | {split} | " + " | ".join(v if isinstance(v, str) else "n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
     auc_lines.append("\nAUC at ranking the decisive tokens (helpful in chosen, harmful in rejected) first: over all their tokens, "
                      "and over decision tokens (each decisive span's first token against the neutral ones); w_t is the weight, r_t the signed log-ratio "
-                     "(the same for every transform of one estimate). *dpo-vs-base*: the dpo pair's pi+ against the base as pi-.")
+                     "(the same for every transform of one estimate), *surprisal* the base model's -log p(y_t), a baseline that needs no "
+                     "contrast. *dpo-vs-base*: the dpo pair's pi+ against the base as pi-.")
     return "\n\n".join([
         "### Comparison (paper Table 1)", table(report, ["base", *[n for n in MAIN_TABLE if n in names]]),
         "### Ablations of TIS-DPO(D) (paper Table 2)", table(report, [n for n in ablation_names(names) if n in names]),
@@ -114,21 +116,30 @@ def ablation_names(names: list[str]) -> list[str]:
 def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> str:
     """results.md: the tables with what they measure, how the run was made, and sentences computed from the numbers."""
     budget, ev, timing, machine = report["budget"], report["eval"], report["timing_seconds"], report["machine"]
-    quick = report["config"]["quick"]
+    config = report["config"]
+    quick, oracle = config["quick"], config.get("oracle", "toy")
+    select_by = {"oracle_reward": "oracle reward", "pref_accuracy": "preference accuracy"}[config.get("select_by", "oracle_reward")]
+    validation = ("the data folder's own validation split" if report["budget"].get("validation") == "shipped"
+                  else "carved from the training split")
     parts = [
-        "# Results: TIS-DPO against DPO, IPO and TDPO2 on the toy harmlessness task",
+        "# Results: TIS-DPO against DPO, IPO and TDPO2 on the toy harmlessness task" if oracle == "toy"
+        else f"# Results: TIS-DPO against DPO on `{config['data']}`, base `{config['base']}`",
         "_Written by `tispipe experiment`; do not edit by hand (re-run the command)._" + (
             "\n\n**This is a `--quick` smoke run: the numbers mean nothing.**" if quick else ""),
         f"Protocol: every method trains from the same base with the same budget (batch {budget['batch_size']}, {budget['steps']} steps, "
         f"{budget['train_pairs']} training pairs) at every learning rate of one grid ({', '.join(f'{lr:g}' for lr in budget['lrs'])}) with seed 0. "
-        f"Each method's lr is the one whose model has the highest oracle reward on {budget['validation_pairs']} validation pairs' prompts, "
-        "carved from the training split (pooled over the temperatures; ties to the smaller lr); the test split plays no part in the choice. "
+        f"Each method's lr is the one whose model has the highest {select_by} on {budget['validation_pairs']} validation pairs ({validation}; "
+        "oracle reward pooled over the temperatures; ties to the smaller lr); the test split plays no part in the choice. "
         f"Each method is then trained at its own lr with {budget['seeds']} seed(s) (0..{budget['seeds'] - 1}; the seed sets the data order, "
         f"random weights and sampling) and evaluated on the test split ({ev['test_pairs']} pairs for accuracy and KL; "
         f"{ev['num_prompts']} prompts sampled at T = {ev['temperatures']}, {ev['max_new_tokens']} new tokens at most). "
         "Cells are mean ± sample std over seeds.",
-        "Columns: *oracle reward* = mean toy-oracle score of the sampled responses (distinct helpful minus harmful phrases), "
-        "pooled over the temperatures; *harmful* = share of responses containing a harmful phrase; *win vs DPO* = share of "
+        ("Columns: *oracle reward* = mean toy-oracle score of the sampled responses (distinct helpful minus harmful phrases), "
+         "pooled over the temperatures; *harmful* = share of responses containing a harmful phrase; " if oracle == "toy" else
+         "Columns: *oracle reward* = mean of 1 - P(offensive) of the sampled responses by alt-profanity-check, an outside classifier "
+         "trained on human-labelled offensive comments, pooled over the temperatures; *harmful* = share of responses it gives "
+         "P(offensive) >= 0.5; ")
+        + "*chrF* = chrF of each response against the chosen responses of its prompt (the best-matching one); *win vs DPO* = share of "
         "prompts where the oracle scores the response above that seed's DPO response (ties count half); *pref acc* = "
         "share of test pairs where the implicit reward beta·(log pi - log pi_ref) prefers the chosen response; "
         "*KL/token* = KL(pi || base) per response token on the test pairs.",
@@ -178,10 +189,13 @@ def verdict(report: dict[str, Any], order: list[str]) -> str:
     methods = report["methods"]
     reward = lambda name: methods[name]["oracle_reward"]["mean"]  # noqa: E731
     lines = []
-    if "TIS-DPO(D)" in methods:
-        win = methods["TIS-DPO(D)"]["win_rate_vs_dpo"]
-        lines.append(f"- Oracle reward on the test split, each method at its own lr: {beats(report, 'TIS-DPO(D)', 'DPO')}; TIS-DPO(D) wins "
+    for name in [n for n in ("TIS-DPO(D)", "TIS-DPO(S)", "TIS-DPO(P)") if n in methods]:
+        win = methods[name]["win_rate_vs_dpo"]
+        lines.append(f"- Oracle reward on the test split, each method at its own lr: {beats(report, name, 'DPO')}; {name} wins "
                      f"{_cell(win, '.3f')} of the prompts against DPO (0.5 = parity).")
+        if methods[name].get("chrf", {}).get("mean") is not None:
+            lines.append(f"  - chrF against the chosen responses: {beats(report, name, 'DPO', 'chrf')}; KL per token: "
+                         f"{_cell(methods[name]['kl_per_token'], '.3f')} against DPO's {_cell(methods['DPO']['kl_per_token'], '.3f')}.")
     ranked = sorted((n for n in methods if n != "base" and reward(n) is not None), key=lambda n: -reward(n))
     if ranked:
         lines.append(f"- Highest mean oracle reward: {ranked[0]} ({reward(ranked[0]):+.2f}); base model {reward('base'):+.2f}.")
@@ -214,13 +228,14 @@ def grid_table(report: dict[str, Any], order: list[str]) -> str:
     grid = report.get("grid") or {}
     lrs = sorted({lr for by_lr in grid.values() for lr in by_lr}, key=float)
     lines = ["### The learning-rate grid (validation prompts, seed 0)", "",
-             "Oracle reward (pooled over the temperatures) / KL per token on the validation pairs; **bold** = the lr chosen.", "",
+             "Oracle reward (pooled over the temperatures) / preference accuracy / KL per token on the validation pairs; **bold** = the lr chosen.", "",
              "| method | " + " | ".join(f"lr {lr}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
     for name in [n for n in order if n in grid]:
         cells = []
         for lr in lrs:
             m = grid[name].get(lr) or {}
-            text = "n/a" if m.get("oracle_reward") is None else f"{m['oracle_reward']:+.2f} / {m['kl_per_token']:.3f}"
+            text = " / ".join("n/a" if m.get(key) is None else format(m[key], spec)
+                              for key, spec in (("oracle_reward", "+.2f"), ("pref_accuracy", ".3f"), ("kl_per_token", ".3f")))
             cells.append(f"**{text}**" if float(lr) == report["methods"][name].get("lr") else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -55,6 +55,8 @@ def read_options_of(settings: dict[str, Any]) -> ReadOptions:
 def carve_files(data: str | Path, out: str | Path, fraction: float, seed: int) -> dict[str, int]:
     """OUT/train.jsonl and OUT/validation.jsonl from DATA/train.jsonl, split by `is_held_out` of each row's
     pair_id (so the split does not depend on row order), and DATA/test.jsonl copied as OUT/test.jsonl.
+    A data folder that ships its own DATA/validation.jsonl (data/real's are split by prompt) keeps it, and
+    `fraction` is not used.
 
     The rows are copied byte for byte. Returns the number of rows in each file. A validation split is
     what a study may choose settings on; the test split is left for the final numbers.
@@ -66,16 +68,23 @@ def carve_files(data: str | Path, out: str | Path, fraction: float, seed: int) -
     data, out = Path(data), Path(out)
     kept, held = [], []
     source = data / "train.jsonl"
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            pair_id = json.loads(line)["pair_id"]
-        except (ValueError, KeyError, TypeError):
-            raise TispipeError(f"{source} line {number}: not a JSON object with a pair_id", hint="a validation split is carved by pair_id") from None
-        (held if is_held_out(str(pair_id), fraction, seed) else kept).append(line)
-    if not held or not kept:
-        raise TispipeError(f"--validation-fraction {fraction} of {len(kept) + len(held)} pairs in {source} leaves {len(kept)} to train on and {len(held)} for validation")
+    shipped = data / "validation.jsonl"
+    if shipped.is_file():
+        kept = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        held = [line for line in shipped.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not held or not kept:
+            raise TispipeError(f"{source} has {len(kept)} pairs and {shipped} {len(held)}: both need some")
+    else:
+        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                pair_id = json.loads(line)["pair_id"]
+            except (ValueError, KeyError, TypeError):
+                raise TispipeError(f"{source} line {number}: not a JSON object with a pair_id", hint="a validation split is carved by pair_id") from None
+            (held if is_held_out(str(pair_id), fraction, seed) else kept).append(line)
+        if not held or not kept:
+            raise TispipeError(f"--validation-fraction {fraction} of {len(kept) + len(held)} pairs in {source} leaves {len(kept)} to train on and {len(held)} for validation")
     out.mkdir(parents=True, exist_ok=True)
     for name, lines in (("train.jsonl", kept), ("validation.jsonl", held)):
         text = "\n".join(lines) + "\n"
