@@ -23,6 +23,7 @@ COMMANDS = {
     "reward-model": configs.RewardModelConfig,
     "experiment": configs.ExperimentConfig,
     "contrast-study": configs.ContrastStudyConfig,
+    "weight-study": configs.WeightStudyConfig,
 }
 # The options several commands share are declared once, in these bases.
 SHARED_BASES = (configs.DataOptions, configs.ReadOptions, configs.ContrastPromptOptions, configs.ModelOptions, configs.SeedOption, configs.ThreadsOption, configs.OverwriteOption,

@@ -119,6 +119,10 @@ app.command("contrast-study")(stage_command(
     configs.ContrastStudyConfig, "contrast_study", "Build pi+/pi- over a grid of budgets and rank them by decision-token weight AUC on a validation split."
 ))
 
+app.command("weight-study")(stage_command(
+    configs.WeightStudyConfig, "weight_study", "Score token weights of every estimator (and a surprisal baseline) against a data set's token labels."
+))
+
 
 def main() -> None:
     """The `tispipe` entry point. A usage error (unknown option, a value of the wrong type) is one

@@ -88,7 +88,7 @@ THREADS_HELP = "torch CPU threads (0: torch's default; 1 is often faster for tin
 
 
 LORA_R_HELP = "Train LoRA adapters of this rank instead of every weight (peft; 0: full fine-tuning). The reference is the base with the adapter off."
-CONTRAST_PRESET_HELP = "Defaults for building pi+/pi- that the --contrast-* options below leave unset: small (measured best on the toy base, docs/contrast-study.md) or paper (App. B.2/B.3, for 7B models: sft lr 5e-5 x 3 epochs, batch 32; dpo lr 1e-5 x 1 epoch, batch 16, beta 0.1)."
+CONTRAST_PRESET_HELP = "Defaults for building pi+/pi- that the --contrast-* options below leave unset: small (measured best on the toy base, docs/contrast-study.md) paper (App. B.2/B.3, for 7B models: sft lr 5e-5 x 3 epochs, batch 32; dpo lr 1e-5 x 1 epoch, batch 16, beta 0.1) or lora (LoRA adapters on a pretrained model: sft lr 2e-4, dpo lr 1e-4, 1 epoch, batch 16, beta 0.1)."
 
 
 MAX_STEPS_HELP = "Stop a training run after this many optimizer steps (default: all the steps of its epochs)."
@@ -331,6 +331,16 @@ class ContrastStudyConfig(StudyOptions):
     out: str = option("runs/contrast-study", "Folder for the contrastive models, their shards, logs and contrast-study.md.")
     limit: int | None = option(None, "Training pairs to build pi+/pi- on (default: all but the validation split).")
     quick: bool = option(False, "Smoke run (two tiny settings, 48 pairs): checks that the study runs and its table is written.")
+
+
+@dataclass(kw_only=True)
+class WeightStudyConfig(StudyOptions):
+    out: str = option("runs/weight-study", "Folder for the contrastive models, their scorings, logs and weights.md.")
+    estimators: str = option("prompt,sft,dpo", "Comma-separated estimators to build and score: prompt, sft, dpo.")
+    limit: int | None = option(None, "Training pairs to build pi+/pi- on (default: all).")
+    eval_limit: int | None = option(None, "Validation and test pairs to score (default: all).")
+    lora_r: int = option(0, LORA_R_HELP)
+    contrast_preset: str = option("small", CONTRAST_PRESET_HELP)
 
 
 # ---------------------------------------------------------------- checks shared by the stages

@@ -44,7 +44,14 @@ SMALL_MODEL_DEFAULTS = {
     "sft": {"lr": 5e-5, "weight_decay": 0.01, "epochs": 3.0, "batch_size": 32, "beta": 0.1},
     "dpo": {"lr": 2e-5, "weight_decay": 0.01, "epochs": 1.0, "batch_size": 16, "beta": 0.5},
 }
-PRESETS = {"small": SMALL_MODEL_DEFAULTS, "paper": PAPER_DEFAULTS}
+# For LoRA adapters on a pretrained model (estimate --lora-r, the real track in the Makefile): an adapter moves less per
+# step than full weights, so its usual learning rates are about ten times full fine-tuning's; one epoch, batch 16.
+# Set a priori, not chosen on a grid (docs/real-paradetox/weights.md measures what they give).
+LORA_DEFAULTS = {
+    "sft": {"lr": 2e-4, "weight_decay": 0.01, "epochs": 1.0, "batch_size": 16, "beta": 0.1},
+    "dpo": {"lr": 1e-4, "weight_decay": 0.01, "epochs": 1.0, "batch_size": 16, "beta": 0.1},
+}
+PRESETS = {"small": SMALL_MODEL_DEFAULTS, "paper": PAPER_DEFAULTS, "lora": LORA_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class ContrastSettings:
 
 def settings_for(method: str, lr: float | None, epochs: float | None, batch_size: int | None, beta: float | None, seed: int,
                  preset: str = "small") -> ContrastSettings:
-    """The method's defaults from `preset` (PRESETS: small or paper), overridden by whichever of lr/epochs/batch_size/beta is given."""
+    """The method's defaults from `preset` (PRESETS: small, paper or lora), overridden by whichever of lr/epochs/batch_size/beta is given."""
     if preset not in PRESETS:
         raise TispipeError(f"--contrast-preset must be one of {', '.join(PRESETS)}, not {preset!r}")
     defaults = PRESETS[preset][method]

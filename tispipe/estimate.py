@@ -198,7 +198,7 @@ def validate(cfg: EstimateConfig) -> None:
     from tispipe.weights import TRANSFORMS
 
     check_options(
-        cfg, choices={"method": ESTIMATION_METHODS, "transform": TRANSFORMS, "contrast_preset": ("small", "paper"), "logratio": ("pair", "one-sided")},
+        cfg, choices={"method": ESTIMATION_METHODS, "transform": TRANSFORMS, "contrast_preset": ("small", "paper", "lora"), "logratio": ("pair", "one-sided")},
         positive=("k", "contrast_lr", "contrast_epochs", "contrast_beta", "top_fraction"),
         at_least_one=("shard_size", "batch_size", "max_length", "max_prompt_length", "contrast_batch_size"), non_negative=("threads",),
     )
