@@ -178,3 +178,14 @@ def test_jobs_in_subprocesses_give_the_same_numbers_as_in_process(tiny_task, tmp
     # a finished eval is skipped on a re-run with the same settings
     again = experiment.run(replace(quick, out=str(tmp_path / "jobs2"), jobs=2))
     assert again["methods"] == reports[2]["methods"]
+
+
+def test_weightless_losses_train_on_an_estimate_that_runs_anyway():
+    by_name = {m[0]: m for m in experiment.METHODS}
+    pick = lambda *names: [by_name[n] for n in names]  # noqa: E731
+    assert experiment.needed_estimators(pick("DPO", "TIS-DPO(S)")) == ["sft"]  # no dpo pair is built for DPO alone
+    assert [experiment.shard_estimator(m, ["sft"]) for m in pick("DPO", "TIS-DPO(S)")] == ["sft", "sft"]
+    assert experiment.needed_estimators(pick("DPO")) == ["dpo"]
+    assert experiment.needed_estimators(pick("DPO", "IPO", "TIS-DPO(D vs base)")) == ["dpo", "dpo-vs-base"]
+    assert experiment.needed_estimators(experiment.METHODS) == ["prompt", "sft", "dpo", "dpo-vs-base"]
+    assert experiment.shard_estimator(by_name["TIS-DPO(P)"], ["sft"]) == "prompt"  # a weighted method keeps its own

@@ -85,6 +85,24 @@ def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, An
     return [m for m in METHODS if m[0] in names]
 
 
+# Losses that read only the pairs and the reference log-probs from the shards (the same in every estimator's shards)
+WEIGHTLESS_LOSSES = ("dpo", "ipo", "tdpo1", "tdpo2")
+
+
+def needed_estimators(methods) -> list[str]:
+    """The estimates the methods train on, in ESTIMATORS order: each weighted method's own (dpo too for the
+    scorings with the dpo pair's models); the dpo estimate only for the weightless losses when nothing else runs."""
+    weighted = {m[1] for m in methods if m[2].get("loss") not in WEIGHTLESS_LOSSES}
+    needed = weighted | ({"dpo"} if weighted & set(DPO_PAIR_SCORINGS) or not weighted else set())
+    return [e for e in ESTIMATORS if e in needed]
+
+
+def shard_estimator(method, estimators: list[str]) -> str:
+    """The estimate a method trains on: its own, or for a weightless loss whose own is not built, the first that is."""
+    _, estimator, fields = method
+    return estimator if estimator in estimators or fields.get("loss") not in WEIGHTLESS_LOSSES else estimators[0]
+
+
 def learning_rates(cfg: ExperimentConfig) -> list[float]:
     """--lrs as floats, ascending."""
     try:
@@ -157,11 +175,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     lrs = learning_rates(cfg)
     started, out = time.time(), Path(cfg.out)
     methods = selected_methods(cfg)
-    estimators = [e for e in ESTIMATORS if any(m[1] == e for m in methods) or (e == "dpo" and any(m[1] in DPO_PAIR_SCORINGS for m in methods))]
+    estimators = needed_estimators(methods)
     splits = carve_files(cfg.data, out / "data", cfg.validation_fraction, seed=0)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     runner = Runner(out / "logs", cfg.jobs, cfg.threads)
-    shards = lambda method: out / f"weights-{method[1]}"  # noqa: E731
+    shards = lambda method: out / f"weights-{shard_estimator(method, estimators)}"  # noqa: E731
 
     # 1. weights: one estimate per method on the training pairs; its pi+/pi- then score the test pairs
     timings: dict[str, float] = {}
