@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
+JUDGES = {"toy": "the toy oracle", "profanity": "the offensive-text judge (reward 1 - P(offensive); harmful: P >= 0.5)"}
+
+
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -85,11 +88,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                                  f"{win['wins']}/{win['ties']}/{win['losses']}", _fmt(entry["mean_tokens"], ".1f"), _fmt(entry["finished_rate"], ".0%"),
                                  _fmt(entry.get("chrf"), ".3f")]
                                 + ([_fmt(entry["harmful_rate"], ".1%")] if scorer == "oracle" else []))
-        judge = {"toy": "the toy oracle", "profanity": "the offensive-text judge (reward 1 - P(offensive); harmful: P >= 0.5)"}.get(report["config"].get("oracle"))
-        text += [f"\n## Generation, scored by {judge if scorer == 'oracle' else 'the reward model'}\n\n", _md_table(gen_header, gen_rows)]
+        text += [f"\n## Generation, scored by {JUDGES.get(report['config'].get('oracle')) if scorer == 'oracle' else 'the reward model'}\n\n",
+                 _md_table(gen_header, gen_rows)]
     agreement = report.get("reward_model_vs_oracle")
     if agreement:
-        text += ["\n## Reward model against the oracle\n\n",
+        text += [f"\n## Reward model against {JUDGES.get(report['config'].get('oracle'), 'the oracle').split(' (')[0]}\n\n",
                  f"Spearman's rank correlation of the reward model's scores with the oracle's over the sampled responses: "
                  f"{_fmt(agreement['all']['spearman'])} ({agreement['all']['samples']} responses).\n\n",
                  _md_table(["model", "Spearman", "responses"],
