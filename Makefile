@@ -112,7 +112,7 @@ $(REAL)/dpo/adapter_model.safetensors: $(REAL)/weights/manifest.json
 
 $(REAL)/eval/report.json: $(REAL)/tisdpo/adapter_model.safetensors $(REAL)/dpo/adapter_model.safetensors
 	$(TISPIPE) eval --model $(SMOLLM2) --model $(REAL)/dpo --model $(REAL)/tisdpo --ref $(SMOLLM2) --baseline $(REAL)/dpo \
-		--data $(REAL_DATA) --oracle profanity --out $(REAL)/eval $(REAL_EVAL_ARGS) --overwrite
+		--data $(REAL_DATA) --oracle profanity --shards $(REAL)/weights --out $(REAL)/eval $(REAL_EVAL_ARGS) --overwrite
 
 real-demo: $(REAL)/eval/report.json
 	@cat $(REAL)/eval/report.md
