@@ -32,7 +32,7 @@ from tispipe.atomic import atomic_write_json, atomic_write_text
 from tispipe.config_files import config_dict
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
 from tispipe.errors import TispipeError
-from tispipe.experiment_report import method_rows, render, render_tables, seed_metrics, slug, write_figures
+from tispipe.experiment_report import WEIGHTLESS_LOSSES, method_rows, render, render_tables, seed_metrics, slug, write_figures
 from tispipe.held_out import carve_files
 from tispipe.jobs import Runner, check_study, command_line, say
 
@@ -83,10 +83,6 @@ def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, An
     needed = ["DPO", *([m[0] for m in generated.METHODS] if cfg.generated else [])]
     names += [n for n in needed if n not in names]
     return [m for m in METHODS if m[0] in names]
-
-
-# Losses that read only the pairs and the reference log-probs from the shards (the same in every estimator's shards)
-WEIGHTLESS_LOSSES = ("dpo", "ipo", "tdpo1", "tdpo2")
 
 
 def needed_estimators(methods) -> list[str]:

@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+# Losses that read only the pairs and the reference log-probs from the shards (the same in every estimator's shards)
+WEIGHTLESS_LOSSES = ("dpo", "ipo", "tdpo1", "tdpo2")
 # the rows of the paper's Table 1; Table 2 holds TIS-DPO(D) and its ablations, the methods named "TIS-DPO(D) ..."
 MAIN_TABLE = ["DPO", "IPO", "TDPO2", "TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"]
 # other weights from the same contrast: transforms of the dpo pair's r, and its pi+ against the base
@@ -56,7 +58,8 @@ def method_rows(reports: list[dict[str, Any]], methods, base: str, model_dir) ->
     for name, estimator, fields in [("base", None, {}), *methods]:
         per_seed = [seed_metrics(r["results"][base if name == "base" else str(model_dir(name, seed))]) for seed, r in enumerate(reports)]
         keys = sorted({k for m in per_seed for k in m})
-        rows[name] = {"weights": estimator, "train_overrides": fields, **{k: mean_std([m.get(k) for m in per_seed]) for k in keys}}
+        weights = None if fields.get("loss") in WEIGHTLESS_LOSSES else estimator  # DPO reads no weights, whichever shards it trains on
+        rows[name] = {"weights": weights, "train_overrides": fields, **{k: mean_std([m.get(k) for m in per_seed]) for k in keys}}
     return rows
 
 
@@ -100,12 +103,11 @@ def render_tables(report: dict[str, Any], order: list[str], estimators: list[str
                      "and over decision tokens (each decisive span's first token against the neutral ones); w_t is the weight, r_t the signed log-ratio "
                      "(the same for every transform of one estimate), *surprisal* the base model's -log p(y_t), a baseline that needs no "
                      "contrast. *dpo-vs-base*: the dpo pair's pi+ against the base as pi-.")
-    return "\n\n".join([
-        "### Comparison (paper Table 1)", table(report, ["base", *[n for n in MAIN_TABLE if n in names]]),
-        "### Ablations of TIS-DPO(D) (paper Table 2)", table(report, [n for n in ablation_names(names) if n in names]),
-        "### Other weights from the same contrast: transforms, and pi+ against the base", table(report, [n for n in TRANSFORM_TABLE if n in names]),
-        "### Weight quality per estimation method and transform", "\n".join(auc_lines),
-    ])
+    sections = [("### Comparison (paper Table 1)", ["base", *[n for n in MAIN_TABLE if n in names]]),
+                ("### Ablations of TIS-DPO(D) (paper Table 2)", [n for n in ablation_names(names) if n in names]),
+                ("### Other weights from the same contrast: transforms, and pi+ against the base", [n for n in TRANSFORM_TABLE if n in names])]
+    parts = [part for title, rows in sections if len(rows) > 1 or title.startswith("### Comparison") for part in (title, table(report, rows))]
+    return "\n\n".join([*parts, "### Weight quality per estimation method and transform", "\n".join(auc_lines)])
 
 
 def ablation_names(names: list[str]) -> list[str]:
@@ -279,7 +281,9 @@ def figures_of(report: dict[str, Any]) -> list[tuple[str, list[str], str]]:
               ("results-transforms.png", TRANSFORM_TABLE, "Other weights from the same contrast: oracle reward")]
     if report.get("generated"):
         charts.append(("results-generated.png", ["base", *GENERATED_TABLE], "Generated data (Table 2, third block): oracle reward"))
-    return charts
+    # a chart needs two of its rows run (a method and what it is compared with); the generated block always has them
+    present = set(report["methods"]) | set((report.get("generated") or {}).get("methods", {}))
+    return [chart for chart in charts if len(present.intersection(chart[1])) > 1]
 
 
 def write_figures(report: dict[str, Any], folder: Path) -> None:
