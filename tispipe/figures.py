@@ -247,7 +247,8 @@ def lr_grid_figure(grid: dict[str, Any], rows: dict[str, Any], groups: list[tupl
         ax.set_xlabel("learning rate")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("oracle reward")
-    fig.suptitle("Oracle reward against the lr: validation prompts, seed 0 (line); test split at the chosen lr (square, mean ± std over seeds)", fontsize=9)
+    title = "Oracle reward against the lr: validation prompts, seed 0 (line);{}test split at the chosen lr (square, mean ± std over seeds)"
+    fig.suptitle(title.format(" " if len(groups) > 1 else "\n"), fontsize=9)  # one panel is too narrow for one line
     return save(fig, path, data)
 
 
