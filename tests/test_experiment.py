@@ -189,3 +189,10 @@ def test_weightless_losses_train_on_an_estimate_that_runs_anyway():
     assert experiment.needed_estimators(pick("DPO", "IPO", "TIS-DPO(D vs base)")) == ["dpo", "dpo-vs-base"]
     assert experiment.needed_estimators(experiment.METHODS) == ["prompt", "sft", "dpo", "dpo-vs-base"]
     assert experiment.shard_estimator(by_name["TIS-DPO(P)"], ["sft"]) == "prompt"  # a weighted method keeps its own
+
+
+def test_the_generated_block_needs_the_toy_oracle(tiny_task, tmp_path):
+    cfg = experiment.ExperimentConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"), out=str(tmp_path / "x"), oracle="profanity", generated=True)
+    with pytest.raises(TispipeError, match="needs --oracle toy"):
+        experiment.run(cfg)
+    assert not (tmp_path / "x").exists()

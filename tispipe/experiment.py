@@ -258,6 +258,8 @@ def check(cfg: ExperimentConfig) -> None:
     check_options(cfg, at_least_one=("seeds", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"),
                   non_negative=("lora_r",), choices={"select_by": SELECT_BY, "contrast_preset": tuple(PRESETS)})
     check_oracle(cfg.oracle)
+    if cfg.generated and cfg.oracle != "toy":  # its label noise is counted with the toy oracle (experiment_generated.label_noise)
+        raise TispipeError(f"the generated-data block needs --oracle toy, not {cfg.oracle!r}", hint="add --no-generated")
 
 
 # ---------------------------------------------------------------- choosing the learning rates
