@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 JUDGES = {"toy": "the toy oracle", "profanity": "the offensive-text judge (reward 1 - P(offensive); harmful: P >= 0.5)"}
 
 
