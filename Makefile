@@ -119,11 +119,8 @@ real-demo: $(REAL)/eval/report.json
 
 # Weight quality on ParaDetox's word-diff labels: every estimator against the surprisal baseline (docs/real-paradetox/weights.md).
 REAL_STUDY_ARGS ?= --lora-r 16 --contrast-preset lora --limit 256 --eval-limit 200 --jobs 1 --threads 0
-# And on FineGrainedRLHF's human error spans (long prompts: fewer pairs, prompt and sft only).
-REAL_FGRLHF_STUDY_ARGS ?= --estimators prompt,sft --lora-r 16 --contrast-preset lora --limit 96 --jobs 1 --threads 0
 real-weights: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) weight-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-weights/paradetox --results docs/real-paradetox $(REAL_STUDY_ARGS)
-	$(TISPIPE) weight-study --data data/real/fgrlhf --base $(SMOLLM2) --out $(RUNS)/real-weights/fgrlhf --results docs/real-fgrlhf $(REAL_FGRLHF_STUDY_ARGS)
 
 # DPO against TIS-DPO on ParaDetox, LoRA on SmolLM2, each at its own lr chosen on validation, 3 seeds (docs/real-paradetox/results.md).
 REAL_EXPERIMENT_ARGS ?= '--methods=DPO,TIS-DPO(S)' --oracle profanity --lora-r 16 --contrast-preset lora --limit 256 --max-steps 8 \
