@@ -243,7 +243,7 @@ def _measure(cfg: EvalConfig, names: list[str], pairs, prompts, temperatures: li
 
 
 def _responses(cfg: EvalConfig, model, name: str, prompts, temperatures: list[float], tokenizer, device: str, log) -> list[dict[str, Any]]:
-    """`model`'s responses to the prompts at every temperature, as rows of samples.jsonl (not yet scored)."""
+    """`model`'s responses to the prompts at every temperature, as rows of samples.jsonl (before scoring)."""
     samples = []
     for temperature in temperatures:
         # greedy decoding gives the same response every time: copies would only narrow the intervals

@@ -3,7 +3,7 @@
 Everything here is a lazy generator over rows (dicts from `shards.stream_rows`); nothing touches a
 model. A step is a list of up to `grad_accum` micro-batches, each a list of up to `batch_size` rows.
 The order is a pure function of (seed, epoch, manifest, settings), so a resumed run that skips the
-rows it already used replays exactly the steps it had not done yet.
+rows it already used replays exactly the steps the killed run had left.
 """
 
 from __future__ import annotations
