@@ -3,6 +3,7 @@
 A command parses its options into that dataclass (`tispipe.config_files.resolve`: defaults < --config
 file < flags) and calls the stage's `run(cfg)`. The stage module, and with it torch and
 transformers, is imported only when the command runs, so `--help` stays fast.
+Each command's `--help` lists its options by panel (tispipe.help_panels), whole at any width.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Optional
 import typer
 
 from tispipe import configs
+from tispipe.help_panels import HELP_PANEL, PanelledCommand
 
 app = typer.Typer(
     name="tispipe",
@@ -77,12 +79,12 @@ def stage_command(cls: type, stage: str, summary: str) -> Callable[..., None]:
         has_default = field.default is not dataclasses.MISSING
         default = field.default if has_default else None
         make = typer.Argument if field.metadata.get("argument") else typer.Option
-        declared = make(... if make is typer.Argument else default, help=field.metadata["help"])
+        declared = make(... if make is typer.Argument else default, help=field.metadata["help"], rich_help_panel=field.metadata["panel"])
         hint = hints[field.name] if has_default else _optional(hints[field.name])
         if make is typer.Argument:
             hint = hints[field.name]
         params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=declared, annotation=hint))
-    params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, help=CONFIG_HELP), annotation=Optional[str]))  # noqa: UP045
+    params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, help=CONFIG_HELP, rich_help_panel=HELP_PANEL), annotation=Optional[str]))  # noqa: UP045
 
     def command(ctx: typer.Context, **values: Any) -> None:
         with user_errors():
@@ -96,32 +98,24 @@ def stage_command(cls: type, stage: str, summary: str) -> Callable[..., None]:
     return command
 
 
-app.command("toy-data")(stage_command(configs.ToyDataConfig, "toy", "Generate the synthetic harmlessness preference set (with token-level ground-truth labels)."))
-app.command("init-base")(stage_command(configs.InitBaseConfig, "base", "Train the tiny offline base model (tokenizer + Llama-style LM, SFT on the toy data)."))
-app.command("convert-gguf")(stage_command(
-    configs.ConvertGgufConfig, "gguf_convert", "Convert a GGUF model file into a plain Hugging Face folder (exact logits) that every command takes."
-))
-app.command("estimate")(stage_command(configs.EstimateConfig, "estimate", "Stage one: build pi+/pi-, score every response token once, write token weights to Parquet shards."))
-app.command("generate")(stage_command(
-    configs.GenerateConfig, "generate_pairs", "Make preference pairs from the model itself: each prompt answered under the good and the bad system prompt."
-))
-app.command("inspect")(stage_command(configs.InspectConfig, "viewer", "Show token weights: a pair coloured by weight in the terminal, and optionally an HTML page."))
-app.command("train")(stage_command(configs.TrainConfig, "train", "Stage two: train a policy on the weight shards with TIS-DPO (or DPO, IPO, TDPO)."))
-app.command("reward-model")(stage_command(
-    configs.RewardModelConfig, "reward_model", "Train a Bradley-Terry reward model on preference pairs (held-out accuracy; use it with eval --reward-model)."
-))
-app.command("eval")(stage_command(configs.EvalConfig, "evaluate", "Compare models on held-out pairs: preference accuracy, KL, sampled rewards, win rates, weight AUC."))
-app.command("experiment")(stage_command(
-    configs.ExperimentConfig, "experiment", "Train and evaluate DPO, IPO, TDPO2, TIS-DPO(P/S/D) and TIS-DPO(D)'s ablations over seeds; write a results table."
-))
+def add_stage(name: str, cls: type, stage: str, summary: str) -> None:
+    """Add `tispipe <name>`: `cls`'s options, listed by panel in its --help, running `tispipe.<stage>.run`."""
+    help_class = type(f"{cls.__name__}Command", (PanelledCommand,), {"config": cls})
+    app.command(name, cls=help_class)(stage_command(cls, stage, summary))
 
-app.command("contrast-study")(stage_command(
-    configs.ContrastStudyConfig, "contrast_study", "Build pi+/pi- over a grid of budgets and rank them by decision-token weight AUC on a validation split."
-))
 
-app.command("weight-study")(stage_command(
-    configs.WeightStudyConfig, "weight_study", "Score token weights of every estimator (and a surprisal baseline) against a data set's token labels."
-))
+add_stage("toy-data", configs.ToyDataConfig, "toy", "Generate the synthetic harmlessness preference set (with token-level ground-truth labels).")
+add_stage("init-base", configs.InitBaseConfig, "base", "Train the tiny offline base model (tokenizer + Llama-style LM, SFT on the toy data).")
+add_stage("convert-gguf", configs.ConvertGgufConfig, "gguf_convert", "Convert a GGUF model file into a plain Hugging Face folder (exact logits) that every command takes.")
+add_stage("estimate", configs.EstimateConfig, "estimate", "Stage one: build pi+/pi-, score every response token once, write token weights to Parquet shards.")
+add_stage("generate", configs.GenerateConfig, "generate_pairs", "Make preference pairs from the model itself: each prompt answered under the good and the bad system prompt.")
+add_stage("inspect", configs.InspectConfig, "viewer", "Show token weights: a pair coloured by weight in the terminal, and optionally an HTML page.")
+add_stage("train", configs.TrainConfig, "train", "Stage two: train a policy on the weight shards with TIS-DPO (or DPO, IPO, TDPO).")
+add_stage("reward-model", configs.RewardModelConfig, "reward_model", "Train a Bradley-Terry reward model on preference pairs (held-out accuracy; use it with eval --reward-model).")
+add_stage("eval", configs.EvalConfig, "evaluate", "Compare models on held-out pairs: preference accuracy, KL, sampled rewards, win rates, weight AUC.")
+add_stage("experiment", configs.ExperimentConfig, "experiment", "Train and evaluate DPO, IPO, TDPO2, TIS-DPO(P/S/D) and TIS-DPO(D)'s ablations over seeds; write a results table.")
+add_stage("contrast-study", configs.ContrastStudyConfig, "contrast_study", "Build pi+/pi- over a grid of budgets and rank them by decision-token weight AUC on a validation split.")
+add_stage("weight-study", configs.WeightStudyConfig, "weight_study", "Score token weights of every estimator (and a surprisal baseline) against a data set's token labels.")
 
 
 def main() -> None:
