@@ -35,7 +35,7 @@ $(RUNS)/base/model.safetensors: $(DATA)/train.jsonl | $(VENV)/.installed
 	$(TISPIPE) init-base --data $(DATA)/train.jsonl --out $(RUNS)/base --overwrite
 
 # Stage one: DPO-built contrastive models (the paper's best method), weights cached in shards; each side's r
-# against the base (--logratio one-sided), where the dpo pair finds the decision tokens (docs/contrast-study.md).
+# against the base (--logratio one-sided), where the dpo pair finds the decision tokens (docs/weights.md).
 WEIGHTS ?= $(RUNS)/weights-dpo
 ESTIMATE_ARGS ?= --method dpo --logratio one-sided
 estimate: $(WEIGHTS)/manifest.json
@@ -43,15 +43,20 @@ estimate: $(WEIGHTS)/manifest.json
 $(WEIGHTS)/manifest.json: $(RUNS)/base/model.safetensors
 	$(TISPIPE) estimate --data $(DATA)/train.jsonl --model $(RUNS)/base --out $(WEIGHTS) $(ESTIMATE_ARGS) --overwrite
 
-# Stage two: TIS-DPO on the cached weights, and plain DPO from the same shards as the baseline.
-TRAIN_ARGS ?=
+# Stage two: TIS-DPO on the cached weights, and plain DPO from the same shards as the baseline, each at its own
+# lr: the one `make experiment` chose for it on a validation split at a budget of 120 steps of 16 pairs
+# (docs/results/results.md, column "lr (chosen)": DPO 2e-05, TIS-DPO(D) 0.0002), trained at that budget.
+# One shared lr would put one of them off its best: DPO collapses on validation at 5e-5 and above.
+TISDPO_LR ?= 2e-4
+DPO_LR ?= 2e-5
+TRAIN_ARGS ?= --max-steps 120 --batch-size 16
 train: $(RUNS)/tisdpo/model.safetensors $(RUNS)/dpo/model.safetensors
 
 $(RUNS)/tisdpo/model.safetensors: $(WEIGHTS)/manifest.json
-	$(TISPIPE) train --shards $(WEIGHTS) --model $(RUNS)/base --out $(RUNS)/tisdpo --loss tisdpo $(TRAIN_ARGS) --overwrite
+	$(TISPIPE) train --shards $(WEIGHTS) --model $(RUNS)/base --out $(RUNS)/tisdpo --loss tisdpo --lr $(TISDPO_LR) $(TRAIN_ARGS) --overwrite
 
 $(RUNS)/dpo/model.safetensors: $(WEIGHTS)/manifest.json
-	$(TISPIPE) train --shards $(WEIGHTS) --model $(RUNS)/base --out $(RUNS)/dpo --loss dpo $(TRAIN_ARGS) --overwrite
+	$(TISPIPE) train --shards $(WEIGHTS) --model $(RUNS)/base --out $(RUNS)/dpo --loss dpo --lr $(DPO_LR) $(TRAIN_ARGS) --overwrite
 
 EVAL_ARGS ?= --temperatures 0,0.5,1.0 --num-prompts 100 --max-new-tokens 96
 eval: $(RUNS)/eval/report.json
@@ -61,6 +66,7 @@ $(RUNS)/eval/report.json: $(RUNS)/tisdpo/model.safetensors $(RUNS)/dpo/model.saf
 		--baseline $(RUNS)/dpo --data $(DATA)/test.jsonl --oracle toy --shards $(WEIGHTS) --out $(RUNS)/eval $(EVAL_ARGS) --overwrite
 
 demo: $(RUNS)/eval/report.json
+	@echo "dpo: --lr $(DPO_LR), tisdpo: --lr $(TISDPO_LR), both $(TRAIN_ARGS) (each method's lr chosen on validation by make experiment)"
 	@cat $(RUNS)/eval/report.md
 
 # A Bradley-Terry reward model on the toy pairs (held-out accuracy on the test split), and the demo's
@@ -76,7 +82,7 @@ $(RUNS)/eval-reward-model/report.json: $(RUNS)/reward-model/model.safetensors $(
 	$(TISPIPE) eval --model $(RUNS)/base --model $(RUNS)/dpo --model $(RUNS)/tisdpo --ref $(RUNS)/base --baseline $(RUNS)/dpo \
 		--data $(DATA)/test.jsonl --oracle toy --reward-model $(RUNS)/reward-model --out $(RUNS)/eval-reward-model $(EVAL_ARGS) --overwrite
 
-# The paper's comparison and ablations (docs/results.md; tispipe/experiment.py): every method at its own lr from
+# The paper's comparison and ablations (docs/results/results.md; tispipe/experiment.py): every method at its own lr from
 # one grid, chosen on a validation split carved from train, then 5 seeds on the test split. A re-run skips
 # finished trainings. `make experiment EXPERIMENT_ARGS="... --generated"` adds the generated-data block.
 # ---------------------------------------------------------------- the real track
@@ -132,11 +138,11 @@ real-experiment: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 .PHONY: experiment contrast-study
 EXPERIMENT_ARGS ?= --seeds 5 --lrs 1e-5,2e-5,5e-5,1e-4,2e-4 --max-steps 120 --num-prompts 100 --max-new-tokens 64 --eval-limit 200 --no-generated
 experiment: $(RUNS)/base/model.safetensors
-	$(TISPIPE) experiment --data $(DATA) --base $(RUNS)/base --out $(RUNS)/experiment --results docs $(EXPERIMENT_ARGS)
+	$(TISPIPE) experiment --data $(DATA) --base $(RUNS)/base --out $(RUNS)/experiment --results docs/results $(EXPERIMENT_ARGS)
 
-# Which budget builds pi+/pi- whose weights find the decision tokens (docs/contrast-study.md; the small-model defaults).
+# Which budget builds pi+/pi- whose weights find the decision tokens (docs/results/contrast-study.md; the small-model defaults).
 contrast-study: $(RUNS)/base/model.safetensors
-	$(TISPIPE) contrast-study --data $(DATA) --base $(RUNS)/base --out $(RUNS)/contrast-study --results docs
+	$(TISPIPE) contrast-study --data $(DATA) --base $(RUNS)/base --out $(RUNS)/contrast-study --results docs/results
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -480,7 +480,7 @@ def test_remote_code_runs_only_with_the_flag(base_dir, data_file, tmp_path):
 # ---------------------------------------------------------------------------------------------- bad input
 # Each case goes through the CLI. Cases tested only at the function level elsewhere (test_data, test_shards,
 # test_models, test_tokenize) get their CLI check here; the ones already checked through the CLI are not repeated
-# (see the table in the README's Troubleshooting section).
+# (see the table in docs/reliability.md's Troubleshooting section).
 
 
 ROWS = [{"prompt": f"Question {i}?", "chosen": f"Helpful answer {i}.", "rejected": f"Rude answer {i}."} for i in range(4)]

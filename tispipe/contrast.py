@@ -37,7 +37,7 @@ PAPER_DEFAULTS = {
     "sft": {"lr": 5e-5, "weight_decay": 0.01, "epochs": 3.0, "batch_size": 32, "beta": 0.1},
     "dpo": {"lr": 1e-5, "weight_decay": 0.01, "epochs": 1.0, "batch_size": 16, "beta": 0.1},
 }
-# The settings `tispipe contrast-study` measured best on the toy base (docs/contrast-study.md: the highest
+# The settings `tispipe contrast-study` measured best on the toy base (docs/results/contrast-study.md: the highest
 # weaker-side decision-token AUC on validation): the defaults for small models. For sft that is the paper's
 # setting; for dpo a larger lr with a larger beta (0.879 against the paper's 0.871).
 SMALL_MODEL_DEFAULTS = {
