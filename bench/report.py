@@ -34,15 +34,23 @@ def render(r: dict) -> str:
     targets = {"train_dpo_vs_trl": ">= 3 (toy base)", "train_tisdpo_vs_trl": ">= 2 (toy base)", "train_dpo_vs_trl_hh_large": ">= 2",
                "train_tisdpo_vs_trl_hh_large": ">= 1.5", "train_ceiling_fraction_large": ">= 0.6",
                "train_ceiling_fraction_large_compiled": ">= 0.6 (with --torch-compile)", "scoring_vs_naive": ">= 20",
-               "scoring_ceiling_fraction": ">= 0.5 (larger model)", "train_peak_rss_growth_16x": "<= 0.10", "estimate_peak_rss_growth_16x": "<= 0.10"}
+               "scoring_ceiling_fraction": ">= 0.5 (larger model)", "train_peak_rss_growth_16x": "<= 0.10", "estimate_peak_rss_growth_16x": "<= 0.10",
+               "train_dpo_vs_trl_smollm2": ">= 3 (SmolLM2, real HH pairs)", "train_tisdpo_vs_trl_smollm2": ">= 2 (SmolLM2)",
+               "train_dpo_vs_trl_smollm2_lora": "(LoRA r 16)", "train_tisdpo_vs_trl_smollm2_lora": "(LoRA r 16)",
+               "estimate_peak_rss_mib_smollm2_1000_hh": "< 3072 (1,000 HH pairs)"}
     for key, target in targets.items():
         lines.append(f"| `{key}` | {r.get(key)} | {target} |")
-    for tag in ("train_small", "train_large", "train_hh_small", "train_hh_large"):
+    for tag in ("train_small", "train_large", "train_hh_small", "train_hh_large", "train_real_full", "train_real_lora"):
         if tag not in r:
             continue
         t = r[tag]
         lengths = ""
-        if "hh" in tag:
+        if "real" in tag:
+            lp = t["length_profile"]
+            lengths = (f", real HH-RLHF harmless pairs (data/real/hh-harmless, bench/real_model.py), "
+                       + (f"LoRA rank {t['lora_r']} on both sides" if t.get("lora_r") else "every weight trained on both sides")
+                       + f": prompt median {lp['prompt']['median']} tokens (p90 {lp['prompt']['p90']}), chosen {lp['chosen']['median']}, rejected {lp['rejected']['median']}")
+        elif "hh" in tag:
             lengths = " at HH-RLHF's lengths (bench/hh_lengths.py)"
             if "length_profile" in t:
                 lp = t["length_profile"]
@@ -98,6 +106,11 @@ def render(r: dict) -> str:
                   "| pairs | peak RSS MiB | scoring tokens/s | 1-min load |", "|---|---|---|---|"]
         for key, e in r["memory_estimate"].items():
             lines.append(f"| {key} | {e['peak_rss_mib']} | {e['scoring_tokens_per_s']} | {e['load_average_1min']} |")
+    if "estimate_real_memory" in r:
+        e = r["estimate_real_memory"]
+        lines += ["", f"`{e['command']}` (a real stage-one run: one model, the paper's two system prompts, {e['threads']} threads): "
+                  f"peak RSS {e['peak_rss_mib']} MiB, scoring {e['scoring_tokens_per_s']} response tokens/s, {e['wall_s']} s in all "
+                  f"(1-min load {e['load_average_1min']})."]
     notes = HERE / "notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

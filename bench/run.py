@@ -58,9 +58,10 @@ def tispipe_train(model: Path, shards: Path, loss: str, steps: int, batch: int, 
     return {**usage, "step_times": times, "step_tokens": [t * m["tokens_per_s"] for t, m in zip(times, lines)]}
 
 
-def trl_train(model: Path, shards: Path, steps: int, batch: int, threads: int, out: Path, checkpointing: bool = False, precompute: bool = False) -> dict:
+def trl_train(model: Path, shards: Path, steps: int, batch: int, threads: int, out: Path, checkpointing: bool = False, precompute: bool = False,
+              lora_r: int = 0) -> dict:
     args = [python(), str(ROOT / "bench" / "trl_dpo.py"), "--model", str(model), "--shards", str(shards), "--out", str(out),
-            "--steps", str(steps), "--batch-size", str(batch), "--threads", str(threads)]
+            "--steps", str(steps), "--batch-size", str(batch), "--threads", str(threads), "--lora-r", str(lora_r)]
     args += ["--gradient-checkpointing"] if checkpointing else []
     args += ["--precompute-ref-log-probs"] if precompute else []
     log = out.with_suffix(".log")
@@ -94,13 +95,15 @@ def pair_lengths(shards: Path) -> list[tuple[int, int, int]]:
 SIDES = ("tispipe_dpo", "tispipe_tisdpo", "tispipe_dpo_ungrouped", "trl_dpo")
 
 
-def training(model: Path, shards: Path, steps: int, batch: int, threads: int, repeats: int, warmup: int, tag: str, sides: tuple[str, ...] = SIDES) -> dict:
+def training(model: Path, shards: Path, steps: int, batch: int, threads: int, repeats: int, warmup: int, tag: str, sides: tuple[str, ...] = SIDES,
+             lora_r: int = 0) -> dict:
     """trl_dpo: gradient checkpointing off (like for like); trl_dpo_default: TRL's default config (checkpointing on);
     trl_dpo_precomputed: reference log-probs computed before training (precompute_ref_log_probs), as tispipe's dpo has them.
 
     tispipe_*: its defaults (pairs batched by length within 16-step windows); tispipe_dpo_ungrouped:
     --length-group-steps 0, batches as the shuffled stream comes, like TRL's random batches;
     tispipe_dpo_compiled: --torch-compile (its compilation falls in the warm-up steps left out).
+    lora_r > 0: every side trains a LoRA adapter of that rank (alpha 2r, all linear layers) instead of every weight.
 
     A run measures a few steps, and tispipe's length-grouped steps differ in length far more than random
     ones (at HH lengths, 509 to 2,914 tokens a step of 8 pairs), so the few steps measured may hold longer or
@@ -120,9 +123,11 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
             loads.append(load_average()[0])
             out = WORK / f"{tag}-{name}-{r}"
             if name.startswith("trl"):
-                result = trl_train(model, shards, steps, batch, threads, out, checkpointing=name == "trl_dpo_default", precompute=name == "trl_dpo_precomputed")
+                result = trl_train(model, shards, steps, batch, threads, out, checkpointing=name == "trl_dpo_default", precompute=name == "trl_dpo_precomputed",
+                                   lora_r=lora_r)
             else:
                 extra = ("--length-group-steps", "0") if name.endswith("ungrouped") else ("--torch-compile",) if name.endswith("compiled") else ()
+                extra += ("--lora-r", str(lora_r)) if lora_r else ()
                 result = tispipe_train(model, shards, name.split("_")[1], steps, batch, threads, out, extra)
             if name in token_rates:
                 token_rates[name].append(round(steady_token_rate(result["step_times"], result["step_tokens"], warmup), 1))
@@ -138,7 +143,7 @@ def training(model: Path, shards: Path, steps: int, batch: int, threads: int, re
               for ours in rates if ours.startswith("tispipe") for theirs in rates if theirs.startswith("trl")}
     return {
         "model": str(model.relative_to(ROOT)), "parameters": parameter_count(model), "steps": steps, "warmup_steps_excluded": warmup,
-        "batch_size": batch, "threads": threads, "pairs_per_s": rates, "median_pairs_per_s": median, "peak_rss_mib": rss, "load_average_1min": loads,
+        "batch_size": batch, "threads": threads, "lora_r": lora_r, "pairs_per_s": rates, "median_pairs_per_s": median, "peak_rss_mib": rss, "load_average_1min": loads,
         "mean_tokens_per_pair": round(mean_tokens, 1), "tokens_per_s": token_rates, "median_tokens_per_s": {k: statistics.median(v) for k, v in token_rates.items()},
         "measured_steps_pairs_per_s": measured,
         **ratios,
@@ -203,18 +208,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny runs to check the harness")
-    parser.add_argument("--only", default="scoring,train,memory,large,hh", help="comma-separated parts to run")
+    parser.add_argument("--only", default="scoring,train,memory,large,hh,real", help="comma-separated parts to run")
     args = parser.parse_args()
     quick, parts = args.quick, set(args.only.split(","))
     WORK.mkdir(parents=True, exist_ok=True)
     base, shards = ROOT / "runs" / "base", ROOT / "runs" / "weights-dpo"
-    if not (shards / "manifest.json").is_file():
+    if parts - {"real"} and not (shards / "manifest.json").is_file():  # the toy parts train and score on the toy estimate
         raise SystemExit("runs/weights-dpo is missing: run `make estimate` first")
     results_path = ROOT / "bench" / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() and args.only != parser.get_default("only") else {}
     results["machine"] = machine(args.threads)
     results["command"] = " ".join([".venv-bench/bin/python", "bench/run.py", *sys.argv[1:]])
-    large = build_large_model(WORK / "large", base)
+    large = build_large_model(WORK / "large", base) if parts & {"scoring", "large", "hh"} else None
 
     if "scoring" in parts:
         print("scoring (tiny model)", flush=True)
@@ -242,6 +247,10 @@ def main() -> None:
         results["train_hh_large"].update(length_profile=length_profile(hh), matmul_gflops=round(gflops, 2),
                                          ceiling_fraction=training_ceiling_fraction(large, hh, tokens_per_s["tispipe_dpo"], gflops),
                                          ceiling_fraction_compiled=training_ceiling_fraction(large, hh, tokens_per_s["tispipe_dpo_compiled"], gflops))
+    if "real" in parts:
+        from real_model import run as run_real
+
+        results.update(run_real(training, args.threads, quick))
     if "memory" in parts:
         print("memory", flush=True)
         results["memory_train"] = memory(base, shards, 10 if quick else 60, 16, args.threads)
@@ -261,6 +270,12 @@ def main() -> None:
         results["train_tisdpo_vs_trl_hh_large"] = results["train_hh_large"]["tisdpo_vs_trl"]  # both with a live reference forward
         results["train_ceiling_fraction_large"] = results["train_hh_large"]["ceiling_fraction"]
         results["train_ceiling_fraction_large_compiled"] = results["train_hh_large"]["ceiling_fraction_compiled"]
+    if "train_real_full" in results:
+        results["train_dpo_vs_trl_smollm2"] = results["train_real_full"]["dpo_vs_trl_precomputed"]
+        results["train_tisdpo_vs_trl_smollm2"] = results["train_real_full"]["tisdpo_vs_trl"]
+        results["train_dpo_vs_trl_smollm2_lora"] = results["train_real_lora"]["dpo_vs_trl_precomputed"]
+        results["train_tisdpo_vs_trl_smollm2_lora"] = results["train_real_lora"]["tisdpo_vs_trl"]
+        results["estimate_peak_rss_mib_smollm2_1000_hh"] = results["estimate_real_memory"]["peak_rss_mib"]
     results["machine"]["load_average_end"] = load_average()
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     from report import main as write_markdown

@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; off unless given (tispipe keeps activations)")
     parser.add_argument("--precompute-ref-log-probs", action="store_true", help="reference log-probs computed before training, as tispipe's cached ones")
+    parser.add_argument("--lora-r", type=int, default=0, help="train a LoRA adapter of this rank (alpha 2r, dropout 0, all linear layers: tispipe's defaults); 0: every weight")
+    parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from datasets import Dataset
@@ -53,7 +55,7 @@ def main() -> None:
     text = Dataset.from_dict({"prompt": ["a"] * 4, "chosen": ["b"] * 4, "rejected": ["c"] * 4})  # replaced below
     config = DPOConfig(
         output_dir=args.out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, max_steps=args.steps,
-        learning_rate=args.lr, beta=0.1, max_length=512, logging_steps=args.steps, save_strategy="no", report_to="none",
+        learning_rate=args.lr, beta=0.1, max_length=args.max_length, logging_steps=args.steps, save_strategy="no", report_to="none",
         use_cpu=True, dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=False, fp16=False,
         gradient_checkpointing=args.gradient_checkpointing,  # TRL 1.x defaults to True; off, neither side recomputes
         precompute_ref_log_probs=args.precompute_ref_log_probs,  # done before train(), so outside the step times
@@ -65,7 +67,12 @@ def main() -> None:
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter())
 
-    trainer = DPOTrainer(model=model, args=config, train_dataset=text, processing_class=tokenizer, callbacks=[StepTimes()])
+    peft_config = None
+    if args.lora_r:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, args=config, train_dataset=text, processing_class=tokenizer, callbacks=[StepTimes()], peft_config=peft_config)
     trainer.train_dataset = Dataset.from_dict(ids)
     if args.precompute_ref_log_probs:  # what DPOTrainer does to its train_dataset in __init__, done to the swapped-in one
         trainer.train_dataset = trainer._precompute_ref_logps(trainer.train_dataset, "train", args.batch_size)
