@@ -47,7 +47,7 @@ def render(r: dict) -> str:
         lengths = ""
         if "real" in tag:
             lp = t["length_profile"]
-            lengths = (f", real HH-RLHF harmless pairs (data/real/hh-harmless, bench/real_model.py), "
+            lengths = (", real HH-RLHF harmless pairs (data/real/hh-harmless, bench/real_model.py), "
                        + (f"LoRA rank {t['lora_r']} on both sides" if t.get("lora_r") else "every weight trained on both sides")
                        + f": prompt median {lp['prompt']['median']} tokens (p90 {lp['prompt']['p90']}), chosen {lp['chosen']['median']}, rejected {lp['rejected']['median']}")
         elif "hh" in tag:
