@@ -111,3 +111,41 @@ def test_build_sft_trains_both_sides_then_reuses_them(tmp_path, tiny_tokenizer, 
     second, console = build()
     assert [second[s]["reused"] for s in ("pos", "neg")] == [True, True]
     assert console.file.getvalue().count("Reusing") == 2
+
+
+def test_micro_batches_cut_in_order_within_the_token_budget():
+    assert contrast.micro_batches([3, 0, 1, 2], [10, 10, 30, 10], budget=40) == [[3, 0, 1], [2]]  # lengths by index
+    assert contrast.micro_batches([0, 1], [100, 5], budget=40) == [[0], [1]]  # a row over the budget goes alone
+    assert contrast.micro_batches([0, 1, 2], [5, 5, 5], budget=1000) == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_a_step_split_into_micro_batches_makes_the_same_update(method, tmp_path, tiny_tokenizer, make_tiny_llama, monkeypatch):
+    """Gradients of micro-batches, weighted by their units and divided by the step's, are the step's gradient."""
+    from tispipe.models import load_model
+
+    base = tmp_path / "base"
+    make_tiny_llama(base)
+    rows = [{"prompt": f"how can I bake {i} bread" + " please" * (i % 3), "chosen": "first heat the oven" + " then flour" * (i % 4),
+             "rejected": "sorry I cannot" + " do that" * (i % 2)} for i in range(8)]
+    opts = DataOptions(data=str(write_jsonl(tmp_path / "d.jsonl", rows)), max_length=64, max_prompt_length=32)
+    loaded, report = load_pairs(opts)
+    pairs = tokenize_pairs(loaded, tiny_tokenizer, opts, report)
+    settings = settings_for(method, 1e-2, 1.0, 8, beta=0.1, seed=0)
+    trained = {}
+    for budget in (10_000, 40):  # one forward per step, then several
+        monkeypatch.setattr(contrast, "MICRO_BATCH_TOKENS", budget)
+        monkeypatch.setattr(contrast.micro_batches, "__defaults__", (budget,))
+        model = load_model(str(base), for_training=True)
+        if method == "sft":
+            stats = contrast.train_sft(model, pairs, "chosen", settings, tiny_tokenizer.pad_token_id, "sft")
+        else:
+            ref = contrast.reference_logps(load_model(str(base)), pairs, tiny_tokenizer.pad_token_id, batch_size=8)
+            stats = contrast.train_dpo(model, pairs, ref, False, settings, tiny_tokenizer.pad_token_id, "dpo")
+        trained[budget] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, stats)
+    (one, one_stats), (split, split_stats) = trained[10_000], trained[40]
+    assert len(contrast.micro_batches(list(range(8)), [len(p.prompt_ids) + len(p.chosen_ids) for p in pairs], 40)) > 1
+    assert one_stats["final_loss"] == pytest.approx(split_stats["final_loss"], rel=1e-5)
+    for name in one:  # Adam moves every weight by about lr (1e-2) a step; float summation order moves it by far less
+        torch.testing.assert_close(split[name], one[name], rtol=0, atol=1e-4)
+    assert _differ(split, {k: v for k, v in load_file(base / "model.safetensors").items()})

@@ -111,25 +111,59 @@ def _batches(n: int, batch_size: int, epochs: float, generator: torch.Generator)
     return [order[i : i + batch_size] for i in range(0, total, batch_size)]
 
 
-def _fit(model, n_pairs: int, settings: ContrastSettings, description: str, console, batch_loss) -> dict[str, float]:
+# Padded tokens of one forward while building pi+/pi-. A step of --contrast-batch-size pairs longer than
+# this is split into micro-batches whose gradients add up to the step's (the same update, up to float
+# summation order): SmolLM2-135M keeps about 2.3 MB of activations a token, so a step of 16 pairs of 512
+# tokens in one forward peaks near 20 GB, in micro-batches of this size near 5 GB (docs/real-model.md).
+MICRO_BATCH_TOKENS = 2048
+
+
+def micro_batches(indices: list[int], lengths: Sequence[int], budget: int = MICRO_BATCH_TOKENS) -> list[list[int]]:
+    """`indices` cut in order into runs whose padded size (rows x longest row) stays within `budget`;
+    a single row longer than the budget is a micro-batch of its own."""
+    runs: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in indices:
+        if current and (len(current) + 1) * max(longest, lengths[i]) > budget:
+            runs.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, lengths[i])
+    return runs + [current] if current else runs
+
+
+def _fit(model, lengths: Sequence[int], settings: ContrastSettings, description: str, console, batch_loss) -> dict[str, float]:
     """The loop both builds share: seeded index batches over `epochs`, AdamW at a constant lr, one step per batch.
 
-    `batch_loss(indices)` returns (mean loss with gradient, accuracy or None) for those pairs.
+    `lengths[i]` is pair i's padded row length in tokens (for splitting a step into `micro_batches`);
+    `batch_loss(indices)` returns (mean loss with gradient, the number of units it is a mean over,
+    accuracy or None) for those pairs. Each micro-batch's gradient is taken of mean x units and the sum
+    divided by the step's units, so a step's update is that of its whole batch in one forward.
     """
     generator = torch.Generator().manual_seed(settings.seed)
-    batches = _batches(n_pairs, settings.batch_size, settings.epochs, generator)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=settings.weight_decay)
+    batches = _batches(len(lengths), settings.batch_size, settings.epochs, generator)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
     model.train()
     losses, accuracies = [], []
     with ProgressLine(console, description, len(batches)) as progress:
         for indices in batches:
-            loss, accuracy = batch_loss(indices)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total_loss, total_units, hits = 0.0, 0, []
+            for micro in micro_batches(indices, lengths):
+                loss, units, accuracy = batch_loss(micro)
+                (loss * units).backward()
+                total_loss, total_units = total_loss + loss.item() * units, total_units + units
+                if accuracy is not None:
+                    hits.append(accuracy * len(micro))
+            for p in trained:
+                if p.grad is not None:
+                    p.grad.div_(max(1, total_units))
             optimizer.step()
-            losses.append(loss.item())
-            if accuracy is not None:
-                accuracies.append(accuracy)
+            losses.append(total_loss / max(1, total_units))
+            if hits:
+                accuracies.append(sum(hits) / len(indices))
             progress.update(len(losses), f"loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
     model.eval()
     tail = max(1, len(losses[-20:]))
@@ -150,9 +184,11 @@ def train_sft(model, pairs: Sequence, side: str, settings: ContrastSettings, pad
         responses = [getattr(pairs[i], f"{side}_ids") for i in indices]
         batch = make_batch(prompts, responses, pad_id).to(device)
         logps = sequence_token_logps(model, batch)
-        return -logps.sum() / batch.response_mask.sum(), None  # logps is 0 past each response
+        tokens = batch.response_mask.sum()
+        return -logps.sum() / tokens, int(tokens.item()), None  # logps is 0 past each response
 
-    return _fit(model, len(pairs), settings, description, console, batch_loss)
+    lengths = [len(p.prompt_ids) + len(getattr(p, f"{side}_ids")) for p in pairs]
+    return _fit(model, lengths, settings, description, console, batch_loss)
 
 
 @torch.inference_mode()
@@ -163,11 +199,13 @@ def reference_logps(model, pairs: Sequence, pad_id: int, batch_size: int) -> lis
     device = next(model.parameters()).device
     model.eval()
     out: list[tuple[list[float], list[float]]] = []
+    lengths = [2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        batch = make_pair_batch([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk], [p.rejected_ids for p in chunk], pad_id).to(device)
-        values = batch.unplace(sequence_token_logps(model, batch))
-        out.extend(zip(values[: len(chunk)], values[len(chunk) :], strict=True))
+        for micro in micro_batches(list(range(start, min(start + batch_size, len(pairs)))), lengths):  # (N, R, V) logits bounded too
+            chunk = [pairs[i] for i in micro]
+            batch = make_pair_batch([p.prompt_ids for p in chunk], [p.chosen_ids for p in chunk], [p.rejected_ids for p in chunk], pad_id).to(device)
+            values = batch.unplace(sequence_token_logps(model, batch))
+            out.extend(zip(values[: len(chunk)], values[len(chunk) :], strict=True))
     return out
 
 
@@ -194,17 +232,22 @@ def train_dpo(
         loss, chosen_rewards, rejected_rewards = dpo_loss(
             policy[:b], policy[b:], ref_logps[:b], ref_logps[b:], batch.response_mask[:b], batch.response_mask[b:], settings.beta
         )
-        return loss.mean(), (chosen_rewards > rejected_rewards).float().mean().item()
+        return loss.mean(), b, (chosen_rewards > rejected_rewards).float().mean().item()
 
-    return _fit(model, len(pairs), settings, description, console, batch_loss)
+    # a pair is two rows of prompt + response (or one packed row of prompt + both responses): count both
+    lengths = [2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    return _fit(model, lengths, settings, description, console, batch_loss)
 
 
 def _save(model, tokenizer, folder: Path, identity: dict[str, Any], stats: dict[str, float]) -> None:
     """Save whole or not at all (atomic.staged_folder): a half-saved model is never taken for a finished one."""
+    from tispipe.models import fingerprint_model
+
     with staged_folder(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity, "training": stats}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        record = {"identity": identity, "training": stats, "weights": fingerprint_model(tmp)}  # checked on reuse (`saved_matches`)
+        (tmp / FINGERPRINT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def build(
@@ -246,8 +289,10 @@ def build(
         if saved_matches(folder, identity):
             results[side] = {"path": str(folder), "reused": True, "seconds": 0.0}
             if console is not None:
-                console.print(f"Reusing {side} model {folder} (same data, base and settings)")
+                console.print(f"Reusing {side} model {folder} (same data, base and settings; its weights as saved)")
             continue
+        if (folder / FINGERPRINT_FILE).is_file() and console is not None:
+            console.print(f"{folder} was built with other settings or its weights changed since: building it again", highlight=False)
         start = time.perf_counter()
         torch.manual_seed(settings.seed)
         model = load_model(base_model, device=device, dtype="float32", trust_remote_code=trust_remote_code, for_training=True)
