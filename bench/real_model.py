@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct on real HH-RLHF harmless pairs: tispipe against TRL's DPOTrainer, and the estimate's memory.
 
-    .venv-bench/bin/python bench/run.py --only real [--threads 2]
+    .venv-bench/bin/python bench/run.py --only real,real-memory [--threads 2]
 
 Needs runs/smollm2 (`make runs/smollm2/model.safetensors`) and data/real/hh-harmless (`make real-data`).
 Training runs on the shards of `tispipe estimate` over the first HH training pairs (SmolLM2 as reference, pi+
@@ -63,15 +63,20 @@ def estimate_memory(pairs: int, threads: int) -> dict:
 
 
 def run(training, threads: int, quick: bool) -> dict:
-    """The SmolLM2 results: train_real_full, train_real_lora (run.training's dicts) and estimate_real_memory."""
+    """train_real_full and train_real_lora: run.training's dicts, one alternating run of every side."""
     _require()
     shards = hh_shards(16 if quick else 128, threads)
-    steps, warmup, repeats, batch = (3, 1, 1, 2) if quick else (8, 2, 2, 4)
+    steps, warmup, batch = (3, 1, 2) if quick else (8, 2, 4)
     results = {}
     for lora_r, key in ((0, "train_real_full"), (16, "train_real_lora")):
         print(f"training SmolLM2 at HH lengths ({'LoRA r 16' if lora_r else 'every weight'})", flush=True)
-        results[key] = training(SMOLLM2, shards, steps, batch, threads, repeats, warmup, f"real-{'lora' if lora_r else 'full'}", TRAIN_SIDES, lora_r=lora_r)
+        results[key] = training(SMOLLM2, shards, steps, batch, threads, 1, warmup, f"real-{'lora' if lora_r else 'full'}", TRAIN_SIDES, lora_r=lora_r)
         results[key]["length_profile"] = length_profile(shards)
-    print("estimate memory (SmolLM2, HH pairs)", flush=True)
-    results["estimate_real_memory"] = estimate_memory(20 if quick else 1000, threads)
     return results
+
+
+def run_memory(threads: int, quick: bool) -> dict:
+    """estimate_real_memory: the stage-one run over 1,000 HH pairs."""
+    _require()
+    print("estimate memory (SmolLM2, HH pairs)", flush=True)
+    return {"estimate_real_memory": estimate_memory(20 if quick else 1000, threads)}

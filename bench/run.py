@@ -208,12 +208,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny runs to check the harness")
-    parser.add_argument("--only", default="scoring,train,memory,large,hh,real", help="comma-separated parts to run")
+    parser.add_argument("--only", default="scoring,train,memory,large,hh,real,real-memory", help="comma-separated parts to run")
     args = parser.parse_args()
     quick, parts = args.quick, set(args.only.split(","))
     WORK.mkdir(parents=True, exist_ok=True)
     base, shards = ROOT / "runs" / "base", ROOT / "runs" / "weights-dpo"
-    if parts - {"real"} and not (shards / "manifest.json").is_file():  # the toy parts train and score on the toy estimate
+    if parts - {"real", "real-memory"} and not (shards / "manifest.json").is_file():  # the toy parts train and score on the toy estimate
         raise SystemExit("runs/weights-dpo is missing: run `make estimate` first")
     results_path = ROOT / "bench" / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() and args.only != parser.get_default("only") else {}
@@ -251,6 +251,10 @@ def main() -> None:
         from real_model import run as run_real
 
         results.update(run_real(training, args.threads, quick))
+    if "real-memory" in parts:
+        from real_model import run_memory
+
+        results.update(run_memory(args.threads, quick))
     if "memory" in parts:
         print("memory", flush=True)
         results["memory_train"] = memory(base, shards, 10 if quick else 60, 16, args.threads)
@@ -275,6 +279,7 @@ def main() -> None:
         results["train_tisdpo_vs_trl_smollm2"] = results["train_real_full"]["tisdpo_vs_trl"]
         results["train_dpo_vs_trl_smollm2_lora"] = results["train_real_lora"]["dpo_vs_trl_precomputed"]
         results["train_tisdpo_vs_trl_smollm2_lora"] = results["train_real_lora"]["tisdpo_vs_trl"]
+    if "estimate_real_memory" in results:
         results["estimate_peak_rss_mib_smollm2_1000_hh"] = results["estimate_real_memory"]["peak_rss_mib"]
     results["machine"]["load_average_end"] = load_average()
     results_path.write_text(json.dumps(results, indent=1) + "\n")
