@@ -151,7 +151,7 @@ def test_a_run_that_fails_after_a_checkpoint_keeps_it_and_says_so(finished, tmp_
     monkeypatch.setattr(train, "train_step", fail_on_the_third)
     out = tmp_path / "new"
     error, _ = one_error(invoke("train", "--shards", finished / "weights", "--model", finished / "base", "--out", out, *STEPS))
-    assert error.endswith("what it finished is kept: re-run the same command to resume")
+    assert error.endswith("what it finished is kept: add --resume to the same command to continue")  # the same command alone is refused
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
     monkeypatch.setattr(train, "train_step", real)
     result = resume(finished, out)

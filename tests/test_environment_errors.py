@@ -35,14 +35,15 @@ def test_init_base_data_that_is_not_utf8_or_a_folder(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n\xff\n')
     assert one_error(["init-base", "--data", data, "--out", tmp_path / "base"]) == f"Error: {data}:2: not UTF-8 text"
-    assert one_error(["init-base", "--data", tmp_path, "--out", tmp_path / "base"]) == f"Error: training data {tmp_path} is a folder, not a file"
+    (tmp_path / "folder").mkdir()
+    assert one_error(["init-base", "--data", tmp_path / "folder", "--out", tmp_path / "base"]) == f"Error: training data {tmp_path / 'folder'} is a folder, not a file"
     assert not (tmp_path / "base").exists()
 
 
 def test_a_file_given_as_the_shards_folder_says_so(tmp_path):
     shards = tmp_path / "shards.txt"
     shards.write_text("x")
-    line = one_error(["train", "--shards", shards, "--model", tmp_path, "--out", tmp_path / "run"])
+    line = one_error(["train", "--shards", shards, "--model", tmp_path / "base", "--out", tmp_path / "run"])
     assert line == f"Error: shards folder {shards} is a file, not a folder"
 
 

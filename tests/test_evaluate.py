@@ -220,7 +220,7 @@ def test_eval_cli_end_to_end(models, toy_file, tmp_path):
     assert (out / "config.yaml").is_file()
 
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 1 and "already holds an eval report" in again.output
+    assert again.exit_code == 1 and "already exists" in again.output
 
 
 def test_eval_cli_errors_and_skips(models, toy_file, tmp_path):

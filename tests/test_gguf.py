@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -134,8 +135,14 @@ def test_gguf_json_records_the_source(converted, tiny_gguf):
 def test_bfloat16_and_overwrite(converted, tiny_gguf, tmp_path):
     import safetensors.torch
 
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "old.txt").write_text("old")
+    for flags in ([], ["--overwrite"]):  # a folder no convert-gguf run wrote is never replaced
+        refused = runner.invoke(app, ["convert-gguf", str(tiny_gguf), "--out", str(mine), "--dtype", "bfloat16", *flags])
+        assert "no `tispipe convert-gguf` run wrote" in error_lines(refused)[0] and (mine / "old.txt").exists()
     out = tmp_path / "bf16"
-    out.mkdir()
+    shutil.copytree(converted, out)
     (out / "old.txt").write_text("old")
     refused = runner.invoke(app, ["convert-gguf", str(tiny_gguf), "--out", str(out), "--dtype", "bfloat16"])
     assert "already exists" in error_lines(refused)[0] and (out / "old.txt").exists()
@@ -177,7 +184,7 @@ def test_wrong_input_file(tmp_path, name, message):
 
 def test_out_holding_the_gguf_is_refused(tiny_gguf):
     result = runner.invoke(app, ["convert-gguf", str(tiny_gguf), "--out", str(tiny_gguf.parent), "--overwrite"])
-    assert "holds the GGUF file itself" in error_lines(result)[0]
+    assert "contains the --gguf input" in error_lines(result)[0]
     assert tiny_gguf.exists()
 
 

@@ -71,14 +71,15 @@ def test_train_overwrite_that_starts_replaces_the_old_run(finished, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
-def test_toy_data_does_not_replace_a_users_file_without_overwrite(tmp_path):
+def test_toy_data_does_not_replace_a_users_file_even_with_overwrite(tmp_path):
     mine = tmp_path / "train.jsonl"
     mine.write_text('{"prompt": "mine", "chosen": "a", "rejected": "b"}\n')
-    result = invoke("toy-data", "--out", tmp_path, "--pairs", 4, "--test-pairs", 2)
-    assert result.exit_code == 1 and "Error:" in result.output and "--overwrite" in result.output, result.output
-    assert mine.read_text().startswith('{"prompt": "mine"')
-    assert invoke("toy-data", "--out", tmp_path, "--pairs", 4, "--test-pairs", 2, "--overwrite").exit_code == 0
-    assert len(mine.read_text().splitlines()) == 4
+    for flags in ([], ["--overwrite"]):  # a command replaces only what it wrote itself
+        result = invoke("toy-data", "--out", tmp_path, "--pairs", 4, "--test-pairs", 2, *flags)
+        assert result.exit_code == 1 and "no `tispipe toy-data` run wrote" in result.output, result.output
+        assert mine.read_text().startswith('{"prompt": "mine"')
+    assert invoke("toy-data", "--out", tmp_path / "toy", "--pairs", 4, "--test-pairs", 2).exit_code == 0
+    assert invoke("toy-data", "--out", tmp_path / "toy", "--pairs", 4, "--test-pairs", 2, "--overwrite").exit_code == 0  # its own run
 
 
 @pytest.mark.parametrize("stage", ["train", "estimate"])

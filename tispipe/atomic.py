@@ -24,10 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give the result the usual permissions for a new file
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp creates 0600 files: give the usual permissions of a new file
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -63,6 +60,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def with_umask_modes(path: Path) -> None:
+    """Give `path` (and all under it) the modes of a file or folder made under the process's umask: 0644 and
+    0755 under umask 022. mkdtemp makes 0700 folders and safetensors writes 0600 files; what tispipe saves
+    is readable by whoever may read the folder it is in, as files other programs write are."""
+    umask = current_umask()
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def staged_folder(final: str | Path, prefix: str | None = None) -> Iterator[Path]:
     """Yield an empty hidden folder next to `final`; on success it replaces `final` whole.
@@ -79,6 +92,7 @@ def staged_folder(final: str | Path, prefix: str | None = None) -> Iterator[Path
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        with_umask_modes(tmp)
         fsync_dir(tmp)
         old = tmp.with_name(tmp.name + ".old")
         if final.exists():
@@ -103,6 +117,7 @@ def staged_files(folder: str | Path, prefix: str = ".staged-") -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder))
     try:
         yield tmp
+        with_umask_modes(tmp)
         for path in tmp.iterdir():
             os.replace(path, folder / path.name)
         fsync_dir(folder)
@@ -126,9 +141,12 @@ class SetAside:
     A holder left by a killed process is removed by `remove_stale_holders` on the next run.
     """
 
+    pending: list[SetAside] = []  # set aside, neither restored nor discarded yet: `cleaned_up_on_failure` restores them
+
     def __init__(self, paths: list[Path], holder: Path):
         self.holder, self.moved = holder, []
         holder.mkdir(parents=True)
+        SetAside.pending.append(self)
         for path in paths:
             if path.exists() or path.is_symlink():
                 os.replace(path, holder / path.name)
@@ -136,6 +154,8 @@ class SetAside:
         fsync_dir(holder.parent)
 
     def restore(self) -> None:
+        if self in SetAside.pending:
+            SetAside.pending.remove(self)
         for path in self.moved:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -145,6 +165,8 @@ class SetAside:
         shutil.rmtree(self.holder, ignore_errors=True)
 
     def discard(self) -> None:
+        if self in SetAside.pending:
+            SetAside.pending.remove(self)
         shutil.rmtree(self.holder, ignore_errors=True)
 
 
@@ -195,10 +217,12 @@ def check_writable(folder: str | Path, option: str = "--out") -> None:
 
 
 @contextlib.contextmanager
-def cleaned_up_on_failure(out: str | Path, saved: Callable[[Path], bool]) -> Iterator[None]:
+def cleaned_up_on_failure(out: str | Path, saved: Callable[[Path], bool], resume: str = "re-run the same command to resume") -> Iterator[None]:
     """A run into a new (absent or empty) OUT that fails before `saved(OUT)` holds (a checkpoint, a finished
     shard) takes OUT away again, so a failed first try leaves no half-made run; what can be resumed stays.
-    An OS error (a full disk, a folder turned read-only) becomes a one-line error that says which."""
+    What --overwrite set aside (`SetAside`) and the run had not yet discarded is put back first, whatever
+    failed. An OS error (a full disk, a folder turned read-only) becomes a one-line error that says which,
+    and how to go on (`resume`: the command that continues the run)."""
     from tispipe.errors import TispipeError
 
     out = Path(out)
@@ -206,6 +230,9 @@ def cleaned_up_on_failure(out: str | Path, saved: Callable[[Path], bool]) -> Ite
     try:
         yield
     except BaseException as e:
+        restored = bool(SetAside.pending)
+        for aside in reversed(list(SetAside.pending)):
+            aside.restore()
         kept = out.is_dir() and (not new or saved(out))
         if not kept:
             shutil.rmtree(out, ignore_errors=True)
@@ -213,7 +240,7 @@ def cleaned_up_on_failure(out: str | Path, saved: Callable[[Path], bool]) -> Ite
         if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
             raise
         reason = f"{e.strerror}" + (f" ({e.filename})" if e.filename else "") if isinstance(e, OSError) and e.strerror else str(e)
-        fate = "what it finished is kept: re-run the same command to resume" if kept else "nothing of it was kept"
+        fate = ("the run it was to replace is back in place" if restored else f"what it finished is kept: {resume}") if kept else "nothing of it was kept"
         raise TispipeError(f"writing {out}: {reason}; {fate}", hint="free some space or fix the permissions, then re-run") from e
 
 

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
-from tispipe.atomic import atomic_write_json, check_writable, cleaned_up_on_failure, staged_folder
+from tispipe.atomic import atomic_write_json, check_writable, cleaned_up_on_failure, output_lock, staged_folder
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT, InitBaseConfig, check_options
 from tispipe.errors import TispipeError, wrong_path
+from tispipe.outputs import check_new_out
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -295,10 +296,7 @@ def fit(model, examples: list[SFTExample], cfg: InitBaseConfig, pad_id: int, con
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise TispipeError(f"output path {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TispipeError(f"output folder {out} already exists and is not empty", hint="pass --overwrite to replace it, or choose another --out")
+    check_new_out(out, overwrite)
     check_writable(out)  # now, not after minutes of training
 
 
@@ -338,7 +336,7 @@ def run(cfg: InitBaseConfig) -> dict:
         log["test_loss"] = response_losses(model, test, tokenizer.pad_token_id, all_kinds=SFT_KINDS)
         log["test_unigram_loss"] = unigram_loss(examples, [e for e in test if e.kind in SFT_KINDS], len(tokenizer))
 
-    with cleaned_up_on_failure(out, saved=lambda _: False), staged_folder(out) as tmp:
+    with output_lock(out), cleaned_up_on_failure(out, saved=lambda _: False), staged_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_config(dataclasses.replace(cfg, overwrite=False), tmp / "config.yaml")

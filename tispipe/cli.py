@@ -71,8 +71,9 @@ def _optional(hint: Any) -> Any:
     return Optional[hint]  # noqa: UP045 - typer wants the typing form
 
 
-def stage_command(cls: type, stage: str, summary: str) -> Callable[..., None]:
-    """A typer command whose options are `cls`'s fields; it resolves them and calls `tispipe.<stage>.run`."""
+def stage_command(cls: type, stage: str, summary: str, name: str = "") -> Callable[..., None]:
+    """A typer command whose options are `cls`'s fields; it resolves them, checks where they write
+    (tispipe.outputs) and calls `tispipe.<stage>.run`."""
     hints = typing.get_type_hints(cls)
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for field in command_fields(cls):
@@ -89,8 +90,11 @@ def stage_command(cls: type, stage: str, summary: str) -> Callable[..., None]:
     def command(ctx: typer.Context, **values: Any) -> None:
         with user_errors():
             from tispipe.config_files import resolve
+            from tispipe.outputs import check_outputs
 
-            importlib.import_module(f"tispipe.{stage}").run(resolve(ctx, cls, values["config"]))
+            cfg = resolve(ctx, cls, values["config"])
+            check_outputs(name, cfg)
+            importlib.import_module(f"tispipe.{stage}").run(cfg)
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
@@ -101,7 +105,7 @@ def stage_command(cls: type, stage: str, summary: str) -> Callable[..., None]:
 def add_stage(name: str, cls: type, stage: str, summary: str) -> None:
     """Add `tispipe <name>`: `cls`'s options, listed by panel in its --help, running `tispipe.<stage>.run`."""
     help_class = type(f"{cls.__name__}Command", (PanelledCommand,), {"config": cls})
-    app.command(name, cls=help_class)(stage_command(cls, stage, summary))
+    app.command(name, cls=help_class)(stage_command(cls, stage, summary, name))
 
 
 add_stage("toy-data", configs.ToyDataConfig, "toy", "Generate the synthetic harmlessness preference set (with token-level ground-truth labels).")

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from tispipe import metrics
-from tispipe.atomic import check_writable, cleaned_up_on_failure, staged_files
+from tispipe.atomic import check_writable, cleaned_up_on_failure, output_lock, staged_files
 from tispipe.configs import EvalConfig, check_options
 from tispipe.console import ProgressLine, log_console, result_console
 from tispipe.errors import TispipeError
@@ -59,6 +59,7 @@ from tispipe.generation import generate, reward_scores
 from tispipe.hub import local_folder, same_source
 from tispipe.judges import check_oracle, oracle_scores
 from tispipe.likelihood import likelihood, likelihood_metrics
+from tispipe.outputs import check_new_out
 from tispipe.weight_quality import weight_quality
 
 
@@ -88,11 +89,7 @@ def check_config(cfg: EvalConfig) -> list[float]:
         cfg, at_least_one=("samples_per_prompt", "max_new_tokens", "batch_size", "max_length", "max_prompt_length"), positive=("beta",),
         non_negative=("num_prompts", "threads"),
     )
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise TispipeError(f"--out {out} exists and is not a folder")
-    if (out / "report.json").exists() and not cfg.overwrite:
-        raise TispipeError(f"{out} already holds an eval report", hint="use --overwrite or another --out")
+    check_new_out(cfg.out, cfg.overwrite)
     return parse_temperatures(cfg.temperatures)
 
 
@@ -127,7 +124,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         # tiny models run many tiny ops: on a busy CPU one thread beats several that wait on each other
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg)
+        with output_lock(cfg.out):  # one writer at a time, as every stage
+            return _run(cfg)
     finally:
         torch.set_num_threads(threads)
 

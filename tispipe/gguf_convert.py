@@ -74,10 +74,9 @@ def check_inputs(cfg: ConvertGgufConfig) -> Path:
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise TispipeError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TispipeError(f"--out {out} already exists and is not empty", hint="pass --overwrite to replace it, or choose another --out")
+    from tispipe.outputs import check_new_out
+
+    check_new_out(out, overwrite)
 
 
 def convert(source: Path, folder: Path, dtype: str, console) -> dict:

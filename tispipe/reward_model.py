@@ -55,7 +55,7 @@ INFO_FILE = "reward_model_info.json"
 
 def run(cfg: RewardModelConfig) -> dict[str, Any]:
     """Train, holding OUT's lock; a new OUT that fails before its first checkpoint is removed again."""
-    with output_lock(cfg.out), cleaned_up_on_failure(cfg.out, lambda out: latest_checkpoint(out) is not None):
+    with output_lock(cfg.out), cleaned_up_on_failure(cfg.out, lambda out: latest_checkpoint(out) is not None, resume="add --resume to the same command to continue"):
         return _train(cfg)
 
 

@@ -77,7 +77,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     that the run fails in before its first checkpoint is removed again."""
     if distributed.env_rank() != 0:
         return _train(cfg)
-    with output_lock(cfg.out), cleaned_up_on_failure(cfg.out, lambda out: latest_checkpoint(out) is not None):
+    with output_lock(cfg.out), cleaned_up_on_failure(cfg.out, lambda out: latest_checkpoint(out) is not None, resume="add --resume to the same command to continue"):
         return _train(cfg)
 
 
