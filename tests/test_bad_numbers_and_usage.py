@@ -66,7 +66,7 @@ def test_bare_command_still_shows_the_help():
         (["eval", "--beta", "inf"], "--beta must be a finite number"),
         (["init-base", "--lr", "inf"], "--lr must be a finite number"),
         (["init-base", "--epochs", "-5"], "--epochs must be positive, not -5.0"),
-        (["experiment", "--lrs", "1e-5,inf"], "--lrs must be positive finite numbers"),
+        (["experiment", "--lrs", "1e-5,inf"], "--lrs '1e-5,inf': 'inf' must be a finite number > 0"),
         (["experiment", "--validation-fraction", "inf"], "--validation-fraction must be a finite number"),
     ],
 )

@@ -72,8 +72,8 @@ def _optional(hint: Any) -> Any:
 
 
 def stage_command(cls: type, stage: str, summary: str, name: str = "") -> Callable[..., None]:
-    """A typer command whose options are `cls`'s fields; it resolves them, checks where they write
-    (tispipe.outputs) and calls `tispipe.<stage>.run`."""
+    """A typer command whose options are `cls`'s fields; it resolves them, checks them (tispipe.option_rules) and
+    where they write (tispipe.outputs), and calls `tispipe.<stage>.run`."""
     hints = typing.get_type_hints(cls)
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for field in command_fields(cls):
@@ -90,9 +90,11 @@ def stage_command(cls: type, stage: str, summary: str, name: str = "") -> Callab
     def command(ctx: typer.Context, **values: Any) -> None:
         with user_errors():
             from tispipe.config_files import resolve
+            from tispipe.option_rules import check_values
             from tispipe.outputs import check_outputs
 
             cfg = resolve(ctx, cls, values["config"])
+            check_values(cfg)  # every option, before any work and before a preset replaces it
             check_outputs(name, cfg)
             importlib.import_module(f"tispipe.{stage}").run(cfg)
 

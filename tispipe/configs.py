@@ -334,7 +334,7 @@ class ExperimentConfig(StudyOptions):
     contrast_preset: str = option("small", CONTRAST_PRESET_HELP, panel=PROTOCOL)
     select_by: str = option("oracle_reward", "Validation metric that chooses each method's lr: oracle_reward or pref_accuracy.", panel=PROTOCOL)
     generated: bool = option(True, "Also run the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base model generates (tispipe generate), at the main table's chosen lrs.", panel=PROTOCOL)
-    quick: bool = option(False, "Smoke run (2 seeds, 2 lrs, 4 steps, 32 pairs, 4 prompts, in this process): checks that every method runs and the tables are written.", panel=PROTOCOL)
+    quick: bool = option(False, "Smoke run (2 seeds, 2 lrs, 4 steps, 32 pairs, 4 prompts, in this process, for the options not given): checks that every method runs and the tables are written.", panel=PROTOCOL)
 
 
 @dataclass(kw_only=True)
