@@ -98,7 +98,18 @@ def saved_matches(folder: Path, identity: dict[str, Any]) -> bool:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return saved.get("identity") == identity
+    return saved.get("identity") == identity and _weights_unchanged(folder, saved.get("weights"))
+
+
+def _weights_unchanged(folder: Path, recorded: Any) -> bool:
+    """The folder's weights are still those saved with it (their fingerprint, recorded at the save): a model
+    whose weights changed since, or saved before the fingerprint was recorded, is built again."""
+    from tispipe.models import fingerprint_model
+
+    try:
+        return isinstance(recorded, str) and fingerprint_model(folder) == recorded
+    except (TispipeError, OSError):
+        return False
 
 
 def _batches(n: int, batch_size: int, epochs: float, generator: torch.Generator) -> list[list[int]]:

@@ -39,7 +39,7 @@ from tispipe.atomic import cleaned_up_on_failure, output_lock
 from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
 from tispipe.errors import TispipeError
-from tispipe.estimate_out import RUN_LOG, TOKENIZER_DIR, already_done, claim_out, recorded_shards
+from tispipe.estimate_out import RUN_LOG, TOKENIZER_DIR, already_done, check_scorers, claim_out, recorded_shards
 from tispipe.estimate_pairs import all_pairs, shard_chunks, survey
 from tispipe.score import Scorer, write_shards
 from tispipe.shards import shard_entry, shard_name, shard_sizes, write_manifest
@@ -109,10 +109,11 @@ def _estimate(cfg: EstimateConfig) -> dict[str, Any]:
             write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
             save_tokenizer(tokenizer, out / TOKENIZER_DIR)  # the folder reads anywhere, without the base model
         pos_path, neg_path, contrast_info, contrast_seconds = contrastive_models(cfg, tokenizer, fingerprints, device, console)
-        if rank == 0:
-            distributed.barrier()
         fingerprints["pos"] = fingerprint_model(pos_path) if pos_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.pos_prompt)
         fingerprints["neg"] = fingerprint_model(neg_path) if neg_path != cfg.model else _prompt_fingerprint(fingerprints["base"], cfg.neg_prompt)
+        if rank == 0:
+            check_scorers(out, fingerprints, console)  # shards kept from an earlier try come from these pi+/pi-
+            distributed.barrier()
         scoring_start = time.perf_counter()
         scorer = Scorer(cfg, tokenizer, pos_path, neg_path, device, dtype)
     except BaseException:

@@ -19,6 +19,7 @@ from tispipe.shards import read_manifest, verify_shards
 STATE_FILE = "estimate-state.json"
 TOKENIZER_DIR = "tokenizer"  # a copy of the tokenizer the shards' token ids come from
 RUN_LOG = "estimate-run.json"  # timings: kept out of the manifest so a resumed run's manifest is byte-identical
+SCORERS_FILE = "estimate-scorers.json"  # the pi+/pi- fingerprints the shards in OUT are scored with
 
 
 def already_done(out: Path, state: dict[str, Any], overwrite: bool, console) -> bool:
@@ -72,7 +73,7 @@ def claim_out(out: Path, state: dict[str, Any], overwrite: bool) -> SetAside | N
                 what = "other settings or inputs" if previous is not None else "something that is not a tispipe estimate run"
                 changed = _differences(previous, state) if previous is not None else ""
                 raise TispipeError(f"--out {out} already holds {what}{changed}", hint="pick another --out, or pass --overwrite to replace it")
-            replaced = SetAside([out / name for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG, "config.yaml", TOKENIZER_DIR)], holder_for(out / "shards"))
+            replaced = SetAside([out / name for name in ("shards", "manifest.json", STATE_FILE, RUN_LOG, SCORERS_FILE, "config.yaml", TOKENIZER_DIR)], holder_for(out / "shards"))
     shards = out / "shards"
     try:
         shards.mkdir(parents=True, exist_ok=True)
@@ -125,3 +126,35 @@ def _differences(previous: dict[str, Any], state: dict[str, Any]) -> str:
     changed += [f"{k} fingerprint" for k in sorted(state["fingerprints"]) if previous.get("fingerprints", {}).get(k) != state["fingerprints"][k]]
     changed += [k for k in ("device", "dtype") if previous.get(k) != state[k]]
     return f" (differs in: {', '.join(changed)})" if changed else ""
+
+
+def check_scorers(out: Path, fingerprints: dict[str, str], console) -> None:
+    """Shards kept from an earlier try must come from the same pi+/pi- as the ones about to score the rest.
+
+    OUT/estimate-scorers.json records the pi+/pi- fingerprints (of their weights) the shards are scored
+    with (an older folder: its manifest's). When they differ, or cannot be told, the shards already there
+    are deleted and all are scored again: a folder never mixes shards of two pairs of models.
+    """
+    from tispipe.atomic import atomic_write_json
+
+    current = {side: fingerprints[side] for side in ("pos", "neg")}
+    path = out / SCORERS_FILE
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        recorded = None
+    if recorded is None and (out / "manifest.json").is_file():
+        try:
+            recorded = {side: read_manifest(out)["fingerprints"].get(side) for side in ("pos", "neg")}
+        except (TispipeError, KeyError, AttributeError):
+            recorded = None
+    shards = sorted((out / "shards").glob("part-*.parquet"))
+    if shards and recorded != current:
+        why = "unknown" if not isinstance(recorded, dict) else ", ".join(
+            f"{side} {recorded.get(side)} -> {current[side]}" for side in current if recorded.get(side) != current[side])
+        console.print(f"The {len(shards)} shard(s) in {out} were scored with other pi+/pi- (fingerprints: {why}): scoring every shard again",
+                      highlight=False, soft_wrap=True)
+        (out / "manifest.json").unlink(missing_ok=True)
+        for shard in shards:
+            shard.unlink()
+    atomic_write_json(path, current)
