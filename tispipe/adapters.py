@@ -80,12 +80,28 @@ def add_lora(model, options: Any, base_name: str):
         base_model_name_or_path=base_reference(base_name),
     )
     model.name_or_path = config.base_model_name_or_path  # what peft writes into adapter_config.json
+    check_rank(model, options.lora_r, targets)
     try:
         with _quiet_deprecations():
             peft_model = get_peft_model(model, config)
     except ValueError as e:  # target modules that the model does not have
         raise TispipeError(f"--lora-targets {options.lora_targets}: {str(e).splitlines()[0]}") from None
     return peft_model
+
+
+def check_rank(model, rank: int, targets: str | list[str]) -> None:
+    """A rank above the narrowest adapted layer's width adds parameters and no expressiveness (a layer's
+    update is full rank at rank = its width): refused before the adapter is made, naming that width."""
+    import torch
+
+    head = model.get_output_embeddings()
+    widths = [(min(module.in_features, module.out_features), name) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and module is not head
+              and (targets == "all-linear" or any(name == t or name.endswith(f".{t}") for t in targets))]
+    if widths and rank > min(widths)[0]:
+        width, name = min(widths)
+        raise TispipeError(f"--lora-r {rank} is above the width of the adapted layer {name} ({width}): an update of rank {width} is already full rank",
+                           hint=f"use a --lora-r of at most {width} (LoRA ranks are usually 4 to 64), or 0 to train every weight")
 
 
 def adapter_summary(model) -> str:

@@ -33,11 +33,15 @@ def result_console():
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
+PRINT_EVERY_S = 30.0  # off a terminal, a long run's progress line at least this often
+
+
 class ProgressLine:
     """`label` done/total, a bar, the time left and `text`; `update(done, text)` moves it.
 
     Usable as a context manager (the bar is drawn while inside). Off a terminal, a plain line
-    `label done/total  text  ETA` is printed every `total // 20` steps and at the end.
+    `label done/total  text  ETA` is printed every `total // 20` steps (and at least every
+    PRINT_EVERY_S seconds that a step ends in) and at the end.
     """
 
     def __init__(self, console, label: str, total: int, done: int = 0, transient: bool = False):
@@ -47,6 +51,7 @@ class ProgressLine:
         self.console, self.label, self.total = console, label, total
         self.every = max(1, total // 20)
         self.done, self.first, self.started = done, done, time.perf_counter()
+        self.printed = self.started
         self.progress = None
         if console.is_terminal:
             self.progress = Progress(
@@ -64,7 +69,8 @@ class ProgressLine:
         previous, self.done = self.done, done
         if self.progress is not None:
             self.progress.update(self.task, completed=done, text=text)
-        elif done // self.every > previous // self.every or (done == self.total and previous != done):
+        elif done // self.every > previous // self.every or (done == self.total and previous != done) or time.perf_counter() - self.printed > PRINT_EVERY_S:
+            self.printed = time.perf_counter()
             rate = (done - self.first) / max(time.perf_counter() - self.started, 1e-9)
             eta = f"  ETA {(self.total - done) / rate:.0f} s" if rate > 0 and done < self.total else ""
             self.console.print(f"{self.label} {done}/{self.total}  {text}{eta}", soft_wrap=True, highlight=False)

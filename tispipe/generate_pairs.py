@@ -11,9 +11,12 @@ OUT holds
     generate-state.json      the settings and inputs of the run (a re-run with others is refused)
     config.yaml              the command's settings (`--config` repeats it)
 
-`estimate --data OUT` reads the shards directly (the folder's `train` split). Shard i holds prompts
-[i * shard_size, (i + 1) * shard_size) and its sampling is seeded by (seed, i) alone, so a run killed
-midway resumes with the shards it lacks and ends byte-identical to an uninterrupted one.
+`estimate --data OUT` reads the shards directly (the folder's `train` split). The prompts go in chunks of
+--shard-size, and a chunk's --num-samples pairs per prompt into one shard, or, when they are more than
+--shard-size pairs, into several shards of consecutive samples (`shard_plan`): a shard never holds much
+more than --shard-size pairs, so a huge request is saved as it goes. Sampling is seeded by (seed, chunk,
+sample) alone, so a run killed midway resumes with the shards it lacks and ends byte-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tispipe.configs import GenerateConfig, check_options
 from tispipe.errors import TispipeError
 
 STATE_FILE = "generate-state.json"
+MAX_SHARDS = 100_000  # files in one output folder
 # Why a pair is dropped, as counted in the manifest and the printed table.
 IDENTICAL, EMPTY, NO_EOS = "identical responses", "empty response", "cut off without EOS"
 
@@ -56,8 +60,10 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     check_model(cfg.model, "--model", tokenizer, cfg.trust_remote_code)
     prompts, source = read_prompts(cfg, tokenizer)
+    shards = shard_plan(len(prompts), cfg)  # bounded, before any work
     console.print(f"Prompts: {len(prompts)} from {source}; {cfg.num_samples} pair(s) each", highlight=False)
-    state = {"settings": settings(cfg), "fingerprints": {"model": fingerprint_model(cfg.model), "prompts": fingerprint_prompts(prompts)}}
+    layout = {"split_samples": True} if samples_per_shard(min(len(prompts), cfg.shard_size), cfg) < cfg.num_samples else {}  # not the layout of earlier versions
+    state = {"settings": {**settings(cfg), **layout}, "fingerprints": {"model": fingerprint_model(cfg.model), "prompts": fingerprint_prompts(prompts)}}
     replacing = claim_out(out, state, cfg.overwrite)
     finished = finished_manifest(out, state)
     if finished is not None:
@@ -71,18 +77,20 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
     write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
     atomic_write_json(out / STATE_FILE, state)
 
-    shards = [prompts[i : i + cfg.shard_size] for i in range(0, len(prompts), cfg.shard_size)]
     recorded = recorded_shards(out)
     todo = [i for i in range(len(shards)) if not complete(out, i, recorded)]
+    console.print(f"{len(prompts) * cfg.num_samples:,} pairs to sample, saved in {len(shards):,} shard(s) of at most "
+                  f"{max(len(p) * len(s) for p, s in shards):,} pairs (an interrupted run resumes from the last saved shard)", highlight=False)
     if len(todo) < len(shards):
         console.print(f"Resuming: {len(shards) - len(todo)} of {len(shards)} shards are already complete")
     device = str(next(model.parameters()).device)
-    progress = ProgressLine(console, "Generating", sum(len(shards[i]) for i in todo) * cfg.num_samples)
+    progress = ProgressLine(console, "Generating", sum(len(shards[i][0]) * len(shards[i][1]) for i in todo))
     t0 = time.perf_counter()
     with progress:
         for index in todo:
+            chunk, samples = shards[index]
             try:
-                rows, dropped = sample_shard(model, tokenizer, shards[index], index, cfg, device, progress, t0)
+                rows, dropped = sample_shard(model, tokenizer, [prompts[i] for i in chunk], chunk.start // cfg.shard_size, samples, cfg, device, progress, t0)
             except KeyboardInterrupt:
                 progress.stop()
                 saved = sum(complete(out, i, recorded) for i in range(len(shards)))
@@ -227,17 +235,38 @@ def remove_old_run(out: Path) -> None:
 # ---------------------------------------------------------------- sampling
 
 
+def shard_plan(prompts: int, cfg: GenerateConfig) -> list[tuple[range, range]]:
+    """(prompt indices, sample numbers) of each shard: --shard-size prompts, and of their --num-samples as many
+    as keep a shard within --shard-size pairs (at least one), so a huge --num-samples is saved as it goes."""
+    count = (prompts // cfg.shard_size) * -(-cfg.num_samples // samples_per_shard(cfg.shard_size, cfg)) + (
+        -(-cfg.num_samples // samples_per_shard(prompts % cfg.shard_size, cfg)) if prompts % cfg.shard_size else 0)
+    if count > MAX_SHARDS:
+        raise TispipeError(f"--num-samples {cfg.num_samples:,} for {prompts:,} prompts makes {count:,} shards of at most --shard-size {cfg.shard_size} pairs, "
+                           f"more than {MAX_SHARDS:,}", hint="raise --shard-size, or ask for fewer samples")
+    plan = []
+    for start in range(0, prompts, cfg.shard_size):
+        chunk = range(start, min(start + cfg.shard_size, prompts))
+        block = samples_per_shard(len(chunk), cfg)
+        plan += [(chunk, range(s, min(s + block, cfg.num_samples))) for s in range(0, cfg.num_samples, block)]
+    return plan
+
+
+def samples_per_shard(chunk: int, cfg: GenerateConfig) -> int:
+    return cfg.num_samples if chunk * cfg.num_samples <= cfg.shard_size else max(1, cfg.shard_size // chunk)
+
+
 def sample_shard(
-    model, tokenizer, prompts: list[dict[str, Any]], index: int, cfg: GenerateConfig, device: str, progress, t0: float
+    model, tokenizer, prompts: list[dict[str, Any]], index: int, samples: range, cfg: GenerateConfig, device: str, progress, t0: float
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One shard's pairs (prompt order, then sample) and the number dropped per reason."""
+    """One shard's pairs (prompt order, then sample) and the number dropped per reason; `index` numbers its
+    prompt chunk, which with the sample number seeds the sampling."""
     from tispipe.generation import generate
     from tispipe.tokenization import encode_prompt
 
     eos = tokenizer.eos_token_id
     rows: list[dict[str, Any]] = []
     dropped: dict[str, int] = {}
-    for sample in range(cfg.num_samples):
+    for sample in samples:
         sides = {}
         for side, system in (("chosen", cfg.pos_prompt), ("rejected", cfg.neg_prompt)):
             ids = [encode_prompt(tokenizer, p["prompt"], system, cfg.chat_template)[-cfg.max_prompt_length :] for p in prompts]
