@@ -154,3 +154,29 @@ def test_train_bad_eval_options_fail_before_the_run_folder_is_made(tmp_path, mak
     result = train(tmp_path, tmp_path / "run", *flags)
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_an_error_in_a_trackers_thread_is_one_error_line_not_a_traceback(tmp_path, make_tiny_llama, monkeypatch, capfd):
+    """tensorboard writes its event file in a thread of its own: a folder it cannot write (read-only) fails
+    there, and is reported as any other error."""
+    import threading
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    def failing_write(self, *args, **kwargs):
+        def fail():
+            raise OSError(30, "Read-only file system", str(tmp_path / "run" / "tensorboard" / "events"))
+
+        thread = threading.Thread(target=fail)
+        thread.start()
+        thread.join()
+
+    prompt_estimate(tmp_path, make_tiny_llama)
+    monkeypatch.setattr(SummaryWriter, "add_scalar", failing_write)
+    hook = threading.excepthook
+    result = train(tmp_path, tmp_path / "run", "--report-to", "tensorboard")
+    captured = capfd.readouterr()
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Read-only file system" in errors[0], result.output
+    assert "Traceback" not in result.output + captured.err and "Exception in thread" not in result.output + captured.err
+    assert threading.excepthook is hook

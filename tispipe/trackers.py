@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,23 @@ class Tracker:
     """`log(metrics, step)` to the chosen backend; `close()` flushes it. Usable as a context manager."""
 
     def __init__(self, report_to: str, out: Path, run_name: str, config: dict[str, Any]):
+        from tispipe.atomic import check_writable
+
         check_report_to(report_to)
         self.report_to, self.backend = report_to, None
+        self.thread_error: BaseException | None = None
+        if report_to in ("tensorboard", "wandb"):
+            check_writable(out / report_to, f"--report-to {report_to}: the folder")
+        # A backend's own threads (tensorboard's event writer, ...) fail as a one-line error too, not as a
+        # traceback printed by the thread: the error is kept and raised by the next log() or close().
+        self.previous_hook, threading.excepthook = threading.excepthook, self._thread_failed
+        try:
+            self._open(report_to, out, run_name, config)
+        except BaseException:
+            threading.excepthook = self.previous_hook
+            raise
+
+    def _open(self, report_to: str, out: Path, run_name: str, config: dict[str, Any]) -> None:
         if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
@@ -55,7 +71,18 @@ class Tracker:
             with contextlib.redirect_stdout(sys.stderr):
                 self.backend = trackio.init(project="tispipe", name=f"{run_name}-{_run_id(out)[:8]}", config=config, resume="allow")
 
+    def _thread_failed(self, args) -> None:
+        if self.thread_error is None:
+            self.thread_error = args.exc_value
+
+    def _raise_thread_error(self) -> None:
+        error, self.thread_error = self.thread_error, None
+        if error is not None:
+            reason = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.strerror else str(error) or type(error).__name__
+            raise TispipeError(f"--report-to {self.report_to}: {reason}", hint="check that OUT is writable, or train with --report-to none")
+
     def log(self, metrics: dict[str, float], step: int) -> None:
+        self._raise_thread_error()
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
         if self.report_to == "tensorboard":
             for key, value in numbers.items():
@@ -68,6 +95,13 @@ class Tracker:
             trackio.log(numbers, step=step)
 
     def close(self) -> None:
+        try:
+            self._close_backend()
+        finally:
+            threading.excepthook = self.previous_hook
+        self._raise_thread_error()
+
+    def _close_backend(self) -> None:
         if self.report_to == "tensorboard":
             self.backend.close()
         elif self.report_to == "wandb":
