@@ -43,7 +43,7 @@ def test_report_to_a_backend_that_cannot_run_is_refused_before_anything_is_writt
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))  # as where it is not installed
-    result = invoke_cli("train", "--shards", tmp_path, "--model", tmp_path, "--out", tmp_path / "run", "--report-to", backend)
+    result = invoke_cli("train", "--shards", tmp_path / "weights", "--model", tmp_path / "base", "--out", tmp_path / "run", "--report-to", backend)
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "run").exists()
 
