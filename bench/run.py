@@ -216,7 +216,7 @@ def main() -> None:
     if parts - {"real", "real-memory"} and not (shards / "manifest.json").is_file():  # the toy parts train and score on the toy estimate
         raise SystemExit("runs/weights-dpo is missing: run `make estimate` first")
     results_path = ROOT / "bench" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() and args.only != parser.get_default("only") else {}
+    results: dict = {}  # this run's parts; a partial run merges them into the file as it is when they are done
     results["machine"] = machine(args.threads)
     results["command"] = " ".join([".venv-bench/bin/python", "bench/run.py", *sys.argv[1:]])
     large = build_large_model(WORK / "large", base) if parts & {"scoring", "large", "hh"} else None
@@ -260,6 +260,8 @@ def main() -> None:
         results["memory_train"] = memory(base, shards, 10 if quick else 60, 16, args.threads)
         results["memory_estimate"] = estimate_memory(base, args.threads, [200] if quick else [500, 2000])
 
+    if args.only != parser.get_default("only") and results_path.is_file():  # re-read: another partial run may have written since
+        results = {**json.loads(results_path.read_text()), **results}
     # The headline keys (plain numbers).
     if "scoring_small" in results:
         results["scoring_vs_naive"] = results["scoring_small"]["scoring_vs_naive"]
