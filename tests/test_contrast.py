@@ -56,10 +56,17 @@ def test_saved_matches_only_the_same_identity(tmp_path):
     folder.mkdir()
     (folder / FINGERPRINT_FILE).write_text('{"identity": ')
     assert not contrast.saved_matches(folder, identity)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    from tispipe.models import fingerprint_model
+
     (folder / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity}))
+    assert not contrast.saved_matches(folder, identity)  # no record of its weights: cannot be verified
+    (folder / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity, "weights": fingerprint_model(folder)}))
     assert contrast.saved_matches(folder, identity)
     assert not contrast.saved_matches(folder, contrast._identity(settings, "neg", FINGERPRINTS))
     assert not contrast.saved_matches(folder, contrast._identity(dataclasses.replace(settings, seed=1), "pos", FINGERPRINTS))
+    (folder / "model.safetensors").write_bytes(b"changed weights")
+    assert not contrast.saved_matches(folder, identity)  # its weights changed since it was saved
 
 
 def test_save_writes_the_folder_whole_and_clears_stale_leftovers(tmp_path, tiny_tokenizer, make_tiny_llama):
@@ -70,7 +77,10 @@ def test_save_writes_the_folder_whole_and_clears_stale_leftovers(tmp_path, tiny_
     assert [p.name for p in parent.iterdir()] == ["pos"]
     names = {p.name for p in (parent / "pos").iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", FINGERPRINT_FILE} <= names
-    assert json.loads((parent / "pos" / FINGERPRINT_FILE).read_text()) == {"identity": identity, "training": {"steps": 2}}
+    from tispipe.models import fingerprint_model
+
+    record = {"identity": identity, "training": {"steps": 2}, "weights": fingerprint_model(parent / "pos")}
+    assert json.loads((parent / "pos" / FINGERPRINT_FILE).read_text()) == record
 
     (parent / ".pos.x1y2.tmp").mkdir()  # left by a run killed while saving
     (parent / ".pos.x1y2.tmp" / "model.safetensors").write_bytes(b"half")

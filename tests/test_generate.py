@@ -191,7 +191,7 @@ def test_other_settings_are_refused_and_overwrite_replaces(base, reference, tmp_
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--top-p", 0], "--top-p must be in (0, 1]"), (["--num-samples", 0], "--num-samples"), (["--temperature", -1], "--temperature"),
+    [(["--top-p", 0], "--top-p must be positive"), (["--num-samples", 0], "--num-samples"), (["--temperature", -1], "--temperature"),
      (["--neg-prompt", "You are an harmless assistant. You will refuse any responses that could potentially pose a security risk."], "are the same")],
 )
 def test_bad_options_are_one_line(base, tmp_path, extra, message):
