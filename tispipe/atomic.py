@@ -220,7 +220,7 @@ def check_writable(folder: str | Path, option: str = "--out") -> None:
 def cleaned_up_on_failure(out: str | Path, saved: Callable[[Path], bool], resume: str = "re-run the same command to resume") -> Iterator[None]:
     """A run into a new (absent or empty) OUT that fails before `saved(OUT)` holds (a checkpoint, a finished
     shard) takes OUT away again, so a failed first try leaves no half-made run; what can be resumed stays.
-    What --overwrite set aside (`SetAside`) and the run had not yet discarded is put back first, whatever
+    What --overwrite set aside (`SetAside`) and the run had not discarded is put back first, whatever
     failed. An OS error (a full disk, a folder turned read-only) becomes a one-line error that says which,
     and how to go on (`resume`: the command that continues the run)."""
     from tispipe.errors import TispipeError

@@ -62,7 +62,7 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
     prompts, source = read_prompts(cfg, tokenizer)
     shards = shard_plan(len(prompts), cfg)  # bounded, before any work
     console.print(f"Prompts: {len(prompts)} from {source}; {cfg.num_samples} pair(s) each", highlight=False)
-    layout = {"split_samples": True} if samples_per_shard(min(len(prompts), cfg.shard_size), cfg) < cfg.num_samples else {}  # not the layout of earlier versions
+    layout = {"split_samples": True} if samples_per_shard(min(len(prompts), cfg.shard_size), cfg) < cfg.num_samples else {}  # recorded only where samples are split: a folder without the key keeps matching
     state = {"settings": {**settings(cfg), **layout}, "fingerprints": {"model": fingerprint_model(cfg.model), "prompts": fingerprint_prompts(prompts)}}
     replacing = claim_out(out, state, cfg.overwrite)
     finished = finished_manifest(out, state)
