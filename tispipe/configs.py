@@ -99,7 +99,7 @@ THREADS_HELP = "torch CPU threads (0: torch's default; 1 is often faster for tin
 
 
 LORA_R_HELP = "Train LoRA adapters of this rank instead of every weight (peft; 0: full fine-tuning). The reference is the base with the adapter off."
-CONTRAST_PRESET_HELP = "Defaults for building pi+/pi- that the --contrast-* options below leave unset: small (measured best on the toy base, docs/contrast-study.md), paper (App. B.2/B.3, for 7B models: sft lr 5e-5 x 3 epochs, batch 32; dpo lr 1e-5 x 1 epoch, batch 16, beta 0.1) or lora (LoRA adapters on a pretrained model: sft lr 2e-4, dpo lr 1e-4, 1 epoch, batch 16, beta 0.1)."
+CONTRAST_PRESET_HELP = "Defaults for building pi+/pi- that the --contrast-* options below leave unset: small (measured best on the toy base, docs/results/contrast-study.md), paper (App. B.2/B.3, for 7B models: sft lr 5e-5 x 3 epochs, batch 32; dpo lr 1e-5 x 1 epoch, batch 16, beta 0.1) or lora (LoRA adapters on a pretrained model: sft lr 2e-4, dpo lr 1e-4, 1 epoch, batch 16, beta 0.1)."
 
 
 MAX_STEPS_HELP = "Stop a training run after this many optimizer steps (default: all the steps of its epochs)."
@@ -190,7 +190,7 @@ class EstimateConfig(DataOptions, ContrastPromptOptions, TrainingMemoryOptions, 
     method: str = option("dpo", "How pi+/pi- are made: prompt (system prompts), sft or dpo (trained on the pairs).", panel=CONTRAST)
     pos_model: str | None = option(None, "Use this existing model as pi+ (with --neg-model) instead of building one.", panel=CONTRAST)
     neg_model: str | None = option(None, "Use this existing model as pi- (with --pos-model).", panel=CONTRAST)
-    logratio: str = option("pair", "How r_t is formed: pair (log pi+ - log pi-, the paper's) or one-sided (chosen tokens: log base - log pi-; rejected tokens: log pi+ - log base: each side from the model that learned to push it down; docs/contrast-study.md).", panel=WEIGHTS)
+    logratio: str = option("pair", "How r_t is formed: pair (log pi+ - log pi-, the paper's) or one-sided (chosen tokens: log base - log pi-; rejected tokens: log pi+ - log base: each side from the model that learned to push it down; docs/weights.md).", panel=WEIGHTS)
     transform: str = option("exp", "exp (paper Eq. 19), calibrated (Eq. 19 on r divided by its std per side), top (1 on each response's top --top-fraction tokens, --floor elsewhere), rank (the authors' rank_based, 0.7 to 1.3) or linear (threshold_and_scale).", panel=WEIGHTS)
     k: float = option(1.0, "Scale k of the exp and calibrated transforms.", panel=WEIGHTS)
     top_fraction: float = option(0.2, "The top transform: share of each response's tokens (by mu * r) weighted 1.", panel=WEIGHTS)
