@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tispipe.errors import TispipeError
-from tispipe.hub import local_folder
+from tispipe.hub import local_folder, looks_local
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -40,6 +40,10 @@ def adapter_base(folder: str | Path) -> str:
         raise TispipeError(f"{path} is damaged ({e})") from None
     if not isinstance(base, str) or not base:
         raise TispipeError(f"{path} names no base model (base_model_name_or_path)")
+    if looks_local(base) and not Path(base).expanduser().is_dir():  # the base moved: name the adapter, not a bare path
+        state = "is not a folder" if Path(base).expanduser().exists() else "does not exist"
+        raise TispipeError(f"the adapter {folder} was trained on the base model {base} (base_model_name_or_path in {path}), which {state}",
+                           hint=f"put the base model back at {base}, or set base_model_name_or_path in {path} to where it is now")
     return base
 
 
@@ -121,15 +125,25 @@ def _quiet_deprecations() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _adapter_errors(folder: str | Path) -> Iterator[None]:
+    """A damaged adapter (a bad header, missing tensors) is an error naming its folder, never taken for a write error."""
+    try:
+        yield
+    except TispipeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged adapter file raises many types (SafetensorError, KeyError, ...)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TispipeError(f"could not load the adapter in {folder}: {first}",
+                           hint=f"its adapter files are damaged or incomplete: make {folder} again with the command that wrote it") from e
+
+
 def load_adapter(folder: Path, base_model, for_training: bool):
     """The adapter in `folder` on `base_model`: a trainable PeftModel, or (not for training) merged into the base."""
     from peft import PeftModel
 
-    try:
-        with _quiet_deprecations():
-            model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=for_training)
-    except Exception as e:  # noqa: BLE001 - a damaged adapter file raises many types
-        raise TispipeError(f"could not load the adapter in {folder}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+    with _adapter_errors(folder), _quiet_deprecations():
+        model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=for_training)
     if for_training:
         return model
     return model.merge_and_unload()
@@ -168,9 +182,10 @@ def shared_base(base_model, adapters: dict[str, Path]) -> dict[str, torch.nn.Mod
     from peft import PeftModel
 
     names = list(adapters)
-    with _quiet_deprecations():
+    with _adapter_errors(adapters[names[0]]), _quiet_deprecations():
         model = PeftModel.from_pretrained(base_model, str(adapters[names[0]]), adapter_name=names[0])
-        for name in names[1:]:
+    for name in names[1:]:
+        with _adapter_errors(adapters[name]), _quiet_deprecations():
             model.load_adapter(str(adapters[name]), adapter_name=name)
     model.eval().requires_grad_(False)
     return {"base": AdapterOff(model), **{name: AdapterOn(model, name) for name in names}}

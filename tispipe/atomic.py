@@ -236,12 +236,24 @@ def cleaned_up_on_failure(out: str | Path, saved: Callable[[Path], bool], resume
         kept = out.is_dir() and (not new or saved(out))
         if not kept:
             shutil.rmtree(out, ignore_errors=True)
-        # safetensors reports a failed write as its own error type, not as an OSError
+        # safetensors reports a failed write as its own error type, not as an OSError; one that failed to
+        # read (deserialize) a file is a damaged input, not a full disk
+        if type(e).__name__ == "SafetensorError" and "deserializ" in str(e).lower():
+            raise TispipeError(f"a weights file could not be read ({str(e).strip().splitlines()[0]})",
+                               hint="a *.safetensors file the command reads is damaged or incomplete: make it again") from e
         if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
             raise
-        reason = f"{e.strerror}" + (f" ({e.filename})" if e.filename else "") if isinstance(e, OSError) and e.strerror else str(e)
         fate = ("the run it was to replace is back in place" if restored else f"what it finished is kept: {resume}") if kept else "nothing of it was kept"
+        if isinstance(e, OSError) and e.filename and not _inside(e.filename, out):  # an input or another place, not OUT
+            raise TispipeError(f"{e.filename}: {e.strerror or e}; {fate}", hint="check that the path exists, is readable (or writable) and has room, then re-run") from e
+        reason = f"{e.strerror}" + (f" ({e.filename})" if e.filename else "") if isinstance(e, OSError) and e.strerror else str(e)
         raise TispipeError(f"writing {out}: {reason}; {fate}", hint="free some space or fix the permissions, then re-run") from e
+
+
+def _inside(path: str | bytes | os.PathLike, folder: Path) -> bool:
+    """`path` is `folder`, lies inside it, or is one of the staging files beside it (`.NAME.*`)."""
+    path, folder = Path(os.fsdecode(path)).absolute(), folder.absolute()
+    return path == folder or folder in path.parents or (path.parent == folder.parent and path.name.startswith(f".{folder.name}"))
 
 
 @contextlib.contextmanager

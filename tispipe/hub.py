@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from tispipe.errors import TispipeError
+from tispipe.errors import TispipeError, special_file
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -50,7 +50,7 @@ def local_folder(name: str, what: str, hint: str | None = None) -> Path | None:
     if path.is_dir():
         return path
     if path.exists():
-        raise TispipeError(f"{what} path {name} is a file, not a model folder")
+        raise TispipeError(f"{what} path {name} is {special_file(path) or 'a file'}, not a model folder")
     if looks_local(name):
         raise TispipeError(f"{what} folder {name} does not exist", hint=hint or "give an existing folder, or a Hugging Face Hub name (owner/name)")
     return None

@@ -139,7 +139,8 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **kwargs)
     except Exception as e:  # noqa: BLE001 - damaged weights raise SafetensorError, RuntimeError, EOFError ...
         if folder is not None:
-            raise TispipeError(f"could not load the model in {name_or_path}: {_first_line(e)}") from e
+            raise _config_error(folder, "model", name_or_path, trust_remote_code) or TispipeError(
+                f"could not load the model in {name_or_path}: {_first_line(e)}") from e
         if not isinstance(e, (OSError, ValueError)):
             raise
         raise _hub_error(name_or_path, "model", e) from None
@@ -172,7 +173,8 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
     except Exception as e:  # noqa: BLE001 - a damaged config.json raises JSON, OS and value errors
         if folder is None:
             raise _hub_error(name_or_path, "model", e) from None
-        raise TispipeError(f"{option} {name_or_path}: its config.json cannot be read: {_first_line(e)}") from e
+        raise _config_error(folder, option, name_or_path, trust_remote_code) or TispipeError(
+            f"{option} {name_or_path}: its config.json cannot be read: {_first_line(e)}") from e
     if folder is not None:
         _check_safetensors(folder, option, name_or_path)
         loaded_from_here = Path(str(getattr(tokenizer, "name_or_path", "") or "")).resolve() == folder.resolve()
@@ -191,6 +193,32 @@ def check_model(name_or_path: str, option: str, tokenizer, trust_remote_code: bo
             f"{option} {name_or_path} has {vocab_size} embedding rows, fewer than the {len(tokenizer)} token ids of the tokenizer in use",
             hint="every model of a run must share one tokenizer",
         )
+
+
+def _config_error(folder: Path, option: str, name_or_path: str, trust_remote_code: bool) -> TispipeError | None:
+    """Why transformers refused the config.json in `folder`, said truthfully, when the file itself tells: custom
+    code (`auto_map`) that runs only with --trust-remote-code, or a `model_type` this transformers does not know."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    model_type, auto_map = config.get("model_type"), config.get("auto_map")
+    if auto_map and not trust_remote_code:
+        return TispipeError(
+            f"{option} {name_or_path}: its config.json needs the model's own code (auto_map, model type {model_type!r}), which runs only with --trust-remote-code",
+            hint=f"add --trust-remote-code if you trust the Python files in {name_or_path}; tispipe never runs them otherwise",
+        )
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING_NAMES and not auto_map:
+        return TispipeError(
+            f"{option} {name_or_path}: model type {model_type!r} (config.json) is not one transformers {transformers.__version__} knows",
+            hint="check config.json's model_type, or upgrade transformers (pip install -U transformers)",
+        )
+    return None
 
 
 def _check_causal_lm(config, option: str, name_or_path: str) -> None:

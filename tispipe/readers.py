@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tispipe.configs import DataOptions
-from tispipe.errors import TispipeError
+from tispipe.errors import TispipeError, wrong_path
 from tispipe.hub import hub_offline, is_hub_name
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -172,4 +172,6 @@ def read_records(opts: DataOptions) -> tuple[str, Iterator[tuple[str, dict]]]:
         return str(path), (item for p in files for item in READERS[p.suffix](p))
     if is_hub_name(opts.data, DATA_SUFFIXES):
         return f"hub:{opts.data}", _read_hub(opts.data, opts.split, opts.limit)
+    if path.exists() or path.is_symlink():  # a FIFO, a device, a socket, a broken link: not "does not exist"
+        raise wrong_path(path, "--data", hint="give a .jsonl/.json/.parquet/.csv file, a folder, or a hub data set as owner/name")
     raise TispipeError(f"data {opts.data!r} does not exist", hint="give a .jsonl/.json/.parquet/.csv file, a folder, or a hub data set as owner/name")
