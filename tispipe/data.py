@@ -43,6 +43,7 @@ BAD_PREFERENCE = "bad preference value"
 DUPLICATE = "duplicate pair_id"
 NO_ROOM = "prompt leaves no room for a response"
 EMPTY_PROMPT = "prompt has no tokens"
+CUT_IDENTICAL = "chosen identical to rejected after truncation"
 
 
 @dataclass
@@ -329,7 +330,8 @@ def _reasons(report: DataReport) -> str:
 
 
 def tokenize_pairs(rows: Iterable[dict], tokenizer, opts: DataOptions, report: DataReport, labels: bool = False) -> list[TokenizedPair]:
-    """Encode every row with tispipe.tokenization; rows whose prompt leaves no room are dropped and counted.
+    """Encode every row with tispipe.tokenization; rows whose prompt leaves no room, and pairs whose chosen and
+    rejected are the same once truncated, are dropped and counted.
 
     `labels`: also map the rows' character spans (`chosen_spans`/`rejected_spans`: [start, end, label])
     onto their response tokens (`tokenization.token_labels`); rows without spans get None.
@@ -353,6 +355,10 @@ def iter_tokenized(rows: Iterable[dict], tokenizer, opts: DataOptions, report: D
         if encoded is None:
             reason = EMPTY_PROMPT if not encode_prompt(tokenizer, prompt, None, opts.chat_template) else NO_ROOM
             _bad(report, opts, f"{report.source}, pair {row['pair_id']!r}", reason, f"{reason} (max_length {opts.max_length}, max_prompt_length {opts.max_prompt_length})")
+            continue
+        if encoded.chosen_ids == encoded.rejected_ids:  # they differ only past max_length: no signal left to learn or score
+            _bad(report, opts, f"{report.source}, pair {row['pair_id']!r}", CUT_IDENTICAL,
+                 f"chosen and rejected are the same once cut to max_length {opts.max_length} (max_prompt_length {opts.max_prompt_length})")
             continue
         report.truncated += encoded.truncated
         extra = {k: v for k, v in row.items() if k not in ("pair_id", "prompt", "chosen", "rejected")}
