@@ -172,3 +172,28 @@ def test_an_unknown_model_type_names_it_and_the_transformers_version(root, tmp_p
 
     line = one_error(invoke_cli(*eval_command(root, custom_model(root, tmp_path, auto_map=False), tmp_path / "out")))
     assert "'my-own-llama'" in line and transformers.__version__ in line and "--trust-remote-code" not in line, line
+
+
+def test_a_full_disk_during_merge_says_to_resume_and_resume_finishes_it(tmp_path, make_tiny_llama, monkeypatch):
+    from conftest import prompt_estimate
+
+    from tispipe import train
+
+    prompt_estimate(tmp_path, make_tiny_llama)
+    args = ["train", "--shards", tmp_path / "weights", "--model", tmp_path / "base", "--lora-r", 2, "--merge", "--max-steps", 2, "--batch-size", 4,
+            "--device", "cpu", "--out", tmp_path / "run"]
+    real = train.save_merged_model
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "save_merged_model", full)
+    result = invoke_cli(*args)
+    assert one_error(result) == f"Error: writing {tmp_path / 'run'}: No space left on device; what it finished is kept: add --resume to the same command to continue"
+    assert "Hint: free some space or fix the permissions, then add --resume to the same command to continue" in result.output
+    monkeypatch.setattr(train, "save_merged_model", real)
+    refused = invoke_cli(*args)  # the same command without --resume is refused, its hint pointing at --resume
+    assert refused.exit_code == 1 and "Hint: add --resume" in refused.output, refused.output
+    result = invoke_cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "merged" / "model.safetensors").is_file()

@@ -247,7 +247,8 @@ def cleaned_up_on_failure(out: str | Path, saved: Callable[[Path], bool], resume
         if isinstance(e, OSError) and e.filename and not _inside(e.filename, out):  # an input or another place, not OUT
             raise TispipeError(f"{e.filename}: {e.strerror or e}; {fate}", hint="check that the path exists, is readable (or writable) and has room, then re-run") from e
         reason = f"{e.strerror}" + (f" ({e.filename})" if e.filename else "") if isinstance(e, OSError) and e.strerror else str(e)
-        raise TispipeError(f"writing {out}: {reason}; {fate}", hint="free some space or fix the permissions, then re-run") from e
+        then = resume if kept and not restored else "re-run"
+        raise TispipeError(f"writing {out}: {reason}; {fate}", hint=f"free some space or fix the permissions, then {then}") from e
 
 
 def _inside(path: str | bytes | os.PathLike, folder: Path) -> bool:
