@@ -71,6 +71,18 @@ def _optional(hint: Any) -> Any:
     return Optional[hint]  # noqa: UP045 - typer wants the typing form
 
 
+def run_stage(command: str, stage: str, cfg: Any) -> Any:
+    """`tispipe <command>` on a resolved config: every option checked (tispipe.option_rules) and where it writes
+    (tispipe.outputs), before any work and before a preset replaces a value; then `tispipe.<stage>.run(cfg)`.
+    The one way a stage is started, from the command line and from a study's jobs (tispipe.jobs) alike."""
+    from tispipe.option_rules import check_values
+    from tispipe.outputs import check_outputs
+
+    check_values(cfg)
+    check_outputs(command, cfg)
+    return importlib.import_module(f"tispipe.{stage}").run(cfg)
+
+
 def stage_command(cls: type, stage: str, summary: str, name: str = "") -> Callable[..., None]:
     """A typer command whose options are `cls`'s fields; it resolves them, checks them (tispipe.option_rules) and
     where they write (tispipe.outputs), and calls `tispipe.<stage>.run`."""
@@ -90,13 +102,8 @@ def stage_command(cls: type, stage: str, summary: str, name: str = "") -> Callab
     def command(ctx: typer.Context, **values: Any) -> None:
         with user_errors():
             from tispipe.config_files import resolve
-            from tispipe.option_rules import check_values
-            from tispipe.outputs import check_outputs
 
-            cfg = resolve(ctx, cls, values["config"])
-            check_values(cfg)  # every option, before any work and before a preset replaces it
-            check_outputs(name, cfg)
-            importlib.import_module(f"tispipe.{stage}").run(cfg)
+            run_stage(name, stage, resolve(ctx, cls, values["config"]))
 
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}

@@ -34,7 +34,8 @@ class Runner:
     """Runs stages, at most `jobs` at a time, each logging to its own file; any failure stops the experiment.
 
     A job is (label, stage module, config). Its config goes to LOGS/<label>.yaml first; one job at a
-    time runs `tispipe.<stage>.run(config)` in this process, more run `python -m tispipe <command>
+    time runs it in this process through `tispipe.cli.run_stage` (every option and output checked, as the
+    command line checks them), more run `python -m tispipe <command>
     --config LOGS/<label>.yaml` as subprocesses: the same settings either way.
     """
 
@@ -72,9 +73,10 @@ class Runner:
     def _run_here(self, label: str, stage: str, cfg: Any) -> None:
         """One job at a time: call the stage in this process, saving a Python start-up per job."""
         import contextlib
-        import importlib
 
         import torch
+
+        from tispipe.cli import run_stage
 
         t0, threads, code = time.time(), torch.get_num_threads(), 0
         if self.threads:
@@ -82,7 +84,7 @@ class Runner:
         try:
             with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 try:
-                    importlib.import_module(f"tispipe.{stage}").run(cfg)
+                    run_stage(COMMANDS[stage], stage, cfg)  # the checks of `tispipe <command>`, as a job run as a subprocess gets them
                 except TispipeError as e:
                     # the lines the command line prints for a user error, so the log reads the same either way
                     print(f"Error: {e.message}" + (f"\nHint: {e.hint}" if e.hint else ""), file=log)
