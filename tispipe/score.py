@@ -26,6 +26,29 @@ from tispipe.data import TokenizedPair, as_text
 from tispipe.errors import TispipeError
 
 
+# Elements of the (rows, response positions, vocabulary) logits one scoring forward may hold: 2**27 float32
+# = 512 MiB. A batch of 16 HH pairs through SmolLM2 (49,152-token vocabulary) by the prompt method is 96 rows
+# of up to 256 positions, 4.8 GB of logits in one forward; cut to this budget, the estimate of 1,000 HH pairs
+# stays under 3 GB (bench/real_model.py).
+LOGITS_ELEMENTS = 1 << 27
+
+
+def logits_parts(items: Sequence[TokenizedPair], rows_per_pair: int, vocab: int, budget: int = LOGITS_ELEMENTS) -> list[list[TokenizedPair]]:
+    """`items` cut in order into runs whose logits (rows x longest response x vocab) fit `budget`; a pair
+    over the budget on its own is a run of its own."""
+    runs: list[list[TokenizedPair]] = []
+    current: list[TokenizedPair] = []
+    longest = 0
+    for item in items:
+        response = max(len(item.chosen_ids), len(item.rejected_ids), 1)
+        if current and (len(current) + 1) * rows_per_pair * max(longest, response) * vocab > budget:
+            runs.append(current)
+            current, longest = [], 0
+        current.append(item)
+        longest = max(longest, response)
+    return runs + [current] if current else runs
+
+
 class Scorer:
     """Per-token log pi+, log pi- and log pi_ref of pair batches, under inference_mode."""
 
@@ -65,9 +88,16 @@ class Scorer:
         prompts = self.contrast_prompts(pair) if self.by_prompt else ([], [])
         return max(len(pair.prompt_ids), *map(len, prompts)) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
-    @torch.inference_mode()
     def score(self, items: Sequence[TokenizedPair]) -> list[dict[str, np.ndarray]]:
-        """For each pair: chosen/rejected logratio and ref_logps, float32 arrays as long as the response ids."""
+        """For each pair: chosen/rejected logratio and ref_logps, float32 arrays as long as the response ids;
+        in as many forwards as the logits' budget (`logits_parts`) asks."""
+        head = self.base.get_output_embeddings()
+        vocab = head.weight.shape[0] if head is not None else self.base.config.vocab_size
+        rows_per_pair = 6 if self.by_prompt else 2  # the prompt method runs ref, pi+ and pi- in one forward
+        return [result for part in logits_parts(items, rows_per_pair, vocab) for result in self._score(part)]
+
+    @torch.inference_mode()
+    def _score(self, items: Sequence[TokenizedPair]) -> list[dict[str, np.ndarray]]:
         from tispipe.batching import make_pair_batch, sequence_token_logps
 
         b = len(items)
