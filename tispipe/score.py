@@ -28,8 +28,7 @@ from tispipe.errors import TispipeError
 
 # Elements of the (rows, response positions, vocabulary) logits one scoring forward may hold: 2**27 float32
 # = 512 MiB. A batch of 16 HH pairs through SmolLM2 (49,152-token vocabulary) by the prompt method is 96 rows
-# of up to 256 positions, 4.8 GB of logits in one forward; cut to this budget, the estimate of 1,000 HH pairs
-# stays under 3 GB (bench/real_model.py).
+# of up to 256 positions, 4.8 GB of logits in one forward (bench/real_model.py measures the estimate's peak).
 LOGITS_ELEMENTS = 1 << 27
 
 
