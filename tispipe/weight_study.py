@@ -138,14 +138,17 @@ def _f(value: float | None) -> str:
 def render(report: dict[str, Any]) -> str:
     """weights.md: the table per split, the choice, and sentences computed from the numbers."""
     cfg, splits = report["config"], report["splits"]
+    trained = [m for m in cfg["estimators"].split(",") if m in report["presets"]]  # the prompt estimator trains nothing
+    built = (f"pi+/pi- are trained on {min(splits['train'], cfg['limit'] or splits['train'])} training pairs "
+             f"(LoRA rank {cfg['lora_r'] or 'none: full fine-tuning'}, preset `{cfg['contrast_preset']}`: "
+             + "; ".join(f"{m} lr {report['presets'][m]['lr']:g} x {report['presets'][m]['epochs']:g} epoch, batch {report['presets'][m]['batch_size']}"
+                         + (f", beta {report['presets'][m]['beta']:g}" if m == "dpo" else "") for m in trained)
+             + ") and score" if trained else "pi+/pi- are the base model under the paper's two system prompts (nothing is trained); they score")
     lines = [
         f"# Weight quality on `{cfg['data']}`: which estimator finds the labelled tokens",
         "_Written by `tispipe weight-study`; do not edit by hand (re-run the command)._",
-        f"Base model `{cfg['base']}`. pi+/pi- are trained on {min(splits['train'], cfg['limit'] or splits['train'])} training pairs "
-        f"(LoRA rank {cfg['lora_r'] or 'none: full fine-tuning'}, preset `{cfg['contrast_preset']}`: "
-        + "; ".join(f"{m} lr {p['lr']:g} x {p['epochs']:g} epoch, batch {p['batch_size']}" + (f", beta {p['beta']:g}" if m == "dpo" else "")
-                    for m, p in report["presets"].items())
-        + f") and score up to {cfg['eval_limit']} pairs of the validation and the test split. Weights are the paper's Eq. 19 "
+        f"Base model `{cfg['base']}`. {built}"
+        + f" up to {cfg['eval_limit']} pairs of the validation and the test split. Weights are the paper's Eq. 19 "
         "(exp, clamp [-0.5, 1.5]). AUC = how well a score ranks the side's labelled tokens (helpful on chosen, harmful on "
         "rejected) above its other tokens; 0.5 is chance. *decision*: the first token of each labelled span against the "
         "unlabelled tokens; *all*: every token of the spans against the other labelled ones. *surprisal*: -log base(y_t), "
