@@ -61,6 +61,8 @@ class Scorer:
         self.prompts: dict[str, tuple[list[int], list[int]]] = {}  # the prompt method's (pi+, pi-) prompt ids of this shard's pairs
         load = lambda path: load_model(path, device=device, dtype=str(dtype).removeprefix("torch."), trust_remote_code=cfg.trust_remote_code)  # noqa: E731
         self.base = load(cfg.model)
+        head = self.base.get_output_embeddings()  # the logits' width, read before pi+/pi- may wrap the base
+        self.vocab = head.weight.shape[0] if head is not None else self.base.config.vocab_size
         self.pos = self.neg = None
         if self.by_prompt:
             return
@@ -90,10 +92,8 @@ class Scorer:
     def score(self, items: Sequence[TokenizedPair]) -> list[dict[str, np.ndarray]]:
         """For each pair: chosen/rejected logratio and ref_logps, float32 arrays as long as the response ids;
         in as many forwards as the logits' budget (`logits_parts`) asks."""
-        head = self.base.get_output_embeddings()
-        vocab = head.weight.shape[0] if head is not None else self.base.config.vocab_size
         rows_per_pair = 6 if self.by_prompt else 2  # the prompt method runs ref, pi+ and pi- in one forward
-        return [result for part in logits_parts(items, rows_per_pair, vocab) for result in self._score(part)]
+        return [result for part in logits_parts(items, rows_per_pair, self.vocab) for result in self._score(part)]
 
     @torch.inference_mode()
     def _score(self, items: Sequence[TokenizedPair]) -> list[dict[str, np.ndarray]]:
