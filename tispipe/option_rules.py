@@ -67,7 +67,8 @@ def check_values(cfg: Any) -> None:
     check_options(cfg, at_least_one=pick(AT_LEAST_ONE), positive=pick(POSITIVE), non_negative=pick(NON_NEGATIVE))
     for name, bound in BELOW.items():
         if name in names and getattr(cfg, name) is not None and not getattr(cfg, name) < bound:
-            raise TispipeError(f"{_flag(name)} must be below {bound:g}, not {getattr(cfg, name)}")
+            span = f"between 0 and {bound:g} (exclusive)" if name in POSITIVE else f"below {bound:g}"
+            raise TispipeError(f"{_flag(name)} must be {span}, not {getattr(cfg, name)}")
     for name, bound in AT_MOST.items():
         if name in names and getattr(cfg, name) is not None and not getattr(cfg, name) <= bound:
             raise TispipeError(f"{_flag(name)} must be at most {bound:g}, not {getattr(cfg, name)}")
