@@ -65,9 +65,10 @@ def data_file(work):
 
 
 def estimate_args(data_file, base_dir, out) -> list[str]:
-    # Short system prompts and lengths keep scoring fast; --method prompt needs no training.
+    # Short system prompts keep scoring fast; --method prompt needs no training. Responses keep 112 tokens: the toy
+    # chosen and rejected share up to 105 tokens of the tiny tokenizer, and pairs cut to identical ones are dropped.
     return ["estimate", "--data", str(data_file), "--model", str(base_dir), "--out", str(out), "--method", "prompt",
-            "--pos-prompt", "Be kind.", "--neg-prompt", "Be rude.", "--max-length", "96", "--max-prompt-length", "48",
+            "--pos-prompt", "Be kind.", "--neg-prompt", "Be rude.", "--max-length", "160", "--max-prompt-length", "48",
             "--shard-size", str(SHARD_SIZE), "--batch-size", "4", "--device", "cpu"]
 
 
