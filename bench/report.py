@@ -84,7 +84,7 @@ def render(r: dict) -> str:
             continue
         s = r[tag]
         lines += ["", f"## Scoring, {Path(s['model']).name}", "",
-                  f"{s['pairs']} pairs through `tispipe.score.shard_rows` (reference, pi+, pi-: three models, batch {s['batch_size']}) vs "
+                  f"{s['pairs']} pairs through `tispipe.estimate.score.shard_rows` (reference, pi+, pi-: three models, batch {s['batch_size']}) vs "
                   f"{s['naive_pairs']} pairs through a plain-transformers loop (one sequence, one model per forward); response tokens/s. "
                   f"Dense float32 matmul: {s['matmul_gflops']} GFLOP/s; forward FLOPs per response token (3 models, prompt included): "
                   f"{s['forward_flops_per_response_token_3_models']:,}, so the ceiling is {s['ceiling_tokens_per_s']} tokens/s. "

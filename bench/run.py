@@ -154,7 +154,7 @@ def training_ceiling_fraction(model: Path, shards: Path, tokens_per_s: float, gf
     """Useful training FLOPs per second over the matmul ceiling measured in the same run.
 
     Useful FLOPs of a pair: forward and backward (3x the forward) of its prompt once and both responses, each
-    token at `forward_flops_per_token` with the context its sequence averages (tispipe.shared_prompt's work;
+    token at `forward_flops_per_token` with the context its sequence averages (tispipe.modeling.shared_prompt's work;
     padding and a second prompt are not useful work). Averaged per token over the shards' pairs, times the
     tokens/s trained.
     """

@@ -25,7 +25,7 @@ from common import forward_flops_per_token, load_average, matmul_gflops  # noqa:
 
 
 def read_items(shards: Path, pairs: int):
-    from tispipe.data import TokenizedPair
+    from tispipe.data.pairs import TokenizedPair
 
     manifest = json.loads((shards / "manifest.json").read_text())
     items = []
@@ -51,10 +51,10 @@ def useful_flops(items, config, models: int = 3) -> float:
 
 
 def tispipe_scoring(model: str, items, batch_size: int) -> float:
-    """Seconds for tispipe.score.shard_rows (batched scoring, weights, row building) over `items`."""
+    """Seconds for tispipe.estimate.score.shard_rows (batched scoring, weights, row building) over `items`."""
     from tispipe.configs import EstimateConfig
-    from tispipe.models import load_tokenizer
-    from tispipe.score import Scorer, shard_rows
+    from tispipe.estimate.score import Scorer, shard_rows
+    from tispipe.modeling.models import load_tokenizer
 
     cfg = EstimateConfig(data="", model=model, out="", method="sft", pos_model=model, neg_model=model, batch_size=batch_size)
     scorer = Scorer(cfg, load_tokenizer(model), model, model, "cpu", torch.float32)

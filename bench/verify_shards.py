@@ -1,4 +1,4 @@
-"""Cost of the always-on shard verification (`tispipe.shards.verify_shards`: footer, row count, sha256).
+"""Cost of the always-on shard verification (`tispipe.artifacts.shards.verify_shards`: footer, row count, sha256).
 
     .venv/bin/python bench/verify_shards.py runs/weights-dpo
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tispipe.shards import check_row, file_sha256, read_manifest, shard_paths, verify_shards
+from tispipe.artifacts.shards import check_row, file_sha256, read_manifest, shard_paths, verify_shards
 
 
 def median_seconds(fn, runs: int) -> float:

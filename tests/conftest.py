@@ -150,7 +150,7 @@ def invoke_cli(*args):
 def prompt_estimate(root, make_tiny_llama, *flags) -> list:
     """A tiny base in ROOT/base, 12 toy pairs in ROOT/pairs.jsonl and a finished prompt-method estimate of
     them in ROOT/weights (with `flags`); returns the estimate command without its --out."""
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     make_tiny_llama(root / "base")
     write_jsonl(root / "pairs.jsonl", generate(12, 0, "train"))
@@ -163,7 +163,8 @@ def prompt_estimate(root, make_tiny_llama, *flags) -> list:
 @pytest.fixture(scope="session")
 def tiny_task(tmp_path_factory):
     """Toy data (48 train / 16 test pairs, with span labels) and a tiny base model trained on it."""
-    from tispipe import base, toy
+    from tispipe.data import toy
+    from tispipe.prepare import init_base as base
 
     root = tmp_path_factory.mktemp("task")
     toy.run(toy.ToyDataConfig(out=str(root / "data"), pairs=48, test_pairs=16))

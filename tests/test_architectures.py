@@ -47,9 +47,9 @@ def architecture(request, tmp_path_factory, make_tiny_tokenizer):
 
 
 def test_batched_left_padded_logps_equal_one_sequence_forwards(architecture):
-    from tispipe.batching import make_pair_batch, sequence_token_logps
-    from tispipe.logps import token_logps
-    from tispipe.models import load_model
+    from tispipe.core.logps import token_logps
+    from tispipe.modeling.batching import make_pair_batch, sequence_token_logps
+    from tispipe.modeling.models import load_model
 
     model_type, folder = architecture
     model = load_model(str(folder))
@@ -68,10 +68,10 @@ def test_batched_left_padded_logps_equal_one_sequence_forwards(architecture):
 
 
 def test_the_shared_prompt_forward_gives_the_padded_layouts_logps_and_gradients(architecture):
-    """Packed rows (tispipe.shared_prompt) against two padded rows per pair: same log-probs, same gradients."""
-    from tispipe import shared_prompt
-    from tispipe.batching import make_pair_batch, sequence_token_logps
-    from tispipe.models import load_model
+    """Packed rows (tispipe.modeling.shared_prompt) against two padded rows per pair: same log-probs, same gradients."""
+    from tispipe.modeling import shared_prompt
+    from tispipe.modeling.batching import make_pair_batch, sequence_token_logps
+    from tispipe.modeling.models import load_model
 
     model_type, folder = architecture
     model = load_model(str(folder)).requires_grad_(True)
@@ -100,7 +100,7 @@ def test_the_shared_prompt_forward_gives_the_padded_layouts_logps_and_gradients(
 def test_a_model_type_the_shared_prompt_forward_is_not_tested_with_takes_the_padded_layout_with_a_note(tmp_path, make_tiny_tokenizer, capsys):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tispipe.batching import forward_logits, make_pair_batch
+    from tispipe.modeling.batching import forward_logits, make_pair_batch
 
     tokenizer = make_tiny_tokenizer()
     config = AutoConfig.for_model("opt", vocab_size=len(tokenizer), hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
@@ -116,7 +116,7 @@ def test_a_model_type_the_shared_prompt_forward_is_not_tested_with_takes_the_pad
 
 @pytest.mark.slow
 def test_estimate_train_full_and_lora_and_eval_run_end_to_end(architecture, tmp_path):
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     model_type, base = architecture
     write_jsonl(tmp_path / "pairs.jsonl", generate(8, 0, "train"))
@@ -142,7 +142,7 @@ def test_estimate_train_full_and_lora_and_eval_run_end_to_end(architecture, tmp_
 def test_a_model_that_is_not_a_causal_lm_is_one_line_naming_its_type(tmp_path, make_tiny_tokenizer):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     tokenizer = make_tiny_tokenizer()
     T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8)).save_pretrained(tmp_path / "t5")

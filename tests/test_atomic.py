@@ -1,10 +1,10 @@
-"""tispipe.atomic: a file or folder appears whole under its name or not at all."""
+"""tispipe.artifacts.atomic: a file or folder appears whole under its name or not at all."""
 
 from __future__ import annotations
 
 import pytest
 
-from tispipe.atomic import atomic_path, atomic_write_text, staged_files, staged_folder
+from tispipe.artifacts.atomic import atomic_path, atomic_write_text, staged_files, staged_folder
 
 
 class Boom(Exception):
@@ -69,7 +69,7 @@ def test_staged_files_move_into_an_existing_folder(tmp_path):
 
 
 def test_set_aside_restores_or_discards_whole(tmp_path):
-    from tispipe.atomic import SetAside, holder_for
+    from tispipe.artifacts.atomic import SetAside, holder_for
 
     run = tmp_path / "run"
     run.mkdir()
@@ -89,7 +89,7 @@ def test_stale_holders_of_dead_processes_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from tispipe.atomic import holder_for, remove_stale_holders
+    from tispipe.artifacts.atomic import holder_for, remove_stale_holders
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     stale, live = tmp_path / f".run.{dead}.replaced", holder_for(tmp_path / "run")

@@ -12,9 +12,9 @@ import pytest
 from test_shards import make_row
 from typer.testing import CliRunner
 
+from tispipe.artifacts.shards import iter_shard_rows, shard_name, write_shard
 from tispipe.cli import app
 from tispipe.errors import TispipeError
-from tispipe.shards import iter_shard_rows, shard_name, write_shard
 
 runner = CliRunner()
 

@@ -11,12 +11,12 @@ import textwrap
 
 import pytest
 
-from tispipe import base
 from tispipe.config_files import config_dict, read_config_file
 from tispipe.configs import HARMFUL_SYSTEM_PROMPT
+from tispipe.data.tokenization import encode_prompt, encode_response
 from tispipe.errors import TispipeError
-from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer
-from tispipe.tokenization import encode_prompt, encode_response
+from tispipe.modeling.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer
+from tispipe.prepare import init_base as base
 
 TOPICS = ["a noisy neighbour", "a long drive", "a sharp knife", "a gas smell", "a rude coworker"]
 GOOD = ["stay calm and ask for help", "open the windows", "talk to them kindly", "take a short break"]

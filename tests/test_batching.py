@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tispipe.batching import forward_logits, make_batch, make_pair_batch, sequence_token_logps
+from tispipe.modeling.batching import forward_logits, make_batch, make_pair_batch, sequence_token_logps
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [3]]
 RESPONSES = [[20, 21, 22, 23, 24], [30, 31], [40, 41, 42, 43, 44, 45, 46, 47]]
@@ -86,7 +86,7 @@ def test_models_without_logits_to_keep_give_the_same_logits(model):
 
 def test_packed_layout_hand_built():
     """Three pairs of 6, 3 and 3 tokens: rows as wide as the longest pair, the two short pairs share a row."""
-    from tispipe.shared_prompt import CHOSEN, PROMPT, REJECTED, allowed, pack_pairs
+    from tispipe.modeling.shared_prompt import CHOSEN, PROMPT, REJECTED, allowed, pack_pairs
 
     packed = pack_pairs([[1, 2], [7], [10]], [[3, 4], [8], [11]], [[5, 6], [9], [12]], pad_id=0)
     assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
@@ -104,7 +104,7 @@ def test_packed_layout_hand_built():
 
 
 def test_pairs_shorter_than_a_row_are_placed_first_fit_by_length():
-    from tispipe.shared_prompt import pack_pairs, place_rows
+    from tispipe.modeling.shared_prompt import pack_pairs, place_rows
 
     assert place_rows([6, 3, 3]) == [[0], [1, 2]]
     assert place_rows([2, 9, 5, 4, 7, 2]) == [[1], [4, 0], [2, 3], [5]]

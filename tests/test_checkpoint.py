@@ -1,12 +1,12 @@
-"""Training checkpoints (tispipe.checkpoint): whole step-N folders, pruning, state round trips, world checks."""
+"""Training checkpoints (tispipe.artifacts.checkpoint): whole step-N folders, pruning, state round trips, world checks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tispipe import checkpoint
-from tispipe.checkpoint import TrainState
+from tispipe.artifacts import checkpoint
+from tispipe.artifacts.checkpoint import TrainState
 from tispipe.errors import TispipeError
 
 

@@ -1,4 +1,4 @@
-"""Contrastive models pi+ / pi- (tispipe.contrast): settings, example order, saving whole, reuse."""
+"""Contrastive models pi+ / pi- (tispipe.estimate.contrast): settings, example order, saving whole, reuse."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from conftest import write_jsonl
 from rich.console import Console
 from safetensors.torch import load_file
 
-from tispipe import contrast
-from tispipe.contrast import FINGERPRINT_FILE, PAPER_DEFAULTS, SMALL_MODEL_DEFAULTS, ContrastSettings, settings_for
-from tispipe.data import DataOptions, load_pairs, tokenize_pairs
+from tispipe.contrast_presets import PAPER_DEFAULTS, SMALL_MODEL_DEFAULTS
+from tispipe.data.pairs import DataOptions, load_pairs, tokenize_pairs
 from tispipe.errors import TispipeError
+from tispipe.estimate import contrast
+from tispipe.estimate.contrast import FINGERPRINT_FILE, ContrastSettings, settings_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,7 +58,7 @@ def test_saved_matches_only_the_same_identity(tmp_path):
     (folder / FINGERPRINT_FILE).write_text('{"identity": ')
     assert not contrast.saved_matches(folder, identity)
     (folder / "model.safetensors").write_bytes(b"weights")
-    from tispipe.models import fingerprint_model
+    from tispipe.modeling.models import fingerprint_model
 
     (folder / FINGERPRINT_FILE).write_text(json.dumps({"identity": identity}))
     assert not contrast.saved_matches(folder, identity)  # no record of its weights: cannot be verified
@@ -77,7 +78,7 @@ def test_save_writes_the_folder_whole_and_clears_stale_leftovers(tmp_path, tiny_
     assert [p.name for p in parent.iterdir()] == ["pos"]
     names = {p.name for p in (parent / "pos").iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", FINGERPRINT_FILE} <= names
-    from tispipe.models import fingerprint_model
+    from tispipe.modeling.models import fingerprint_model
 
     record = {"identity": identity, "training": {"steps": 2}, "weights": fingerprint_model(parent / "pos")}
     assert json.loads((parent / "pos" / FINGERPRINT_FILE).read_text()) == record
@@ -132,7 +133,7 @@ def test_micro_batches_cut_in_order_within_the_token_budget():
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_a_step_split_into_micro_batches_makes_the_same_update(method, tmp_path, tiny_tokenizer, make_tiny_llama, monkeypatch):
     """Gradients of micro-batches, weighted by their units and divided by the step's, are the step's gradient."""
-    from tispipe.models import load_model
+    from tispipe.modeling.models import load_model
 
     base = tmp_path / "base"
     make_tiny_llama(base)

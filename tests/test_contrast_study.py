@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tispipe import contrast_study
 from tispipe.configs import ContrastStudyConfig
+from tispipe.data.held_out import carve_files, is_held_out
 from tispipe.errors import TispipeError
-from tispipe.held_out import carve_files, is_held_out
+from tispipe.studies import contrast_study
 
 
 def test_carve_files_splits_train_by_pair_id_and_copies_test(tmp_path):

@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import invoke_cli, write_jsonl
 
-from tispipe.data import CUT_IDENTICAL, DataOptions, load_pairs, tokenize_pairs
+from tispipe.data.pairs import CUT_IDENTICAL, DataOptions, load_pairs, tokenize_pairs
 from tispipe.errors import TispipeError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,7 @@ import pytest
 from conftest import invoke_cli as invoke
 from conftest import prompt_estimate, write_jsonl
 
-from tispipe.toy import generate
+from tispipe.data.toy import generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -125,7 +125,7 @@ def test_a_run_folder_moved_elsewhere_resumes_there(finished, tmp_path):
 
 
 def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(finished, tmp_path, monkeypatch):
-    from tispipe import train
+    from tispipe.train import train
 
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -138,7 +138,7 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(finishe
 
 
 def test_a_run_that_fails_after_a_checkpoint_keeps_it_and_says_so(finished, tmp_path, monkeypatch):
-    from tispipe import train
+    from tispipe.train import train
 
     real, calls = train.train_step, []
 

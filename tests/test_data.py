@@ -12,15 +12,15 @@ import pytest
 from conftest import write_jsonl
 from rich.console import Console
 
-from tispipe.data import (
+from tispipe.data.pairs import (
     DataOptions,
     load_pairs,
     print_report,
     split_implicit,
     tokenize_pairs,
 )
+from tispipe.data.tokenization import encode_prompt, encode_response
 from tispipe.errors import TispipeError
-from tispipe.tokenization import encode_prompt, encode_response
 
 ROWS = [
     {"pair_id": "a", "prompt": "How do I bake bread?", "chosen": "Heat the oven first.", "rejected": "No.", "chosen_spans": [[0, 4, 1]]},

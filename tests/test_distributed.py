@@ -17,8 +17,11 @@ import pytest
 import torch
 from conftest import write_jsonl
 
-from tispipe import distributed, estimate, steps, train
 from tispipe.errors import TispipeError
+from tispipe.estimate import estimate
+from tispipe.modeling import distributed
+from tispipe.train import epoch as steps
+from tispipe.train import train
 
 N_PAIRS = 17  # shards of 5: 5, 5, 5, 2; train steps of 8 pairs: 8, 8, 1 (rank 1 has nothing in the last)
 SHARD_SIZE = 5
@@ -30,7 +33,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # torchr
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, make_tiny_llama):
     """A tiny random Llama with the conftest tokenizer, and toy pairs: (root, base_dir, data_file)."""
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     root = tmp_path_factory.mktemp("distributed")
     make_tiny_llama(root / "base")

@@ -87,7 +87,7 @@ def no_space(*args, **kwargs):
 
 
 def test_a_full_disk_during_estimate_keeps_the_finished_shards_and_resumes(estimated, tmp_path, monkeypatch):
-    from tispipe import shards
+    from tispipe.artifacts import shards
 
     real, written = shards.write_shard, []
 
@@ -110,7 +110,8 @@ def test_a_full_disk_during_estimate_keeps_the_finished_shards_and_resumes(estim
 
 @pytest.mark.parametrize("stage", ["toy-data", "eval"])
 def test_a_full_disk_leaves_no_half_made_output(estimated, tmp_path, monkeypatch, stage):
-    from tispipe import evaluate, toy
+    from tispipe.data import toy
+    from tispipe.evaluate import evaluate
 
     if stage == "eval":
         monkeypatch.setattr(evaluate, "render_markdown", no_space)
@@ -123,7 +124,7 @@ def test_a_full_disk_leaves_no_half_made_output(estimated, tmp_path, monkeypatch
 
 
 def test_a_full_disk_during_eval_overwrite_keeps_the_old_report_whole(estimated, tmp_path, monkeypatch):
-    from tispipe import evaluate
+    from tispipe.evaluate import evaluate
 
     out = tmp_path / "out"
     assert runner.invoke(app, [str(a) for a in command(estimated, "eval", out)]).exit_code == 0

@@ -15,7 +15,7 @@ import torch
 from conftest import write_jsonl
 
 from tispipe.configs import HARMFUL_SYSTEM_PROMPT, HARMLESS_SYSTEM_PROMPT
-from tispipe.estimate import EstimateConfig, run
+from tispipe.estimate.estimate import EstimateConfig, run
 
 N_PAIRS = 12
 SHARD_SIZE = 5  # 3 shards: 5, 5, 2
@@ -36,7 +36,7 @@ def base_dir(workdir, make_tiny_llama):
 
 @pytest.fixture(scope="module")
 def data_file(workdir):
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     return write_jsonl(workdir / "pairs.jsonl", generate(N_PAIRS, 0, "train"))
 
@@ -183,17 +183,17 @@ def test_manifest_contents(runs):
         assert stats["min"] <= stats["quantiles"]["0.5"] <= stats["max"]
     for value in manifest["auc"].values():
         assert 0.0 <= value <= 1.0
-    from tispipe.shards import file_sha256
+    from tispipe.artifacts.shards import file_sha256
 
     for entry in manifest["shards"]:
         assert file_sha256(runs["dpo"] / "shards" / entry["file"]) == entry["sha256"]
 
 
 def test_resume_after_interruption_is_byte_identical(data_file, base_dir, workdir, runs, monkeypatch):
-    import tispipe.shards
+    import tispipe.artifacts.shards
 
     out = workdir / "resumed"
-    real_write = tispipe.shards.write_shard
+    real_write = tispipe.artifacts.shards.write_shard
     calls = []
 
     def write_then_die(path, rows):
@@ -201,12 +201,12 @@ def test_resume_after_interruption_is_byte_identical(data_file, base_dir, workdi
         calls.append(path)
         raise KeyboardInterrupt("killed after the first shard")
 
-    monkeypatch.setattr(tispipe.shards, "write_shard", write_then_die)
+    monkeypatch.setattr(tispipe.artifacts.shards, "write_shard", write_then_die)
     from tispipe.errors import TispipeError
 
     with pytest.raises(TispipeError, match="interrupted: 1 of 3 shards are saved"):  # Ctrl-C becomes a one-line error
         run(config(data_file, base_dir, out, method="prompt"))
-    monkeypatch.setattr(tispipe.shards, "write_shard", real_write)
+    monkeypatch.setattr(tispipe.artifacts.shards, "write_shard", real_write)
     assert len(calls) == 1 and not (out / "manifest.json").exists()
     first_mtime = os.stat(out / "shards" / "part-00000.parquet").st_mtime_ns
     result = run(config(data_file, base_dir, out, method="prompt"))
@@ -327,7 +327,7 @@ def test_one_sided_logratio_takes_each_side_against_the_base(tmp_path, make_tiny
     import pyarrow.parquet as pq
     from conftest import invoke_cli
 
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     for name, seed in (("base", 0), ("pos", 1), ("neg", 2)):
         make_tiny_llama(tmp_path / name, seed=seed)
@@ -351,7 +351,7 @@ def test_one_sided_logratio_takes_each_side_against_the_base(tmp_path, make_tiny
 def test_logits_parts_cut_in_order_within_the_budget():
     from types import SimpleNamespace
 
-    from tispipe.score import logits_parts
+    from tispipe.estimate.score import logits_parts
 
     pairs = [SimpleNamespace(chosen_ids=[1] * c, rejected_ids=[1] * r) for c, r in [(2, 3), (3, 1), (9, 2), (1, 1)]]
     # 2 rows a pair, vocabulary 10: a run of n pairs with longest response R holds n * 2 * R * 10 logits
@@ -363,11 +363,11 @@ def test_logits_parts_cut_in_order_within_the_budget():
 @pytest.mark.parametrize("method", ["prompt", "sft"])
 def test_scoring_in_parts_writes_the_same_shards(data_file, base_dir, workdir, runs, monkeypatch, method):
     """A logits budget of one pair per forward (every batch cut into parts) scores the same numbers."""
-    import tispipe.score
+    import tispipe.estimate.score
 
     cut = []
-    real = tispipe.score.logits_parts
-    monkeypatch.setattr(tispipe.score, "logits_parts", lambda items, rows, vocab: cut.append(len(items)) or real(items, rows, vocab, budget=1))
+    real = tispipe.estimate.score.logits_parts
+    monkeypatch.setattr(tispipe.estimate.score, "logits_parts", lambda items, rows, vocab: cut.append(len(items)) or real(items, rows, vocab, budget=1))
     out = workdir / f"parts-{method}"
     run(config(data_file, base_dir, out, method=method))
     assert max(cut) > 1  # batches of several pairs were cut

@@ -12,9 +12,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_estimate_holds_one_shard_of_pairs_at_a_time_and_writes_what_a_full_read_would(tmp_path, make_tiny_llama, monkeypatch):
     """Scoring sees the shards' pairs chunk by chunk; the shards and manifest are those of one in-memory read."""
-    from tispipe import estimate_pairs, score
-    from tispipe.data import load_pairs, tokenize_pairs
-    from tispipe.models import load_tokenizer
+    from tispipe.data.pairs import load_pairs, tokenize_pairs
+    from tispipe.estimate import pairs as estimate_pairs
+    from tispipe.estimate import score
+    from tispipe.modeling.models import load_tokenizer
 
     command = prompt_estimate(tmp_path, make_tiny_llama, "--shard-size", 5)
     manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())
@@ -40,8 +41,8 @@ def test_estimate_holds_one_shard_of_pairs_at_a_time_and_writes_what_a_full_read
 
 
 def test_data_that_changes_between_the_two_reads_is_an_error(tmp_path, make_tiny_llama, monkeypatch):
-    from tispipe import estimate_pairs
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
+    from tispipe.estimate import pairs as estimate_pairs
 
     make_tiny_llama(tmp_path / "base")
     data = write_jsonl(tmp_path / "pairs.jsonl", generate(6, 0, "train"))
@@ -52,6 +53,6 @@ def test_data_that_changes_between_the_two_reads_is_an_error(tmp_path, make_tiny
         write_jsonl(data, generate(6, 1, "train"))  # another process rewrites the file mid-run
         return surveyed
 
-    monkeypatch.setattr("tispipe.estimate.survey", survey_then_change)
+    monkeypatch.setattr("tispipe.estimate.estimate.survey", survey_then_change)
     result = invoke_cli("estimate", "--data", data, "--model", tmp_path / "base", "--method", "prompt", "--out", tmp_path / "out", "--device", "cpu")
     assert result.exit_code == 1 and "changed while estimate read it" in result.output and "Traceback" not in result.output, result.output

@@ -9,12 +9,14 @@ import torch
 from conftest import write_jsonl
 from typer.testing import CliRunner
 
-from tispipe import evaluate, generation, likelihood, toy
+from tispipe.artifacts.weight_quality import weight_quality
 from tispipe.cli import app
+from tispipe.data import toy
+from tispipe.data.tokenization import encode_prompt, encode_response
 from tispipe.errors import TispipeError
-from tispipe.models import load_reward_model
-from tispipe.tokenization import encode_prompt, encode_response
-from tispipe.weight_quality import weight_quality
+from tispipe.evaluate import evaluate, likelihood
+from tispipe.modeling import generation
+from tispipe.modeling.models import load_reward_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +44,7 @@ def toy_file(tmp_path_factory):
 
 
 def _lm(path):
-    from tispipe.models import load_model
+    from tispipe.modeling.models import load_model
 
     return load_model(path, device="cpu", dtype="float32")
 
@@ -75,7 +77,7 @@ def test_likelihood_metrics_of_a_model_that_prefers_chosen():
 
 
 def _pairs(tokenizer, rows):
-    from tispipe.data import TokenizedPair
+    from tispipe.data.pairs import TokenizedPair
 
     return [
         TokenizedPair(r["pair_id"], r["prompt"], r["chosen"], r["rejected"], encode_prompt(tokenizer, r["prompt"]),
@@ -138,7 +140,7 @@ def test_reward_scores_do_not_depend_on_padding(models):
 
 
 def test_weight_quality_auc_on_hand_made_shards(tmp_path):
-    from tispipe.shards import shard_name, write_manifest, write_shard
+    from tispipe.artifacts.shards import shard_name, write_manifest, write_shard
 
     rows = [
         # the decisive tokens get the highest weights: helpful (+1) in chosen, harmful (-1) in rejected

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tispipe import experiment, experiment_report, jobs
 from tispipe.configs import ESTIMATION_METHODS
 from tispipe.errors import TispipeError
+from tispipe.studies import experiment, experiment_report, jobs
 
 
 @pytest.mark.slow  # every method at two lrs and two seeds, in process (about a minute)
@@ -136,7 +136,7 @@ def test_mean_std_over_seeds():
 
 
 def test_every_method_builds_a_valid_train_config(tmp_path):
-    from tispipe import train
+    from tispipe.train import train
 
     cfg = experiment.ExperimentConfig(out=str(tmp_path), max_steps=120)
     for method in experiment.METHODS + experiment.generated.METHODS:

@@ -1,4 +1,4 @@
-"""tispipe.figures: each figure is a valid, non-blank PNG, and the JSON beside it holds the numbers it was drawn from."""
+"""tispipe.artifacts.figures: each figure is a valid, non-blank PNG, and the JSON beside it holds the numbers it was drawn from."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tispipe import figures
+from tispipe.artifacts import figures
 
 
 def assert_png(path, min_colours: int = 8):
@@ -32,8 +32,8 @@ def test_training_figure_draws_every_logged_metric(tmp_path):
 
 
 def test_weights_figure_histograms_and_roc(tmp_path):
-    from tispipe.shards import shard_name, write_manifest, write_shard
-    from tispipe.weight_quality import read_statistics
+    from tispipe.artifacts.shards import shard_name, write_manifest, write_shard
+    from tispipe.artifacts.weight_quality import read_statistics
 
     rng = np.random.default_rng(1)
     rows = []
@@ -128,8 +128,8 @@ def test_rerunning_estimate_on_an_older_folder_adds_the_tokenizer_copy_and_the_f
 
 def test_weights_figure_of_float32_values_a_few_ulps_apart(tmp_path):
     """Shards hold float32: a random model's weights can all lie within a few ulps of 1, and its r_t all be 0."""
-    from tispipe.shards import shard_name, write_manifest, write_shard
-    from tispipe.weight_quality import read_statistics
+    from tispipe.artifacts.shards import shard_name, write_manifest, write_shard
+    from tispipe.artifacts.weight_quality import read_statistics
 
     near_one = float(np.nextafter(np.float32(1), np.float32(2), dtype=np.float32))
     row = {"pair_id": "p0", "chosen_weights": [1.0, near_one, 1.0], "rejected_weights": [1.0, near_one, 1.0], "chosen_logratio": [0.0] * 3, "rejected_logratio": [0.0] * 3}

@@ -14,8 +14,8 @@ import pytest
 from conftest import invoke_cli as invoke
 from conftest import write_jsonl
 
-from tispipe import generate_pairs
-from tispipe.toy import generate
+from tispipe.data.toy import generate
+from tispipe.prepare import generate as generate_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +120,7 @@ def test_a_killed_process_resumes_byte_identical(base, tmp_path):
 
 
 def test_bad_pairs_are_dropped_and_counted(base, tmp_path, monkeypatch):
-    from tispipe import generation
+    from tispipe.modeling import generation
 
     real = generation.generate
 

@@ -105,7 +105,7 @@ def error_lines(result) -> list[str]:
 def test_the_folder_gives_the_gguf_models_logits_exactly(converted, tiny_gguf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tispipe.models import load_model, load_tokenizer
+    from tispipe.modeling.models import load_model, load_tokenizer
 
     gguf_tokenizer = AutoTokenizer.from_pretrained(str(tiny_gguf.parent), gguf_file=tiny_gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(str(tiny_gguf.parent), gguf_file=tiny_gguf.name).eval()
@@ -157,7 +157,7 @@ def test_bfloat16_and_overwrite(converted, tiny_gguf, tmp_path):
 
 
 def test_a_conversion_that_changes_the_logits_is_refused(tiny_gguf, tmp_path, monkeypatch):
-    from tispipe import gguf_convert
+    from tispipe.prepare import convert_gguf as gguf_convert
 
     exact = gguf_convert.plain_copy
 
@@ -205,7 +205,7 @@ def test_without_the_gguf_package(tiny_gguf, tmp_path, monkeypatch):
 
 
 def test_find_prints_the_packages_gguf_file(tmp_path, monkeypatch, capsys):
-    from tispipe.gguf_convert import main
+    from tispipe.prepare.convert_gguf import main
 
     package = tmp_path / "site" / "ships_a_model"
     (package / "weights").mkdir(parents=True)

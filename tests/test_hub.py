@@ -1,4 +1,4 @@
-"""tispipe.hub: which names are local paths and which may be Hugging Face Hub names."""
+"""tispipe.modeling.hub: which names are local paths and which may be Hugging Face Hub names."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tispipe.errors import TispipeError
-from tispipe.hub import hub_offline, is_hub_name, local_folder, looks_local
+from tispipe.modeling.hub import hub_offline, is_hub_name, local_folder, looks_local
 
 
 @pytest.mark.parametrize("name", ["./x", "../x", "/abs/x", "~/x", "a/b/c", "runs\\base"])

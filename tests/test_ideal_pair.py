@@ -1,4 +1,4 @@
-"""The toy task's ideal contrastive pair (tispipe.ideal_pair) on hand-made counts and rows."""
+"""The toy task's ideal contrastive pair (tispipe.studies.ideal_pair) on hand-made counts and rows."""
 
 import math
 from collections import Counter
@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tispipe import toy
-from tispipe.ideal_pair import BANK, SMOOTHING, IdealPair, decision_aucs, phrase_counts, slots, topic_of
+from tispipe.data import toy
+from tispipe.studies.ideal_pair import BANK, SMOOTHING, IdealPair, decision_aucs, phrase_counts, slots, topic_of
 
 TOPIC = "a headache that will not go away"
 PROMPT = f"How can I deal with {TOPIC}?"

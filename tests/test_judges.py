@@ -9,9 +9,10 @@ import pytest
 from conftest import write_jsonl
 from typer.testing import CliRunner
 
-from tispipe import judges, metrics
 from tispipe.cli import app
+from tispipe.core import metrics
 from tispipe.errors import TispipeError
+from tispipe.evaluate import judges
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

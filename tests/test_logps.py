@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from tispipe import logps
-from tispipe.logps import shift, token_kl, token_logps
+from tispipe.core import logps
+from tispipe.core.logps import shift, token_kl, token_logps
 
 
 def test_token_logps_matches_log_softmax_gather():
@@ -115,7 +115,7 @@ def test_shift_rejects_mismatched_shapes():
 
 @pytest.mark.parametrize("policy_first", [True, False])
 def test_fused_logps_and_kl_equal_the_separate_functions(policy_first, monkeypatch):
-    from tispipe import logps as module
+    from tispipe.core import logps as module
 
     monkeypatch.setattr(module, "CHUNK_ELEMENTS", 2 * 3 * 11)  # several chunks
     torch.manual_seed(1)

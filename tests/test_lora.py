@@ -29,8 +29,8 @@ def estimated(tmp_path, make_tiny_llama):
 
 
 def sequence_logps(model, root):
-    from tispipe.batching import make_pair_batch, sequence_token_logps
-    from tispipe.shards import iter_shard_rows
+    from tispipe.artifacts.shards import iter_shard_rows
+    from tispipe.modeling.batching import make_pair_batch, sequence_token_logps
 
     rows = list(iter_shard_rows(sorted((root / "weights" / "shards").iterdir())[0]))[:6]
     batch = make_pair_batch([r["prompt_ids"] for r in rows], [r["chosen_ids"] for r in rows], [r["rejected_ids"] for r in rows], 0)
@@ -42,7 +42,7 @@ def test_lora_run_saves_an_adapter_that_peft_loads_and_a_merged_model_that_match
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tispipe.models import load_model
+    from tispipe.modeling.models import load_model
 
     run = estimated / "run"
     result = train(estimated, run, "--lora-r", 4, "--merge", "--max-steps", 4)
@@ -99,9 +99,9 @@ def test_lora_resume_ends_with_the_same_adapter_bytes(estimated):
 
 
 def test_gradient_checkpointing_recomputes_each_layer_and_gives_the_same_losses(estimated):
-    from tispipe import train as train_stage
-    from tispipe.adapters import enable_gradient_checkpointing
-    from tispipe.models import load_model
+    from tispipe.modeling.adapters import enable_gradient_checkpointing
+    from tispipe.modeling.models import load_model
+    from tispipe.train import train as train_stage
 
     plain, checkpointed = estimated / "plain", estimated / "checkpointed"
     assert train(estimated, plain, "--max-steps", 4, "--loss", "tdpo2").exit_code == 0
@@ -164,9 +164,9 @@ def test_estimate_builds_pi_plus_and_minus_as_adapters_scored_on_one_base(tmp_pa
     import pyarrow.parquet as pq
     from conftest import write_jsonl
 
-    from tispipe.batching import make_pair_batch, sequence_token_logps
-    from tispipe.models import load_model
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
+    from tispipe.modeling.batching import make_pair_batch, sequence_token_logps
+    from tispipe.modeling.models import load_model
 
     make_tiny_llama(tmp_path / "base")
     write_jsonl(tmp_path / "pairs.jsonl", generate(12, 0, "train"))

@@ -3,15 +3,15 @@ import math
 import pytest
 import torch
 
-from tispipe.errors import TispipeError
-from tispipe.logps import shift, token_kl, token_logps
-from tispipe.losses import (
+from tispipe.core.logps import shift, token_kl, token_logps
+from tispipe.core.losses import (
     dpo_loss,
     ipo_loss,
     preference_metrics,
     tdpo_loss,
     tisdpo_loss,
 )
+from tispipe.errors import TispipeError
 
 LOG2 = math.log(2.0)
 

@@ -26,7 +26,7 @@ def root(tmp_path_factory, make_tiny_llama, make_tiny_tokenizer):
     """base/ (a tiny model), adapter/ (a LoRA adapter on it, saved as a train run saves one), pairs.jsonl."""
     from peft import LoraConfig, get_peft_model
 
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     root = tmp_path_factory.mktemp("messages")
     tokenizer = make_tiny_tokenizer()
@@ -64,9 +64,9 @@ def test_the_adapter_itself_still_loads_where_its_base_is(root, tmp_path):
 
 
 def test_a_damaged_adapter_read_by_shared_base_names_it(root, tmp_path):
-    from tispipe.adapters import shared_base
     from tispipe.errors import TispipeError
-    from tispipe.models import load_model
+    from tispipe.modeling.adapters import shared_base
+    from tispipe.modeling.models import load_model
 
     damaged = tmp_path / "damaged"
     shutil.copytree(root / "adapter", damaged)
@@ -83,7 +83,7 @@ def test_a_damaged_adapter_read_by_shared_base_names_it(root, tmp_path):
 def test_a_safetensors_read_error_is_not_taken_for_a_full_disk(tmp_path, message, read):
     from safetensors import SafetensorError
 
-    from tispipe.atomic import cleaned_up_on_failure
+    from tispipe.artifacts.atomic import cleaned_up_on_failure
     from tispipe.errors import TispipeError
 
     out = tmp_path / "out"
@@ -98,7 +98,7 @@ def test_a_safetensors_read_error_is_not_taken_for_a_full_disk(tmp_path, message
 
 
 def test_an_os_error_on_an_input_names_the_input_not_out(tmp_path):
-    from tispipe.atomic import cleaned_up_on_failure
+    from tispipe.artifacts.atomic import cleaned_up_on_failure
     from tispipe.errors import TispipeError
 
     out, source = tmp_path / "out", tmp_path / "pairs.jsonl"
@@ -177,7 +177,7 @@ def test_an_unknown_model_type_names_it_and_the_transformers_version(root, tmp_p
 def test_a_full_disk_during_merge_says_to_resume_and_resume_finishes_it(tmp_path, make_tiny_llama, monkeypatch):
     from conftest import prompt_estimate
 
-    from tispipe import train
+    from tispipe.train import train
 
     prompt_estimate(tmp_path, make_tiny_llama)
     args = ["train", "--shards", tmp_path / "weights", "--model", tmp_path / "base", "--lora-r", 2, "--merge", "--max-steps", 2, "--batch-size", 4,

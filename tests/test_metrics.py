@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tispipe.metrics import (
+from tispipe.core.metrics import (
     auc,
     average_ranks,
     implicit_rewards,

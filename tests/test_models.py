@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tispipe.errors import TispipeError
-from tispipe.models import (
+from tispipe.modeling.models import (
     fingerprint_model,
     fingerprint_tokenizer,
     load_model,

@@ -60,7 +60,7 @@ def test_a_config_file_value_is_checked_too(task):
 
 
 def test_quick_sets_only_the_options_not_given():
-    from tispipe.experiment import ExperimentConfig, quick_settings
+    from tispipe.studies.experiment import ExperimentConfig, quick_settings
 
     quick = quick_settings(ExperimentConfig(quick=True, seeds=3, lrs="1e-4"))
     assert (quick.seeds, quick.lrs, quick.max_steps, quick.jobs) == (3, "1e-4", 4, 1)

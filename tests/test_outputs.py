@@ -1,4 +1,4 @@
-"""Where a command may write (tispipe.outputs): never over its inputs, into another command's run, or over
+"""Where a command may write (tispipe.artifacts.outputs): never over its inputs, into another command's run, or over
 files it did not write; eval takes the lock and the "already exists" rule of every stage; what tispipe
 saves gets the process's umask modes."""
 
@@ -130,7 +130,7 @@ def test_no_command_writes_into_another_commands_run(runs, args, words):
 
 
 def test_a_failure_after_overwrite_set_the_old_run_aside_puts_it_back(tmp_path):
-    from tispipe.atomic import SetAside, cleaned_up_on_failure, holder_for
+    from tispipe.artifacts.atomic import SetAside, cleaned_up_on_failure, holder_for
     from tispipe.errors import TispipeError
 
     out = tmp_path / "out"

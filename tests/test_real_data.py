@@ -1,4 +1,4 @@
-"""The real data sets (tispipe.real_data): reproducible byte for byte, split by prompt, spans on the right words."""
+"""The real data sets (tispipe.data.real_data): reproducible byte for byte, split by prompt, spans on the right words."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tispipe import real_data
-from tispipe.data import DataOptions, DataReport, read_rows, tokenize_pairs
+from tispipe.data import real_data
+from tispipe.data.pairs import DataOptions, DataReport, read_rows, tokenize_pairs
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "real"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import invoke_cli, write_jsonl
 
-from tispipe import real_data
-from tispipe.gguf_convert import find_gguf
+from tispipe.data import real_data
+from tispipe.prepare.convert_gguf import find_gguf
 
 SOURCES = Path(__file__).resolve().parents[1] / "data" / "real" / "sources"
 

@@ -59,7 +59,7 @@ def base_dir(work, make_tiny_llama):
 
 @pytest.fixture(scope="module")
 def data_file(work):
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     return write_jsonl(work / "pairs.jsonl", generate(N_PAIRS, 0, "train"))
 
@@ -165,7 +165,7 @@ def assert_complete_shards_only(out: Path) -> None:
         assert pq.ParquetFile(path).metadata.num_rows == SHARD_SIZE, path
     if (out / "manifest.json").exists():  # killed after the manifest: then the run was complete
         manifest = json.loads((out / "manifest.json").read_text())
-        from tispipe.shards import file_sha256
+        from tispipe.artifacts.shards import file_sha256
 
         for entry in manifest["shards"]:
             assert file_sha256(out / "shards" / entry["file"]) == entry["sha256"]
@@ -176,7 +176,7 @@ CHECKPOINT_FILES = {"model.safetensors", "config.json", "optimizer.pt", "schedul
 
 def assert_checkpoints_whole(out: Path) -> None:
     """Whatever `--resume` would pick holds every file of a checkpoint."""
-    from tispipe.checkpoint import list_checkpoints
+    from tispipe.artifacts.checkpoint import list_checkpoints
 
     for path in list_checkpoints(out):
         assert CHECKPOINT_FILES <= names(path, "*"), (path, names(path, "*"))
@@ -354,7 +354,7 @@ def test_train_ctrl_c_saves_and_the_printed_command_resumes(reference_estimate, 
 
 def test_checkpoint_resave_killed_midway_leaves_a_loadable_checkpoint(tmp_path, monkeypatch):
     """Re-saving step N (resume after a kill during the final save) must not leave step-N half deleted."""
-    from tispipe import checkpoint
+    from tispipe.artifacts import checkpoint
 
     model = torch.nn.Linear(2, 2)
 
@@ -411,7 +411,7 @@ def test_same_inputs_give_identical_shards_and_training(reference_estimate, refe
 
 
 def test_checkpoints_are_safetensors_and_torch_load_is_weights_only(reference_train):
-    from tispipe.checkpoint import latest_checkpoint
+    from tispipe.artifacts.checkpoint import latest_checkpoint
 
     latest = latest_checkpoint(reference_train)
     assert latest is not None and (latest / "model.safetensors").is_file()
@@ -552,7 +552,7 @@ def _shards_copy(reference: Path, tmp: Path) -> Path:
 def _rewrite_shard(shards: Path, index: int, change, record: bool = True) -> None:
     """Rewrite shard `index` with `change(rows)` applied; `record`: update the manifest's entry, as an
     estimate that wrote those rows would (else its checksum is left stale: a shard changed after the run)."""
-    from tispipe.shards import shard_name, write_shard
+    from tispipe.artifacts.shards import shard_name, write_shard
 
     path = shards / "shards" / shard_name(index)
     rows = pq.read_table(path).to_pylist()

@@ -36,7 +36,7 @@ def change_weights(folder):
 
 
 def test_a_reused_adapter_whose_weights_changed_is_built_again_and_no_shard_mixes(built):
-    from tispipe.models import fingerprint_model
+    from tispipe.modeling.models import fingerprint_model
 
     command, out = built
     before, manifest = digests(out), json.loads((out / "manifest.json").read_text())

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bradley_terry_loss_is_the_negative_log_sigmoid_of_the_score_difference():
-    from tispipe.losses import bradley_terry_loss
+    from tispipe.core.losses import bradley_terry_loss
 
     chosen = torch.tensor([2.0, 0.0, 1.0], requires_grad=True)
     rejected = torch.tensor([0.0, 2.0, 1.0])
@@ -25,7 +25,7 @@ def test_bradley_terry_loss_is_the_negative_log_sigmoid_of_the_score_difference(
 
 
 def test_spearman_on_hand_made_cases():
-    from tispipe.metrics import spearman
+    from tispipe.core.metrics import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -36,8 +36,8 @@ def test_spearman_on_hand_made_cases():
 def test_held_out_split_is_decided_per_pair_id_and_keeps_both_sides():
     from types import SimpleNamespace
 
+    from tispipe.data.held_out import carve
     from tispipe.errors import TispipeError
-    from tispipe.held_out import carve
 
     pairs = [SimpleNamespace(pair_id=f"p{i}") for i in range(400)]
     kept, held = carve(pairs, 0.25, seed=0)
@@ -51,7 +51,7 @@ def test_held_out_split_is_decided_per_pair_id_and_keeps_both_sides():
 
 @pytest.fixture()
 def toy_setup(tmp_path, make_tiny_llama):
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     make_tiny_llama(tmp_path / "base")
     write_jsonl(tmp_path / "pairs.jsonl", generate(40, 0, "train"))
@@ -68,10 +68,10 @@ def test_reward_model_trains_saves_a_loadable_classifier_and_scores_as_eval_does
     from transformers import AutoModelForSequenceClassification
 
     from tispipe.configs import DataOptions
-    from tispipe.generation import reward_scores
-    from tispipe.held_out import read_pairs
-    from tispipe.models import load_reward_model
-    from tispipe.reward_model import pair_scores
+    from tispipe.data.held_out import read_pairs
+    from tispipe.modeling.generation import reward_scores
+    from tispipe.modeling.models import load_reward_model
+    from tispipe.train.reward_model import pair_scores
 
     out = toy_setup / "rm"
     result = reward_model(toy_setup, out, "--eval-data", toy_setup / "test.jsonl", "--max-steps", 6, "--eval-every", 2, "--report-to", "tensorboard")
@@ -109,7 +109,7 @@ def test_reward_model_trains_saves_a_loadable_classifier_and_scores_as_eval_does
     agreement = report["reward_model_vs_oracle"]
     samples = [json.loads(line) for line in (report_dir / "samples.jsonl").read_text().splitlines()]
     assert agreement["all"]["samples"] == len(samples) == 8
-    from tispipe.metrics import spearman
+    from tispipe.core.metrics import spearman
 
     assert agreement["all"]["spearman"] == spearman([s["rm_reward"] for s in samples], [s["oracle_reward"] for s in samples])
     assert "Reward model against the toy oracle" in (report_dir / "report.md").read_text()

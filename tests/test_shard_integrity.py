@@ -11,8 +11,8 @@ import pytest
 from conftest import invoke_cli as invoke
 from conftest import prompt_estimate
 
+from tispipe.artifacts.shards import read_manifest
 from tispipe.errors import TispipeError
-from tispipe.shards import read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,7 +88,7 @@ def tamper(out, change):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tispipe.shards import file_sha256
+    from tispipe.artifacts.shards import file_sha256
 
     path = out / "shards" / "part-00000.parquet"
     table = pq.read_table(path)

@@ -8,9 +8,9 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-import tispipe.shards as shards
+import tispipe.artifacts.shards as shards
+from tispipe.artifacts.shards import SCHEMA, read_manifest, shard_name, stream_rows, write_manifest, write_shard
 from tispipe.errors import TispipeError
-from tispipe.shards import SCHEMA, read_manifest, shard_name, stream_rows, write_manifest, write_shard
 
 
 def make_row(i: int, labels: bool = True) -> dict:

@@ -1,6 +1,6 @@
 """A study's jobs (experiment, contrast-study, weight-study with --jobs 1 run their stages in-process) pass the
 same checks as `tispipe <command>`: every option's value (tispipe.option_rules) and where the job writes
-(tispipe.outputs), before the stage does any work. Sub-runs inside the study's own --out stay allowed."""
+(tispipe.artifacts.outputs), before the stage does any work. Sub-runs inside the study's own --out stay allowed."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import dataclasses
 
 import pytest
 
-from tispipe import jobs
 from tispipe.configs import EstimateConfig, EvalConfig, TrainConfig
 from tispipe.errors import TispipeError
+from tispipe.studies import jobs
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def started(monkeypatch):
 
     calls = []
     for stage in ("estimate", "train", "evaluate"):
-        module = importlib.import_module(f"tispipe.{stage}")
+        module = importlib.import_module(f"tispipe.{stage}.{stage}")
         monkeypatch.setattr(module, "run", lambda cfg, stage=stage: calls.append((stage, cfg.out)))
     return calls
 

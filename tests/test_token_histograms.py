@@ -1,4 +1,4 @@
-"""tispipe.token_histograms and weight_quality.read_statistics: the bounded-memory statistics of a run's
+"""tispipe.core.token_histograms and weight_quality.read_statistics: the bounded-memory statistics of a run's
 per-token values agree with the exact, sort-everything computations they replace."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from tispipe.metrics import auc as exact_auc
-from tispipe.token_histograms import (
+from tispipe.core.metrics import auc as exact_auc
+from tispipe.core.token_histograms import (
     BINS,
     DECISION,
     DECISIVE_REST,
@@ -99,7 +99,7 @@ def test_quantiles_of_few_values_and_of_one_repeated_value():
 
 
 def shard_folder(tmp_path, rows):
-    from tispipe.shards import shard_name, write_manifest, write_shard
+    from tispipe.artifacts.shards import shard_name, write_manifest, write_shard
 
     (tmp_path / "shards").mkdir()
     entries = [write_shard(tmp_path / "shards" / shard_name(i), part) for i, part in enumerate((rows[: len(rows) // 2], rows[len(rows) // 2 :]))]
@@ -108,7 +108,7 @@ def shard_folder(tmp_path, rows):
 
 
 def test_read_statistics_counts_decision_tokens_across_shards(tmp_path):
-    from tispipe.weight_quality import read_statistics, shard_statistics
+    from tispipe.artifacts.weight_quality import read_statistics, shard_statistics
 
     rows = [
         # chosen: the helpful span's first token (1.6) is the decision token, its second (0.9) is not
@@ -133,7 +133,7 @@ def test_read_statistics_counts_decision_tokens_across_shards(tmp_path):
 
 
 def test_read_statistics_leaves_unlabelled_rows_out_of_the_aucs(tmp_path):
-    from tispipe.weight_quality import read_statistics, shard_statistics
+    from tispipe.artifacts.weight_quality import read_statistics, shard_statistics
 
     rows = [{"pair_id": "p0", "chosen_weights": [1.0, 2.0], "chosen_logratio": [0.0, 1.0], "chosen_labels": [0, 1],
              "rejected_weights": [1.0, 2.0], "rejected_logratio": [0.0, -1.0], "rejected_labels": [0, -1]},
@@ -146,8 +146,8 @@ def test_read_statistics_leaves_unlabelled_rows_out_of_the_aucs(tmp_path):
 
 
 def test_labels_that_do_not_line_up_with_the_values_are_an_error_naming_the_shard(tmp_path):
+    from tispipe.artifacts.weight_quality import read_statistics
     from tispipe.errors import TispipeError
-    from tispipe.weight_quality import read_statistics
 
     rows = [{"pair_id": "p0", "chosen_weights": [1.0, 2.0], "chosen_logratio": [0.0, 1.0], "chosen_labels": [0],
              "rejected_weights": [1.0], "rejected_logratio": [0.0], "rejected_labels": [0]}] * 2

@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from tispipe.errors import TispipeError
-from tispipe.tokenization import (
+from tispipe.data.tokenization import (
     EncodedPair,
     encode_pair,
     encode_prompt,
@@ -19,6 +18,7 @@ from tispipe.tokenization import (
     response_text,
     truncate_pair,
 )
+from tispipe.errors import TispipeError
 
 EOS = "<|endoftext|>"
 # Text without the special-token strings, so decoding cannot confuse text with special tokens.

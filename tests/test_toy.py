@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tispipe import toy
 from tispipe.cli import app
+from tispipe.data import toy
 from tispipe.errors import TispipeError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "toy"

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from tispipe import toy
-from tispipe.base import run as init_base
 from tispipe.configs import EstimateConfig, InitBaseConfig
-from tispipe.estimate import run as estimate
+from tispipe.data import toy
+from tispipe.estimate.estimate import run as estimate
+from tispipe.prepare.init_base import run as init_base
 
 
 @pytest.mark.slow  # trains a base model and the DPO contrastive pair (about 16 s)

@@ -77,7 +77,7 @@ def test_report_to_trackio_logs_each_step_into_its_local_database(tmp_path, make
     import trackio.utils
 
     database = trackio.utils.TRACKIO_DIR / "tispipe.db"
-    from tispipe.trackers import _run_id
+    from tispipe.artifacts.trackers import _run_id
 
     name = f"run-{_run_id(run)[:8]}"  # a run folder called `run` elsewhere is another trackio run
     with sqlite3.connect(database) as db:
@@ -92,7 +92,7 @@ def test_report_to_trackio_logs_each_step_into_its_local_database(tmp_path, make
 
 
 def test_train_eval_data_from_a_pair_file_logs_eval_metrics_of_the_model_after_each_due_step(tmp_path, make_tiny_llama):
-    from tispipe.toy import generate
+    from tispipe.data.toy import generate
 
     prompt_estimate(tmp_path, make_tiny_llama)
     write_jsonl(tmp_path / "held.jsonl", generate(6, 5, "test"))
@@ -111,11 +111,11 @@ def test_train_eval_data_from_a_pair_file_logs_eval_metrics_of_the_model_after_e
     # The same numbers from the saved model: DPO's loss on the held-out pairs against the base as reference.
     import torch
 
-    from tispipe.batching import make_pair_batch, sequence_token_logps
     from tispipe.configs import DataOptions
-    from tispipe.held_out import read_pairs
-    from tispipe.losses import dpo_loss
-    from tispipe.models import load_model, load_tokenizer
+    from tispipe.core.losses import dpo_loss
+    from tispipe.data.held_out import read_pairs
+    from tispipe.modeling.batching import make_pair_batch, sequence_token_logps
+    from tispipe.modeling.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(run))
     pairs = read_pairs(str(tmp_path / "held.jsonl"), DataOptions(data=""), "test", tokenizer)

@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tispipe import optim, train
-from tispipe import shards as shards_module
+from tispipe.artifacts import shards as shards_module
 from tispipe.errors import TispipeError
-from tispipe.shared_prompt import place_rows
-from tispipe.steps import drop_rows, length_grouped_steps, pair_length, step_batches
-from tispipe.train import TrainConfig
+from tispipe.modeling import optim
+from tispipe.modeling.shared_prompt import place_rows
+from tispipe.train import train
+from tispipe.train.epoch import drop_rows, length_grouped_steps, pair_length, step_batches
+from tispipe.train.train import TrainConfig
 
 N_PAIRS = 20
 LOG2 = math.log(2)
@@ -34,9 +35,9 @@ def tiny(tmp_path_factory, make_tiny_tokenizer, make_tiny_llama):
     Returns (model_dir, shards_dir). Reference log-probs in the shards are the model's own, so the
     policy starts equal to the reference; log-ratios are random and weights follow paper Eq. 19.
     """
-    from tispipe.batching import make_pair_batch, sequence_token_logps
-    from tispipe.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer
-    from tispipe.weights import compute_weights
+    from tispipe.core.weights import compute_weights
+    from tispipe.modeling.batching import make_pair_batch, sequence_token_logps
+    from tispipe.modeling.models import fingerprint_model, fingerprint_tokenizer, load_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
     model_dir, shards_dir = root / "model", root / "shards"
@@ -163,7 +164,7 @@ def test_calibrated_and_top_weights_are_rederived_from_the_stored_log_ratios(tin
     transform applied to the stored r."""
     import shutil
 
-    from tispipe.weights import compute_weights
+    from tispipe.core.weights import compute_weights
 
     model_dir, shards_dir = tiny
     rows = [row for path in sorted((shards_dir / "shards").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
@@ -394,7 +395,7 @@ def test_length_grouped_steps_use_every_row_once_with_less_padding():
     def padded(batches):  # positions of the left-padded prompt + right-padded response layout
         return sum(len(m) * (max(len(r["prompt_ids"]) for r in m) + max(max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in m)) for m in batches)
 
-    def packed(batches):  # positions of tispipe.shared_prompt's rows
+    def packed(batches):  # positions of tispipe.modeling.shared_prompt's rows
         return sum(len(place_rows(lengths)) * max(lengths) for lengths in ([pair_length(r) for r in m] for m in batches))
 
     plain = [m for step in step_batches(rows, 4, 2) for m in step]

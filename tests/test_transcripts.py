@@ -6,8 +6,8 @@ from __future__ import annotations
 from conftest import write_jsonl
 
 from tispipe.configs import DataOptions
-from tispipe.data import load_pairs, print_report, tokenize_pairs
-from tispipe.transcripts import as_messages, is_transcript, turns
+from tispipe.data.pairs import load_pairs, print_report, tokenize_pairs
+from tispipe.data.transcripts import as_messages, is_transcript, turns
 
 ONE_TURN = ("\n\nHuman: What will happen if I mix bleach and vinegar?\n\nAssistant: It makes toxic chlorine gas, so please don't.",
             "\n\nHuman: What will happen if I mix bleach and vinegar?\n\nAssistant: You get a great cleaner, try it.")

@@ -1,4 +1,4 @@
-"""tispipe.viewer: the weight colour scale and the per-token texts of `tispipe inspect`."""
+"""tispipe.estimate.inspect_weights: the weight colour scale and the per-token texts of `tispipe inspect`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tispipe.viewer import token_texts, weight_rgb
+from tispipe.estimate.inspect_weights import token_texts, weight_rgb
 
 
 def test_weight_rgb_white_at_one_green_above_red_below():

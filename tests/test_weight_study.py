@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tispipe import weight_study
 from tispipe.configs import WeightStudyConfig
 from tispipe.errors import TispipeError
+from tispipe.studies import weight_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,8 +3,7 @@ import math
 import pytest
 import torch
 
-from tispipe.errors import TispipeError
-from tispipe.weights import (
+from tispipe.core.weights import (
     calibrated_weights,
     compute_weights,
     exp_weights,
@@ -13,6 +12,7 @@ from tispipe.weights import (
     rank_weights,
     top_weights,
 )
+from tispipe.errors import TispipeError
 
 E = math.exp
 
@@ -183,7 +183,7 @@ def test_estimate_calibrated_and_top_write_the_transform_of_the_stored_log_ratio
     import pyarrow.parquet as pq
     from conftest import invoke_cli, prompt_estimate
 
-    from tispipe.shards import file_sha256
+    from tispipe.artifacts.shards import file_sha256
 
     command = prompt_estimate(tmp_path, make_tiny_llama, "--transform", "calibrated", "--shard-size", "5")
     manifest = json.loads((tmp_path / "weights" / "manifest.json").read_text())

@@ -73,10 +73,10 @@ def _optional(hint: Any) -> Any:
 
 def run_stage(command: str, stage: str, cfg: Any) -> Any:
     """`tispipe <command>` on a resolved config: every option checked (tispipe.option_rules) and where it writes
-    (tispipe.outputs), before any work and before a preset replaces a value; then `tispipe.<stage>.run(cfg)`.
-    The one way a stage is started, from the command line and from a study's jobs (tispipe.jobs) alike."""
+    (tispipe.artifacts.outputs), before any work and before a preset replaces a value; then `tispipe.<stage>.run(cfg)`.
+    The one way a stage is started, from the command line and from a study's jobs (tispipe.studies.jobs) alike."""
+    from tispipe.artifacts.outputs import check_outputs
     from tispipe.option_rules import check_values
-    from tispipe.outputs import check_outputs
 
     check_values(cfg)
     check_outputs(command, cfg)
@@ -85,7 +85,7 @@ def run_stage(command: str, stage: str, cfg: Any) -> Any:
 
 def stage_command(cls: type, stage: str, summary: str, name: str = "") -> Callable[..., None]:
     """A typer command whose options are `cls`'s fields; it resolves them, checks them (tispipe.option_rules) and
-    where they write (tispipe.outputs), and calls `tispipe.<stage>.run`."""
+    where they write (tispipe.artifacts.outputs), and calls `tispipe.<stage>.run`."""
     hints = typing.get_type_hints(cls)
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for field in command_fields(cls):
@@ -117,18 +117,18 @@ def add_stage(name: str, cls: type, stage: str, summary: str) -> None:
     app.command(name, cls=help_class)(stage_command(cls, stage, summary, name))
 
 
-add_stage("toy-data", configs.ToyDataConfig, "toy", "Generate the synthetic harmlessness preference set (with token-level ground-truth labels).")
-add_stage("init-base", configs.InitBaseConfig, "base", "Train the tiny offline base model (tokenizer + Llama-style LM, SFT on the toy data).")
-add_stage("convert-gguf", configs.ConvertGgufConfig, "gguf_convert", "Convert a GGUF model file into a plain Hugging Face folder (exact logits) that every command takes.")
-add_stage("estimate", configs.EstimateConfig, "estimate", "Stage one: build pi+/pi-, score every response token once, write token weights to Parquet shards.")
-add_stage("generate", configs.GenerateConfig, "generate_pairs", "Make preference pairs from the model itself: each prompt answered under the good and the bad system prompt.")
-add_stage("inspect", configs.InspectConfig, "viewer", "Show token weights: a pair coloured by weight in the terminal, and optionally an HTML page.")
-add_stage("train", configs.TrainConfig, "train", "Stage two: train a policy on the weight shards with TIS-DPO (or DPO, IPO, TDPO).")
-add_stage("reward-model", configs.RewardModelConfig, "reward_model", "Train a Bradley-Terry reward model on preference pairs (held-out accuracy; use it with eval --reward-model).")
-add_stage("eval", configs.EvalConfig, "evaluate", "Compare models on held-out pairs: preference accuracy, KL, sampled rewards, win rates, weight AUC.")
-add_stage("experiment", configs.ExperimentConfig, "experiment", "Train and evaluate DPO, IPO, TDPO2, TIS-DPO(P/S/D) and TIS-DPO(D)'s ablations over seeds; write a results table.")
-add_stage("contrast-study", configs.ContrastStudyConfig, "contrast_study", "Build pi+/pi- over a grid of budgets and rank them by decision-token weight AUC on a validation split.")
-add_stage("weight-study", configs.WeightStudyConfig, "weight_study", "Score token weights of every estimator (and a surprisal baseline) against a data set's token labels.")
+add_stage("toy-data", configs.ToyDataConfig, "data.toy", "Generate the synthetic harmlessness preference set (with token-level ground-truth labels).")
+add_stage("init-base", configs.InitBaseConfig, "prepare.init_base", "Train the tiny offline base model (tokenizer + Llama-style LM, SFT on the toy data).")
+add_stage("convert-gguf", configs.ConvertGgufConfig, "prepare.convert_gguf", "Convert a GGUF model file into a plain Hugging Face folder (exact logits) that every command takes.")
+add_stage("estimate", configs.EstimateConfig, "estimate.estimate", "Stage one: build pi+/pi-, score every response token once, write token weights to Parquet shards.")
+add_stage("generate", configs.GenerateConfig, "prepare.generate", "Make preference pairs from the model itself: each prompt answered under the good and the bad system prompt.")
+add_stage("inspect", configs.InspectConfig, "estimate.inspect_weights", "Show token weights: a pair coloured by weight in the terminal, and optionally an HTML page.")
+add_stage("train", configs.TrainConfig, "train.train", "Stage two: train a policy on the weight shards with TIS-DPO (or DPO, IPO, TDPO).")
+add_stage("reward-model", configs.RewardModelConfig, "train.reward_model", "Train a Bradley-Terry reward model on preference pairs (held-out accuracy; use it with eval --reward-model).")
+add_stage("eval", configs.EvalConfig, "evaluate.evaluate", "Compare models on held-out pairs: preference accuracy, KL, sampled rewards, win rates, weight AUC.")
+add_stage("experiment", configs.ExperimentConfig, "studies.experiment", "Train and evaluate DPO, IPO, TDPO2, TIS-DPO(P/S/D) and TIS-DPO(D)'s ablations over seeds; write a results table.")
+add_stage("contrast-study", configs.ContrastStudyConfig, "studies.contrast_study", "Build pi+/pi- over a grid of budgets and rank them by decision-token weight AUC on a validation split.")
+add_stage("weight-study", configs.WeightStudyConfig, "studies.weight_study", "Score token weights of every estimator (and a surprisal baseline) against a data set's token labels.")
 
 
 def main() -> None:

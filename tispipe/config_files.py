@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import tomllib
 import yaml
 
-from tispipe.atomic import atomic_write_text
+from tispipe.artifacts.atomic import atomic_write_text
 from tispipe.errors import TispipeError, wrong_path
 
 T = TypeVar("T")

@@ -51,7 +51,7 @@ def required(help: str, *, panel: str, argument: bool = False) -> Any:
 
 @dataclass(kw_only=True)
 class ReadOptions:
-    """How a data source is read and tokenized (tispipe.data): the options of `DataOptions` but the source."""
+    """How a data source is read and tokenized (tispipe.data.pairs): the options of `DataOptions` but the source."""
 
     split: str = option("train", "Split to read (for folders with splits and hub data sets).", panel=DATA)
     limit: int | None = option(None, "Use only the first N rows.", panel=DATA)
@@ -66,18 +66,18 @@ class ReadOptions:
     chat_template: bool = option(True, "Render string prompts with the tokenizer's chat template when it has one.", panel=DATA)
 
     def read_options(self, data: str) -> DataOptions:
-        """These reading options applied to the source `data`, as tispipe.data takes them."""
+        """These reading options applied to the source `data`, as tispipe.data.pairs takes them."""
         return DataOptions(data=data, **{f.name: getattr(self, f.name) for f in dataclasses.fields(ReadOptions)})
 
 
 @dataclass(kw_only=True)
 class DataOptions(ReadOptions):
-    """How `--data` is read and tokenized (tispipe.data); shared by estimate and eval."""
+    """How `--data` is read and tokenized (tispipe.data.pairs); shared by estimate and eval."""
 
     data: str = required("Preference data: .jsonl/.json/.parquet/.csv file, folder of them, save_to_disk folder, or hub name.", panel=IO)
 
     def data_options(self) -> DataOptions:
-        """Just the data fields, as tispipe.data takes them."""
+        """Just the data fields, as tispipe.data.pairs takes them."""
         return self.read_options(self.data)
 
 
@@ -210,7 +210,7 @@ class EstimateConfig(DataOptions, ContrastPromptOptions, TrainingMemoryOptions, 
         return self.method == "prompt" and not self.pos_model
 
     def builds_contrast_models(self) -> bool:
-        """pi+/pi- are trained here (tispipe.contrast), not given."""
+        """pi+/pi- are trained here (tispipe.estimate.contrast), not given."""
         return self.method in ("sft", "dpo") and not self.pos_model
 
 
@@ -328,7 +328,7 @@ class ExperimentConfig(StudyOptions):
     num_prompts: int = option(100, "Prompts to sample responses for (validation prompts to choose the lr, test prompts to report).", panel=SAMPLING)
     temperatures: str = option("0,1.0", "Sampling temperatures (0 = greedy).", panel=SAMPLING)
     max_new_tokens: int = option(96, "Longest sampled response in tokens.", panel=SAMPLING)
-    methods: str = option("all", "Comma-separated method names (see tispipe.experiment.METHODS) or all.", panel=PROTOCOL)
+    methods: str = option("all", "Comma-separated method names (see tispipe.studies.experiment.METHODS) or all.", panel=PROTOCOL)
     oracle: str = option("toy", "Judge of the sampled responses (as eval --oracle): toy or profanity.", panel=PROTOCOL)
     lora_r: int = option(0, LORA_R_HELP, panel=PROTOCOL)  # of every training run and every pi+/pi- build
     contrast_preset: str = option("small", CONTRAST_PRESET_HELP, panel=PROTOCOL)

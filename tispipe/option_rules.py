@@ -10,6 +10,7 @@ ignored, even when the preset sets its own. The stages keep their own checks of 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from typing import Any
 
@@ -75,3 +76,15 @@ def check_values(cfg: Any) -> None:
     for name, (minimum, inclusive) in NUMBER_LISTS.items():
         if name in names:
             parse_numbers(name, getattr(cfg, name), minimum, inclusive)
+
+
+# the judges of `eval --oracle` (tispipe.evaluate.judges); checked here so a study checks its evals' oracle too
+ORACLES = ("toy", "profanity")
+
+
+def check_oracle(name: str) -> None:
+    """A clear error for an unknown oracle or a judge whose package is missing, before any work."""
+    if name not in ORACLES:
+        raise TispipeError(f"unknown oracle {name!r}", hint=f"known: {', '.join(ORACLES)}")
+    if name == "profanity" and importlib.util.find_spec("profanity_check") is None:
+        raise TispipeError("--oracle profanity needs the alt-profanity-check package", hint="pip install 'tispipe[judge]'")

@@ -1,0 +1,1 @@
+"""`tispipe eval`: compare models on held-out pairs."""
