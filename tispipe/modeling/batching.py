@@ -180,8 +180,9 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
 
 # Padded tokens of one forward while building pi+/pi-. A step of --contrast-batch-size pairs longer than
 # this is split into micro-batches whose gradients add up to the step's (the same update, up to float
-# summation order): SmolLM2-135M keeps about 2.3 MB of activations a token, so a step of 16 pairs of 512
-# tokens in one forward peaks near 20 GB, in micro-batches of this size near 5 GB (docs/real-model.md).
+# summation order). On SmolLM2-135M a LoRA sft step of 16 pairs of up to 512 tokens in one forward was
+# killed at 18.7 GiB; in micro-batches of this size it peaks at 8.5 GB (bench/contrast_memory.py,
+# docs/real-model.md).
 MICRO_BATCH_TOKENS = 2048
 
 
