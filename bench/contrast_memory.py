@@ -3,7 +3,7 @@
     .venv/bin/python bench/contrast_memory.py [--budget 2048] [--pairs 16] [--prompt 256] [--response 256]
 
 One step of `tispipe.estimate.contrast.train_sft` over --pairs random pairs of --prompt + --response tokens, with
-micro-batches of at most --budget padded tokens (contrast.MICRO_BATCH_TOKENS; a budget above pairs x
+micro-batches of at most --budget padded tokens (tispipe.modeling.batching.MICRO_BATCH_TOKENS; a budget above pairs x
 (prompt + response) is the whole step in one forward). Prints the peak RSS of the process (getrusage)
 and the step's wall time. Needs runs/smollm2 (`make runs/smollm2/model.safetensors`).
 """
@@ -30,11 +30,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from tispipe.estimate import contrast
+    from tispipe.modeling import batching
     from tispipe.modeling.adapters import add_lora
     from tispipe.modeling.models import load_model
 
-    contrast.MICRO_BATCH_TOKENS = args.budget
-    contrast.micro_batches.__defaults__ = (args.budget,)
+    batching.MICRO_BATCH_TOKENS = args.budget
+    batching.micro_batches.__defaults__ = (args.budget,)  # the default was bound when the function was defined
     model = add_lora(load_model(args.model, for_training=True), SimpleNamespace(lora_r=16, lora_alpha=None, lora_dropout=0.0, lora_targets="all-linear"), args.model)
     generator = torch.Generator().manual_seed(0)
 
