@@ -145,7 +145,6 @@ def test_a_step_split_into_micro_batches_makes_the_same_update(method, tmp_path,
     settings = settings_for(method, 1e-2, 1.0, 8, beta=0.1, seed=0)
     trained = {}
     for budget in (10_000, 40):  # one forward per step, then several
-        monkeypatch.setattr(contrast, "MICRO_BATCH_TOKENS", budget)
         monkeypatch.setattr(contrast.micro_batches, "__defaults__", (budget,))
         model = load_model(str(base), for_training=True)
         if method == "sft":

@@ -30,7 +30,7 @@ from tispipe.artifacts.atomic import staged_folder
 from tispipe.console import ProgressLine
 from tispipe.contrast_presets import PAPER_DEFAULTS, PRESETS
 from tispipe.errors import TispipeError
-from tispipe.modeling.batching import MICRO_BATCH_TOKENS, micro_batches, reference_logps  # noqa: F401 - MICRO_BATCH_TOKENS: tests and bench set it here
+from tispipe.modeling.batching import micro_batches, reference_logps
 
 FINGERPRINT_FILE = "tispipe-contrast.json"
 
