@@ -92,3 +92,11 @@ def test_help_shows_required_and_defaults():
     assert re.search(r"--shards <str> .*\[required\]", text)
     assert re.search(r"--beta <float> .*\[default: 0\.1\]", text)
     assert re.search(r"--resume / --no-resume .*\[default: off\]", text)
+
+
+def test_loss_help_names_every_loss_in_the_table():
+    """`--loss` accepts the keys of tispipe.core.losses.LOSSES; its help (kept free of torch, so --help stays fast) lists them all."""
+    from tispipe.core.losses import LOSSES
+
+    help_text = next(f for f in dataclasses.fields(configs.TrainConfig) if f.name == "loss").metadata["help"]
+    assert all(whole(name, help_text) for name in LOSSES), (help_text, list(LOSSES))

@@ -386,3 +386,15 @@ def check_bounds(lower: float | None, upper: float | None) -> None:
     """The clamp bounds (or the range of random weights): L < U when both are given."""
     if lower is not None and upper is not None and not lower < upper:
         raise TispipeError(f"--lower ({lower}) must be smaller than --upper ({upper})")
+
+
+def check_weight_options(transform: str, k: float, lower: float | None, upper: float | None, fraction: float) -> None:
+    """The options of a weight transform (`tispipe.core.weights.compute_weights`), named as the commands take them.
+
+    `lower` and `upper` are the bounds the transform will use (its defaults filled in)."""
+    if transform in ("exp", "calibrated", "linear"):
+        check_bounds(lower, upper)
+    if transform in ("exp", "calibrated") and not k > 0:
+        raise TispipeError(f"--k must be positive, not {k}")
+    if transform == "top" and not 0 < fraction <= 1:
+        raise TispipeError(f"--top-fraction must be in (0, 1], not {fraction}")

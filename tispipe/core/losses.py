@@ -10,14 +10,17 @@ as in the authors' code with average_log_prob=False).
 
 Every loss returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); the rewards are
 detached metrics in TRL's sense, beta * (summed, possibly weighted, log-ratio).
+
+`LOSSES` at the end is the table `tispipe train --loss` reads: a new loss is its function and one row there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-
-from tispipe.errors import TispipeError
 
 LossOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -39,7 +42,7 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor |
 
 def _check_beta(beta: float) -> None:
     if not beta > 0:
-        raise TispipeError(f"--beta must be positive, not {beta}")
+        raise ValueError(f"beta must be positive, not {beta}")
 
 
 def _logratio_sums(
@@ -180,7 +183,7 @@ def tdpo_loss(
     """
     _check_beta(beta)
     if variant not in (1, 2):
-        raise TispipeError(f"TDPO variant must be 1 or 2, not {variant}")
+        raise ValueError(f"TDPO variant must be 1 or 2, not {variant}")
     chosen, rejected = _logratio_sums(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_mask, rejected_mask
     )
@@ -218,3 +221,55 @@ def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
         "rewards/margins": (chosen - rejected).mean().item(),
         "rewards/accuracies": (chosen > rejected).float().mean().item(),
     }
+
+
+@dataclass(frozen=True)
+class PairTerms:
+    """One batch of pairs as every loss takes it.
+
+    logps: (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_mask,
+        rejected_mask), shapes (B, T_w), (B, T_l), (B, T_w), (B, T_l), (B, T_w), (B, T_l).
+    weights: (chosen_weights (B, T_w), rejected_weights (B, T_l)), the token weights w_t.
+    kl: per-position KL (chosen (B, T_w), rejected (B, T_l)) in the direction the loss's `Loss.kl` names,
+        or None when the reference's full distribution was not computed.
+    """
+
+    logps: tuple[torch.Tensor, ...]
+    weights: tuple[torch.Tensor, torch.Tensor]
+    kl: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One row of `LOSSES`: the loss as a function of a batch, and what the batch must hold for it."""
+
+    compute: Callable[[PairTerms, float, float, float], LossOutput]  # (terms, beta, eta_coef, alpha)
+    weighted: bool  # reads the token weights
+    kl: str | None  # the per-token KL it takes: "policy||ref" (TIS-DPO's eta), "ref||policy" (TDPO's SeqKL), or None
+    kl_only_for_eta: bool = False  # the KL enters through eta alone, so eta_coef = 0 needs none
+
+    def needs_kl(self, eta_coef: float) -> bool:
+        """Whether a batch needs the reference's full distribution; otherwise cached reference log-probs do."""
+        return self.kl is not None and not (self.kl_only_for_eta and eta_coef == 0)
+
+
+def _tisdpo(terms: PairTerms, beta: float, eta_coef: float, alpha: float) -> LossOutput:
+    return tisdpo_loss(*terms.logps, *terms.weights, *(terms.kl or (None, None)), beta=beta, eta_coef=eta_coef)
+
+
+def _tdpo(variant: int) -> Callable[[PairTerms, float, float, float], LossOutput]:
+    def compute(terms: PairTerms, beta: float, eta_coef: float, alpha: float) -> LossOutput:
+        if terms.kl is None:
+            raise ValueError("TDPO needs the per-token KL(ref || policy)")
+        return tdpo_loss(*terms.logps, *terms.kl, beta=beta, alpha=alpha, variant=variant)
+
+    return compute
+
+
+LOSSES: dict[str, Loss] = {
+    "tisdpo": Loss(_tisdpo, weighted=True, kl="policy||ref", kl_only_for_eta=True),
+    "dpo": Loss(lambda terms, beta, eta_coef, alpha: dpo_loss(*terms.logps, beta=beta), weighted=False, kl=None),
+    "ipo": Loss(lambda terms, beta, eta_coef, alpha: ipo_loss(*terms.logps, beta=beta), weighted=False, kl=None),
+    "tdpo1": Loss(_tdpo(1), weighted=False, kl="ref||policy"),
+    "tdpo2": Loss(_tdpo(2), weighted=False, kl="ref||policy"),
+}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from tispipe.configs import check_bounds
 from tispipe.errors import TispipeError
 
 TRANSFORMS = ("exp", "calibrated", "top", "rank", "linear")
@@ -18,6 +17,11 @@ TRANSFORMS = ("exp", "calibrated", "top", "rank", "linear")
 # Default clamp bounds per transform: paper Eq. 19 / section 7.1 for exp (and for calibrated, on r / scale),
 # the authors' threshold_and_scale for linear. Rank and top ignore them.
 DEFAULT_BOUNDS = {"exp": (-0.5, 1.5), "calibrated": (-0.5, 1.5), "linear": (-1.5, 1.5), "rank": (None, None), "top": (None, None)}
+
+
+def _check_bounds(lower: float, upper: float) -> None:
+    if not lower < upper:
+        raise ValueError(f"lower ({lower}) must be smaller than upper ({upper})")
 
 
 def exp_weights(
@@ -107,7 +111,7 @@ def random_weights(
 
     Draws on the generator's device (CPU for a default `torch.Generator()`), then moves to `mask`'s device.
     """
-    check_bounds(lower, upper)
+    _check_bounds(lower, upper)
     draws = torch.rand(mask.shape, generator=generator, device=generator.device)
     weights = lower + (upper - lower) * draws.to(mask.device)
     return torch.where(mask.bool(), weights, torch.zeros_like(weights))
@@ -143,23 +147,24 @@ def compute_weights(
         fraction: share of each row's tokens that `top` selects, in (0, 1]; floor: the others' weight.
 
     Raises:
-        TispipeError naming the option (`--transform`, `--k`, `--lower`/`--upper`, `--low`/`--high`).
+        ValueError naming the argument; the commands check the same values first, naming their options
+        (`tispipe.configs.check_weight_options`).
     """
     if transform not in TRANSFORMS:
-        raise TispipeError(f"--transform must be one of {', '.join(TRANSFORMS)}, not {transform!r}")
+        raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, not {transform!r}")
     if logratio.shape != mask.shape:
         raise ValueError(f"logratio {tuple(logratio.shape)} and mask {tuple(mask.shape)} differ in shape")
     default_lower, default_upper = DEFAULT_BOUNDS[transform]
     lower = default_lower if lower is None else lower
     upper = default_upper if upper is None else upper
     if transform in ("exp", "calibrated", "linear"):
-        check_bounds(lower, upper)
+        _check_bounds(lower, upper)
     if transform in ("exp", "calibrated") and not k > 0:
-        raise TispipeError(f"--k must be positive, not {k}")
+        raise ValueError(f"k must be positive, not {k}")
     if transform in ("rank", "linear") and not low <= high:
-        raise TispipeError(f"--low ({low}) must not exceed --high ({high})")
+        raise ValueError(f"low ({low}) must not exceed high ({high})")
     if transform == "top" and not 0 < fraction <= 1:
-        raise TispipeError(f"--top-fraction must be in (0, 1], not {fraction}")
+        raise ValueError(f"fraction must be in (0, 1], not {fraction}")
 
     if transform == "exp":
         weights = exp_weights(logratio, mu, k=k, lower=lower, upper=upper)

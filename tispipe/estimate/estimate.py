@@ -38,7 +38,7 @@ from tispipe.artifacts import figures, weight_quality
 from tispipe.artifacts.atomic import cleaned_up_on_failure, output_lock
 from tispipe.artifacts.shards import shard_entry, shard_name, shard_sizes, write_manifest
 from tispipe.config_files import write_config
-from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options
+from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options, check_weight_options
 from tispipe.errors import TispipeError
 from tispipe.estimate.output import RUN_LOG, TOKENIZER_DIR, already_done, check_scorers, claim_out, recorded_shards
 from tispipe.estimate.pairs import all_pairs, shard_chunks, survey
@@ -220,9 +220,7 @@ def _bounds(cfg: EstimateConfig, defaults: dict) -> tuple[float, float]:
     lower, upper = defaults[cfg.transform]
     lower = lower if cfg.lower is None else cfg.lower
     upper = upper if cfg.upper is None else cfg.upper
-    check_bounds(lower, upper)
-    if cfg.transform == "top" and not cfg.top_fraction <= 1:
-        raise TispipeError(f"--top-fraction must be in (0, 1], not {cfg.top_fraction}")
+    check_weight_options(cfg.transform, cfg.k, lower, upper, cfg.top_fraction)
     if cfg.transform in ("exp", "calibrated"):
         # The largest weight Eq. 19 can give: k * exp(U) on chosen, k * exp(-L) on rejected; it must fit float32.
         largest = cfg.k * math.exp(min(max(upper, -lower), 700.0))

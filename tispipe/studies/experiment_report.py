@@ -12,8 +12,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from tispipe.core.losses import LOSSES
+
 # Losses that read only the pairs and the reference log-probs from the shards (the same in every estimator's shards)
-WEIGHTLESS_LOSSES = ("dpo", "ipo", "tdpo1", "tdpo2")
+WEIGHTLESS_LOSSES = tuple(name for name, loss in LOSSES.items() if not loss.weighted)
 # the rows of the paper's Table 1; Table 2 holds TIS-DPO(D) and its ablations, the methods named "TIS-DPO(D) ..."
 MAIN_TABLE = ["DPO", "IPO", "TDPO2", "TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"]
 # other weights from the same contrast: transforms of the dpo pair's r, and its pi+ against the base

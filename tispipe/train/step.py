@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from tispipe.configs import TrainConfig, check_bounds
+from tispipe.configs import TrainConfig, check_bounds, check_weight_options
 from tispipe.core import losses
 from tispipe.core.logps import token_logps, token_logps_and_kl
-from tispipe.core.weights import DEFAULT_BOUNDS, compute_weights, random_weights
+from tispipe.core.weights import DEFAULT_BOUNDS, TRANSFORMS, compute_weights, random_weights
 from tispipe.errors import TispipeError
 from tispipe.modeling import distributed
 from tispipe.modeling.batching import forward_logits, make_pair_batch
@@ -82,6 +82,11 @@ def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> WeightPlan:
     shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None and (k not in ("fraction", "floor") or settings["transform"] == "top"))
     plan = WeightPlan(kind="rederive", describe=f"re-derived from stored log-ratios ({shown})", **settings)
     # Fail now, not at the first batch, on settings the weight function rejects.
+    if plan.transform not in TRANSFORMS:
+        raise TispipeError(f"the shards' manifest names a weight transform this version does not know ({plan.transform!r})",
+                           hint=f"give --transform ({', '.join(TRANSFORMS)})")
+    default_lower, default_upper = DEFAULT_BOUNDS[plan.transform]
+    check_weight_options(plan.transform, plan.k, _first(plan.lower, default_lower), _first(plan.upper, default_upper), plan.fraction)
     for side in (0, 1):
         compute_weights(torch.zeros(1, 1), torch.ones(1, 1), plan.mu, **_rederive_options(plan, side))
     return plan
@@ -189,33 +194,25 @@ def pair_forward(ctx: StepContext, rows: list[dict]) -> tuple[torch.Tensor, dict
     labels, mask = batch.labels, batch.response_mask  # (2B, R)
     with ctx.autocast:
         policy_logits = forward_logits(ctx.policy, batch)
+    loss = losses.LOSSES[cfg.loss]
     kl = None
     if ctx.ref is not None:
         with torch.inference_mode(), ctx.autocast:
             ref_logits = forward_logits(ctx.ref, batch)
         ref_logits = ref_logits.clone()  # a normal tensor, usable in autograd
-        # TIS-DPO's eta takes KL(policy || ref) (paper Eqs. 16-17); TDPO's SeqKL takes KL(ref || policy).
-        policy_logps, ref_logps, kl = token_logps_and_kl(policy_logits, ref_logits, labels, policy_first=cfg.loss == "tisdpo")
+        policy_logps, ref_logps, kl = token_logps_and_kl(policy_logits, ref_logits, labels, policy_first=loss.kl == "policy||ref")
     else:
         policy_logps = token_logps(policy_logits, labels)
         ref_logps = _place(batch, rows, "ref_logps")
     weights = batch_weights(ctx.plan, batch, rows)
 
     chosen, rejected = slice(0, b), slice(b, 2 * b)
-    args = (policy_logps[chosen], policy_logps[rejected], ref_logps[chosen], ref_logps[rejected], mask[chosen], mask[rejected])
-    if cfg.loss == "dpo":
-        pair_losses, chosen_rewards, rejected_rewards = losses.dpo_loss(*args, beta=cfg.beta)
-    elif cfg.loss == "ipo":
-        pair_losses, chosen_rewards, rejected_rewards = losses.ipo_loss(*args, beta=cfg.beta)
-    elif cfg.loss == "tisdpo":
-        kl_chosen, kl_rejected = (kl[chosen], kl[rejected]) if kl is not None else (None, None)
-        pair_losses, chosen_rewards, rejected_rewards = losses.tisdpo_loss(
-            *args, weights[chosen], weights[rejected], kl_chosen, kl_rejected, beta=cfg.beta, eta_coef=cfg.eta_coef
-        )
-    else:
-        pair_losses, chosen_rewards, rejected_rewards = losses.tdpo_loss(
-            *args, kl[chosen], kl[rejected], beta=cfg.beta, alpha=cfg.alpha, variant=int(cfg.loss[-1])
-        )
+    terms = losses.PairTerms(
+        logps=(policy_logps[chosen], policy_logps[rejected], ref_logps[chosen], ref_logps[rejected], mask[chosen], mask[rejected]),
+        weights=(weights[chosen], weights[rejected]),
+        kl=(kl[chosen], kl[rejected]) if kl is not None else None,
+    )
+    pair_losses, chosen_rewards, rejected_rewards = loss.compute(terms, cfg.beta, cfg.eta_coef, cfg.alpha)
 
     with torch.no_grad():
         logratio = policy_logps.detach() - ref_logps

@@ -54,6 +54,7 @@ from tispipe.artifacts.trackers import Tracker, check_report_to
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import TrainConfig, check_bounds, check_options
 from tispipe.console import ProgressLine, log_console
+from tispipe.core.losses import LOSSES
 from tispipe.core.weights import TRANSFORMS
 from tispipe.errors import TispipeError
 from tispipe.modeling import distributed
@@ -75,7 +76,6 @@ from tispipe.train.step import REDERIVE_OPTIONS, NonFiniteStep, StepContext, Wei
 from tispipe.train.stop import StopRequest
 from tispipe.train.validation import due, evaluate, load_held_out
 
-LOSSES = ("tisdpo", "dpo", "ipo", "tdpo1", "tdpo2")
 WEIGHTINGS = ("estimated", "equal", "random")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant", "cosine")
@@ -299,7 +299,7 @@ def validate(cfg: TrainConfig) -> None:
     """Reject bad option values before anything is loaded, naming the option."""
     check_options(
         cfg,
-        choices={"loss": LOSSES, "weighting": WEIGHTINGS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "transform": TRANSFORMS},
+        choices={"loss": tuple(LOSSES), "weighting": WEIGHTINGS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "transform": TRANSFORMS},
         positive=("beta", "lr", "batch_size", "grad_accum", "epochs", "shuffle_buffer", "k", "max_steps"),
         non_negative=("threads", "eta_coef", "alpha", "weight_decay", "warmup_steps", "max_grad_norm", "save_every", "length_group_steps", "eval_every"),
     )
@@ -358,7 +358,7 @@ def check_reference(cfg: TrainConfig, manifest: dict[str, Any], console) -> None
 
 def needs_ref(cfg: TrainConfig) -> bool:
     """Only the KL terms need the reference model's full distribution; log-ratios use the cached ref log-probs."""
-    return cfg.loss in ("tdpo1", "tdpo2") or (cfg.loss == "tisdpo" and cfg.eta_coef != 0)
+    return LOSSES[cfg.loss].needs_kl(cfg.eta_coef)
 
 
 def stream_columns(cfg: TrainConfig, plan: WeightPlan) -> list[str]:
