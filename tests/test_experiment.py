@@ -8,7 +8,7 @@ import pytest
 
 from tispipe.configs import ESTIMATION_METHODS
 from tispipe.errors import TispipeError
-from tispipe.studies import experiment, experiment_report, jobs
+from tispipe.studies import experiment, generated_block, jobs, results_page
 
 
 @pytest.mark.slow  # every method at two lrs and two seeds, in process (about a minute)
@@ -75,7 +75,7 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     for name in ("DPO", "TIS-DPO(P)", "TIS-DPO(D)"):
         lr = report["methods"][name]["lr"]
         assert block["methods"][name]["lr"] == lr
-        info = json.loads((experiment.generated.model_dir(out, name, lr, 1) / "train_info.json").read_text())
+        info = json.loads((generated_block.model_dir(out, name, lr, 1) / "train_info.json").read_text())
         assert info["steps"] == 4 and info["shards"].endswith(f"weights-{'prompt' if name == 'TIS-DPO(P)' else 'dpo'}"), name
     assert "### Generated data (paper Table 2, third block)" in text and "RLCD" in text and "left out" in text
     assert f"prefers the chosen response in {noise['oracle_agrees']:.1%}" in text
@@ -101,22 +101,22 @@ def test_the_lr_is_chosen_by_validation_reward_ties_to_the_smaller():
 
 
 def test_beats_needs_non_overlapping_intervals_and_the_verdict_checks_the_papers_orders():
-    entry = lambda values: experiment_report.mean_std(values)  # noqa: E731
+    entry = lambda values: results_page.mean_std(values)  # noqa: E731
     def row(values, lr=1e-5):
         return {"lr": lr, "oracle_reward": entry(values), "win_rate_vs_dpo": entry([0.5] * len(values))}
     report = {"methods": {"base": row([0.0]), "DPO": row([1.0, 1.2]), "TIS-DPO(D)": row([2.0, 2.2], 5e-5), "TIS-DPO(S)": row([1.5, 1.7]),
                           "TIS-DPO(P)": row([1.6, 1.8]), "TIS-DPO(D) random weights U(L,U)": row([0.5, 0.7]),
                           "TIS-DPO(D) equal weights": row([1.0, 1.4]), "TIS-DPO(D) without eta": row([1.9, 2.3])},
               "weight_auc": {}}
-    assert "beats, with non-overlapping mean ± std," in experiment_report.beats(report, "TIS-DPO(D)", "DPO")
-    assert "TIS-DPO(D) at lr 5e-05 (+2.10 ± 0.14)" in experiment_report.beats(report, "TIS-DPO(D)", "DPO")
-    assert "does not beat (the mean ± std intervals overlap)" in experiment_report.beats(report, "TIS-DPO(D)", "TIS-DPO(D) without eta")
-    assert "falls below" in experiment_report.beats(report, "DPO", "TIS-DPO(D)")
-    text = experiment_report.verdict(report, [m[0] for m in experiment.METHODS])
+    assert "beats, with non-overlapping mean ± std," in results_page.beats(report, "TIS-DPO(D)", "DPO")
+    assert "TIS-DPO(D) at lr 5e-05 (+2.10 ± 0.14)" in results_page.beats(report, "TIS-DPO(D)", "DPO")
+    assert "does not beat (the mean ± std intervals overlap)" in results_page.beats(report, "TIS-DPO(D)", "TIS-DPO(D) without eta")
+    assert "falls below" in results_page.beats(report, "DPO", "TIS-DPO(D)")
+    text = results_page.verdict(report, [m[0] for m in experiment.METHODS])
     assert "The paper's order (random U(L,U) < equal < without eta < full) holds in the means." in text
     assert "TIS-DPO(D) (+2.10) > TIS-DPO(P) (+1.70) > TIS-DPO(S) (+1.60); the paper's D > S > P does not hold" in text
     report["methods"]["TIS-DPO(D) without eta"] = row([2.3, 2.5])
-    assert "does not hold in the means." in experiment_report.verdict(report, [m[0] for m in experiment.METHODS]).split("Estimation")[0]
+    assert "does not hold in the means." in results_page.verdict(report, [m[0] for m in experiment.METHODS]).split("Estimation")[0]
 
 
 def test_unknown_method_and_missing_inputs_are_named(tiny_task, tmp_path):
@@ -130,16 +130,16 @@ def test_unknown_method_and_missing_inputs_are_named(tiny_task, tmp_path):
 
 
 def test_mean_std_over_seeds():
-    assert experiment_report.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
-    assert experiment_report.mean_std([0.5]) == {"mean": 0.5, "std": None, "values": [0.5]}
-    assert experiment_report.mean_std([]) == {"mean": None, "std": None, "values": []}
+    assert results_page.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
+    assert results_page.mean_std([0.5]) == {"mean": 0.5, "std": None, "values": [0.5]}
+    assert results_page.mean_std([]) == {"mean": None, "std": None, "values": []}
 
 
 def test_every_method_builds_a_valid_train_config(tmp_path):
     from tispipe.train import train
 
     cfg = experiment.ExperimentConfig(out=str(tmp_path), max_steps=120)
-    for method in experiment.METHODS + experiment.generated.METHODS:
+    for method in experiment.METHODS + generated_block.METHODS:
         name, estimator, fields = method
         train_cfg = experiment.train_config(cfg, method, 2e-5, 1, tmp_path / f"weights-{estimator}", experiment.model_dir(tmp_path, name, 2e-5, 1))
         assert isinstance(train_cfg, experiment.TrainConfig), name

@@ -14,7 +14,7 @@ re-run skips what is finished: estimate and train recognise their own finished r
    oracle reward there (pooled over the temperatures; ties to the smaller lr);
 3. train each method at its chosen lr for --seeds seeds (seed 0 is the grid's run) and evaluate each
    seed on the test split (win rates against that seed's DPO);
-4. write report.json, results.md and the figures (tispipe.studies.experiment_report).
+4. write report.json, results.md and the figures (tispipe.studies.results_page).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from tispipe.config_files import config_dict
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
 from tispipe.data.held_out import carve_files
 from tispipe.errors import TispipeError
-from tispipe.studies import experiment_generated as generated
-from tispipe.studies.experiment_report import WEIGHTLESS_LOSSES, method_rows, render, render_tables, seed_metrics, slug, write_figures
+from tispipe.studies import generated_block
 from tispipe.studies.jobs import Runner, check_study, command_line, say
+from tispipe.studies.results_page import WEIGHTLESS_LOSSES, method_rows, render, render_tables, seed_metrics, slug, write_figures
 
 # (name, estimation method of the shards it trains on, TrainConfig fields). Every method also gets the shared budget.
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
@@ -84,7 +84,7 @@ def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, An
     if unknown:
         raise TispipeError(f"unknown method(s) {', '.join(unknown)}", hint=f"known: {', '.join(known)}")
     # DPO: the win rates compare against it; the generated block trains its methods at their main-table lr
-    needed = ["DPO", *([m[0] for m in generated.METHODS] if cfg.generated else [])]
+    needed = ["DPO", *([m[0] for m in generated_block.METHODS] if cfg.generated else [])]
     names += [n for n in needed if n not in names]
     return [m for m in METHODS if m[0] in names]
 
@@ -192,10 +192,10 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
         runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, out))
     if cfg.generated:  # the generated-data block's pairs, then their weights
-        runner.add("generate-pairs", "generate", generated.generate_config(cfg, out))
+        runner.add("generate-pairs", "generate", generated_block.generate_config(cfg, out))
         runner.wait()
-        for method in generated.ESTIMATORS:
-            runner.add(f"estimate-generated-{method}", "estimate", generated.estimate_config(cfg, method, out))
+        for method in generated_block.ESTIMATORS:
+            runner.add(f"estimate-generated-{method}", "estimate", generated_block.estimate_config(cfg, method, out))
     runner.wait()
     timings["estimate"] = time.time() - t0
 
@@ -220,17 +220,17 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         for method in methods:
             lr = chosen[method[0]]
             runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
-        for method in generated.METHODS if cfg.generated else []:
+        for method in generated_block.METHODS if cfg.generated else []:
             lr = chosen[method[0]]
-            model = generated.model_dir(out, method[0], lr, seed)
-            runner.add(f"train-generated-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, generated.weights_dir(out, method[1]), model))
+            model = generated_block.model_dir(out, method[0], lr, seed)
+            runner.add(f"train-generated-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, generated_block.weights_dir(out, method[1]), model))
         runner.wait()
         models = [model_dir(out, name, chosen[name], seed) for name, _, _ in methods]
         test_dir = out / "eval" / f"seed-{seed}"
         runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", chosen["DPO"], seed), seed, test_dir, "test"), skip_if_done=test_dir)
         if cfg.generated:
-            models = [generated.model_dir(out, name, chosen[name], seed) for name, _, _ in generated.METHODS]
-            evaluation = eval_config(cfg, models, generated.model_dir(out, "DPO", chosen["DPO"], seed), seed, out / "eval" / f"generated-seed-{seed}", "test")
+            models = [generated_block.model_dir(out, name, chosen[name], seed) for name, _, _ in generated_block.METHODS]
+            evaluation = eval_config(cfg, models, generated_block.model_dir(out, "DPO", chosen["DPO"], seed), seed, out / "eval" / f"generated-seed-{seed}", "test")
             runner.add(f"eval-generated-seed{seed}", "evaluate", evaluation, skip_if_done=out / "eval" / f"generated-seed-{seed}")
     runner.wait()
     timings["seeds"] = time.time() - t0
@@ -238,7 +238,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
 
     report = collect(cfg, methods, estimators, lrs, grid, chosen, splits, timings, runner.commands)
     if cfg.generated:
-        report["generated"] = generated.collect(cfg, out, chosen)
+        report["generated"] = generated_block.collect(cfg, out, chosen)
     order = [m[0] for m in METHODS]
     text = render(report, order, list(ESTIMATORS))
     for folder in [out, *([Path(cfg.results)] if cfg.results else [])]:
@@ -262,7 +262,7 @@ def check(cfg: ExperimentConfig) -> None:
     check_options(cfg, at_least_one=("seeds", "batch_size", "num_prompts", "max_new_tokens", "max_steps", "limit", "eval_limit"),
                   non_negative=("lora_r",), choices={"select_by": SELECT_BY, "contrast_preset": tuple(PRESETS)})
     check_oracle(cfg.oracle)
-    if cfg.generated and cfg.oracle != "toy":  # its label noise is counted with the toy oracle (experiment_generated.label_noise)
+    if cfg.generated and cfg.oracle != "toy":  # its label noise is counted with the toy oracle (generated_block.label_noise)
         raise TispipeError(f"the generated-data block needs --oracle toy, not {cfg.oracle!r}", hint="add --no-generated")
 
 
@@ -270,7 +270,7 @@ def check(cfg: ExperimentConfig) -> None:
 
 
 def grid_metrics(cfg: ExperimentConfig, methods, lrs: list[float]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """{method: {lr: the validation eval's metrics of its seed-0 model}} (tispipe.studies.experiment_report.seed_metrics)."""
+    """{method: {lr: the validation eval's metrics of its seed-0 model}} (tispipe.studies.results_page.seed_metrics)."""
     out = Path(cfg.out)
     grid: dict[str, dict[str, dict[str, float | None]]] = {name: {} for name, _, _ in methods}
     for lr in lrs:

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import math
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ import torch
 from tispipe.artifacts.atomic import atomic_write_json, cleaned_up_on_failure, output_lock
 from tispipe.artifacts.checkpoint import (
     TrainState,
-    damaged,
     latest_checkpoint,
     load_training_state,
     read_state,
@@ -36,19 +34,19 @@ from tispipe.artifacts.checkpoint import (
     save_checkpoint,
     save_final_model,
 )
-from tispipe.artifacts.metrics_log import MetricsLog, keep_metrics_until, logged_metrics
+from tispipe.artifacts.metrics_log import keep_metrics_until
 from tispipe.artifacts.trackers import Tracker, check_report_to
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import RewardModelConfig, check_options
-from tispipe.console import ProgressLine, log_console
+from tispipe.console import log_console
 from tispipe.core.losses import bradley_terry_loss
 from tispipe.data.held_out import carve, read_pairs
 from tispipe.errors import TispipeError
 from tispipe.modeling.generation import sequence_scores
 from tispipe.modeling.models import check_model, load_reward_model, load_tokenizer, resolve_device
 from tispipe.modeling.optim import make_scheduler
+from tispipe.train.loop import StepLoop, loading_models
 from tispipe.train.output import claim_out
-from tispipe.train.stop import StopRequest
 
 INFO_FILE = "reward_model_info.json"
 
@@ -79,17 +77,9 @@ def _train(cfg: RewardModelConfig) -> dict[str, Any]:
         return finished
     torch.manual_seed(cfg.seed)  # the new score head's initial weights
     random.seed(cfg.seed)
-    try:
+    with loading_models(replaced, checkpoint):
         model, _ = load_reward_model(str(checkpoint or cfg.model), device=device, dtype="float32", trust_remote_code=cfg.trust_remote_code, for_training=True,
                                      tokenizer=tokenizer)
-    except BaseException as e:
-        if replaced is not None:
-            replaced.restore()  # --overwrite with a model that does not load: the old run is back, nothing lost
-        if checkpoint is not None and isinstance(e, TispipeError):
-            raise TispipeError(e.message, hint=damaged(checkpoint, "model").hint) from e
-        raise
-    if replaced is not None:
-        replaced.discard()
 
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total_steps = min(cfg.max_steps or math.inf, cfg.epochs * steps_per_epoch)
@@ -108,39 +98,24 @@ def _train(cfg: RewardModelConfig) -> dict[str, Any]:
     )
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    metrics: dict[str, float] = {}
-    start_step, pairs_seen, started, eval_seconds = state.step, 0, time.perf_counter(), 0.0
-    tracker = Tracker(cfg.report_to, out, out.name, config_dict(cfg))
-    with StopRequest() as stop, MetricsLog(out / "metrics.jsonl") as log, tracker, ProgressLine(console, "reward model", total_steps, state.step) as progress:
+    start_step = state.step
+    loop = StepLoop(command="reward-model", out=out, console=console, total_steps=total_steps, start=state, rows_per_epoch=len(pairs),
+                    save_every=cfg.save_every, save=lambda at: save_checkpoint(out, at, model, optimizer, scheduler, rng_state(), config_dict(cfg)),
+                    tracker=Tracker(cfg.report_to, out, out.name, config_dict(cfg)), log_path=out / "metrics.jsonl", label="reward model",
+                    step_line=step_line)
+    with loop:
         while state.step < total_steps:
             order = epoch_order(len(pairs), cfg.seed, state.epoch)
             batch = [pairs[i] for i in order[state.rows_in_epoch : state.rows_in_epoch + cfg.batch_size]]
             metrics = train_step(model, optimizer, scheduler, batch, eos, pad, device, cfg.max_grad_norm)
-            pairs_seen += len(batch)
             rows = state.rows_in_epoch + len(batch)
             state = TrainState(state.step + 1, state.epoch + 1, 0) if rows >= len(pairs) else TrainState(state.step + 1, state.epoch, rows)
-            elapsed = time.perf_counter() - started - eval_seconds  # the rate of training alone
-            metrics.update(step=state.step, epoch=state.epoch + state.rows_in_epoch / len(pairs), pairs_per_s=pairs_seen / elapsed)
-            if state.step == total_steps or (cfg.eval_every and state.step % cfg.eval_every == 0):
-                eval_started = time.perf_counter()
-                metrics.update(evaluate(model, held_out, eos, pad, device, 2 * cfg.batch_size))
-                eval_seconds += time.perf_counter() - eval_started
-            log.write(metrics)
-            tracker.log(metrics, state.step)
-            progress.update(state.step, step_line(metrics))
-            if state.step < total_steps and ((cfg.save_every and state.step % cfg.save_every == 0) or stop.requested):
-                path = save_checkpoint(out, state, model, optimizer, scheduler, rng_state(), config_dict(cfg))
-                if stop.requested:
-                    progress.stop()
-                    raise TispipeError(
-                        f"stopped at step {state.step} of {total_steps}; checkpoint saved to {path}",
-                        hint=f"continue with: tispipe reward-model --config {out / 'config.yaml'} --resume",
-                    )
-    wall = time.perf_counter() - started
-    metrics = metrics or logged_metrics(out / "metrics.jsonl", state.step)  # every step was done by an earlier (killed) process
-    save_checkpoint(out, state, model, optimizer, scheduler, rng_state(), config_dict(cfg))
+            due = state.step == total_steps or (cfg.eval_every and state.step % cfg.eval_every == 0)
+            loop.record(state, metrics, len(batch), measure=(lambda: evaluate(model, held_out, eos, pad, device, 2 * cfg.batch_size)) if due else None)
+    metrics = loop.finish(state)
     held_out_metrics = {k: v for k, v in metrics.items() if k.startswith("eval/")}  # measured after the last step
     save_final_model(model, tokenizer, out)
+    wall, training_seconds = loop.wall, loop.wall - loop.eval_seconds
     info = {
         "steps": state.step,
         "epochs": round(state.epoch + state.rows_in_epoch / len(pairs), 4),
@@ -150,7 +125,7 @@ def _train(cfg: RewardModelConfig) -> dict[str, Any]:
         "held_out": {k.removeprefix("eval/"): v for k, v in held_out_metrics.items()},
         "final_metrics": metrics,
         "wall_seconds": round(wall, 3),
-        "pairs_per_s": round(pairs_seen / (wall - eval_seconds), 3) if wall > eval_seconds and pairs_seen else None,
+        "pairs_per_s": round(loop.pairs_seen / training_seconds, 3) if training_seconds > 0 and loop.pairs_seen else None,
     }
     atomic_write_json(out / INFO_FILE, info)
     console.print(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -41,19 +40,18 @@ from tispipe.artifacts.checkpoint import (
     check_checkpoint_world,
     checkpoint_all_ranks,
     checkpoint_manifest,
-    damaged,
     latest_checkpoint,
     load_training_state,
     read_state,
     save_final_model,
     save_merged_model,
 )
-from tispipe.artifacts.metrics_log import MetricsLog, keep_metrics_until, logged_metrics, read_metrics, step_line
+from tispipe.artifacts.metrics_log import keep_metrics_until, read_metrics, step_line
 from tispipe.artifacts.shards import file_sha256, read_manifest, stream_rows, verify_shards
 from tispipe.artifacts.trackers import Tracker, check_report_to
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import TrainConfig, check_bounds, check_options
-from tispipe.console import ProgressLine, log_console
+from tispipe.console import log_console
 from tispipe.core.losses import LOSSES
 from tispipe.core.weights import TRANSFORMS
 from tispipe.errors import TispipeError
@@ -71,9 +69,9 @@ from tispipe.modeling.models import (
 )
 from tispipe.modeling.optim import make_optimizer, make_scheduler
 from tispipe.train.epoch import epoch_steps, even_steps, planned_steps
+from tispipe.train.loop import StepLoop, loading_models
 from tispipe.train.output import claim_out
 from tispipe.train.step import REDERIVE_OPTIONS, NonFiniteStep, StepContext, WeightPlan, train_step, weight_plan
-from tispipe.train.stop import StopRequest
 from tispipe.train.validation import due, evaluate, load_held_out
 
 WEIGHTINGS = ("estimated", "equal", "random")
@@ -126,44 +124,14 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     checkpoint, finished = distributed.broadcast_object((checkpoint, finished))
     manifest_sha = file_sha256(Path(cfg.shards) / "manifest.json")
     if checkpoint is not None:
-        check_checkpoint_world(checkpoint, world, cfg.fsdp)
-        if checkpoint_manifest(checkpoint) not in (None, manifest_sha):
-            raise TispipeError(
-                f"{checkpoint} was trained on other shards than those now in {cfg.shards} (their manifest changed)",
-                hint="resume with the shards it was trained on, or start a new run (another --out)",
-            )
+        check_resumable(cfg, checkpoint, world, manifest_sha)
     if finished is not None:
         console.print(f"{out} already holds the finished run ({finished['steps']} steps); nothing to do")
         return finished
     if checkpoint is None:
         check_reference(cfg, manifest, console)
-
-    # Trained weights stay float32; with --dtype bfloat16 (the GPU default) the forward runs under autocast.
-    # Under LoRA the frozen base needs no float32 master copy: it is held in the compute dtype (peft keeps the adapter float32).
-    ref_name = cfg.ref or cfg.model
-    torch.manual_seed(cfg.seed)  # a new LoRA adapter's initial A matrices
-    try:
-        policy = load_model(str(checkpoint or cfg.model), device=device, dtype=str(compute_dtype).removeprefix("torch.") if cfg.lora_r else "float32",
-                            trust_remote_code=cfg.trust_remote_code, for_training=True)
-        if cfg.lora_r and checkpoint is None:
-            policy = add_lora(policy, cfg, cfg.model)
-        if not needs_ref(cfg):
-            ref = None
-        elif cfg.lora_r and same_source(ref_name, cfg.model):
-            ref = AdapterOff(policy)  # the base under the adapter: no second copy of the weights
-        else:
-            ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    except BaseException as e:
-        if replaced is not None:
-            replaced.restore()  # --overwrite with models that do not load: the old run is back, nothing lost
-        if checkpoint is not None and isinstance(e, TispipeError) and str(checkpoint) in e.message:
-            raise TispipeError(e.message, hint=damaged(checkpoint, "model").hint) from e
-        raise
-    if replaced is not None:
-        replaced.discard()
-    policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(policy)
+    with loading_models(replaced, checkpoint):
+        policy, ref = load_models(cfg, checkpoint, device, compute_dtype)
     model = distributed.wrap_policy(policy, cfg.fsdp, device)  # the policy itself in a single process
 
     rows_per_epoch = sum(int(entry["rows"]) for entry in manifest["shards"])
@@ -172,99 +140,85 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     total_steps = planned_steps(cfg, rows_per_epoch, world)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, total_steps, cfg.scheduler)
-    state = TrainState(step=0, epoch=0, rows_in_epoch=0)
-    if checkpoint is not None:
-        state, _ = read_state(checkpoint)
-        load_training_state(checkpoint, optimizer, scheduler, device, distributed.optimizer_loader(model, optimizer, cfg.fsdp))
-        console.print(f"Resuming from {checkpoint} (step {state.step}, epoch {state.epoch}, {state.rows_in_epoch} rows into it)")
-    else:
-        if cfg.resume and out.exists():
-            console.print(f"No checkpoint in {out}; starting from the beginning")
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-    if rank == 0:
-        keep_metrics_until(out / "metrics.jsonl", state.step)  # steps logged after the checkpoint are replayed
-        out.mkdir(parents=True, exist_ok=True)
-        # --resume/--overwrite are actions, not settings: re-running from config.yaml must not delete this run.
-        write_config(dataclasses.replace(cfg, resume=False, overwrite=False), out / "config.yaml")
+    state = start_state(cfg, out, checkpoint, optimizer, scheduler, device, distributed.optimizer_loader(model, optimizer, cfg.fsdp), console)
 
-    ref_note = "cached reference log-probs" if ref is None else "reference: the base, adapter off" if isinstance(ref, AdapterOff) else f"reference {ref_name}"
-    ref_note += "".join(f"; {note}" for note in (adapter_summary(policy), "gradient checkpointing" if cfg.gradient_checkpointing else "",
-                                                "torch.compile" if cfg.torch_compile else "") if note)
     console.print(
         f"Training {cfg.loss} (weights: {plan.describe}) on {rows_per_epoch} pairs x {cfg.epochs} epoch(s): "
         f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} pairs"
         + (f" x {world} processes ({'FSDP' if cfg.fsdp else 'DDP'})" if world > 1 else "")
-        + f"; {ref_note}; {device}"
+        + f"; {describe_models(cfg, policy, ref)}; {device}"
     )
     if held_out is not None:
         console.print(f"Measuring {held_out.describe} " + (f"every {cfg.eval_every} steps and " if cfg.eval_every else "") + "after the last step")
-    autocast = torch.autocast(torch.device(device).type, dtype=compute_dtype) if compute_dtype != torch.float32 else nullcontext()
-    # Only the forward goes through the compiled module; checkpoints and the saved model read `model`, whose names it keeps.
-    forward_model = torch.compile(model, dynamic=True) if cfg.torch_compile else model
-    context = StepContext(forward_model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
-    if world > 1:
-        # A rank whose share of a step ran out still joins every gradient sync, with a zero-weighted row.
-        first = stream_rows(cfg.shards, manifest, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, columns=columns, rank=rank, world_size=world, vocab_size=len(tokenizer))
-        context.filler = [next(iter(first))]
+    context = step_context(cfg, model, ref, optimizer, scheduler, plan, tokenizer, device, compute_dtype, manifest, columns)
 
     def save(state: TrainState) -> Path:
         return checkpoint_all_ranks(out, state, policy, model, optimizer, scheduler, config_dict(cfg), cfg.fsdp, manifest_sha)
 
-    start_step, pairs_seen, tokens_seen, started, eval_seconds = state.step, 0, 0, time.perf_counter(), 0.0
-    metrics: dict[str, float] = {}
-    log_path = out / "metrics.jsonl" if rank == 0 else None
-    per_step = cfg.batch_size * cfg.grad_accum * world
-    tracker = Tracker(cfg.report_to if rank == 0 else "none", out, out.name, config_dict(cfg))
-    with StopRequest() as stop, MetricsLog(log_path) as log, tracker, ProgressLine(console, "train", total_steps, state.step) as progress:
-        for epoch in range(state.epoch, cfg.epochs):
-            if state.step >= total_steps:
-                break
-            skip = state.rows_in_epoch if epoch == state.epoch else 0
-            state = TrainState(state.step, epoch, skip)
-            batches = epoch_steps(cfg, manifest, columns, epoch, skip, rank, world, vocab_size=len(tokenizer))
-            if world > 1:
-                batches = even_steps(batches, math.ceil(rows_per_epoch / per_step) - skip // per_step)
-            for micro_batches in batches:
-                try:
-                    metrics = train_step(context, micro_batches)
-                except NonFiniteStep as e:
-                    progress.stop()
-                    raise TispipeError(
-                        f"step {state.step + 1} of {total_steps}: {e.message}; stopped before updating, the model was not saved",
-                        hint="lower --lr or --beta; with --loss tisdpo check the weights (tispipe inspect)",
-                    ) from None
-                pairs = sum(len(m) for m in micro_batches) if world == 1 else metrics["pairs"]  # the global step's pairs
-                pairs_seen += pairs
-                tokens_seen += int(metrics.pop("tokens"))
-                state = TrainState(state.step + 1, epoch, state.rows_in_epoch + pairs)
-                elapsed = time.perf_counter() - started - eval_seconds  # the rate of training alone
-                metrics.update(step=state.step, epoch=epoch + state.rows_in_epoch / max(1, rows_per_epoch), pairs_per_s=pairs_seen / elapsed,
-                               tokens_per_s=tokens_seen / elapsed)
-                if held_out is not None and due(cfg, state.step, total_steps):
-                    eval_started = time.perf_counter()
-                    metrics.update(evaluate(context, held_out))
-                    eval_seconds += time.perf_counter() - eval_started
-                log.write(metrics)
-                tracker.log(metrics, state.step)
-                progress.update(state.step, step_line(metrics))
-                if state.step >= total_steps:
-                    break  # the final checkpoint and model are saved below
-                stopping = stop.requested if world == 1 else distributed.all_reduce([stop.requested], "max")[0] > 0
-                if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or stopping:
-                    path = save(state)
-                if stopping:
-                    progress.stop()
-                    raise TispipeError(
-                        f"stopped at step {state.step} of {total_steps}; checkpoint saved to {path}",
-                        hint=f"continue with: tispipe train --config {out / 'config.yaml'} --resume",
-                    )
-            else:
-                state = TrainState(state.step, epoch + 1, 0)
-    wall = time.perf_counter() - started
-    metrics = metrics or logged_metrics(log_path, state.step)  # every step was done by an earlier (killed) process
+    start_step = state.step
+    loop = StepLoop(command="train", out=out, console=console, total_steps=total_steps, start=state, rows_per_epoch=rows_per_epoch,
+                    save_every=cfg.save_every, save=save, tracker=Tracker(cfg.report_to if rank == 0 else "none", out, out.name, config_dict(cfg)),
+                    log_path=out / "metrics.jsonl" if rank == 0 else None, label="train", step_line=step_line,
+                    agree=lambda requested: requested if world == 1 else distributed.all_reduce([requested], "max")[0] > 0)
+    with loop:
+        state = run_steps(loop, context, manifest, columns, state, total_steps, rows_per_epoch, held_out, len(tokenizer))
+    metrics = loop.finish(state)
+    info = save_run(cfg, out, policy, model, tokenizer, state, metrics, loop, rows_per_epoch, manifest, manifest_sha,
+                    resumed_from=start_step if checkpoint is not None else None, console=console)
+    done = f"{loop.pairs_seen} pairs in {loop.wall:.1f} s ({info['pairs_per_s']} pairs/s)" if loop.pairs_seen else "every step done by the run it resumes"
+    console.print(f"Done: {state.step} steps, {done}; final loss {metrics.get('loss', float('nan')):.4f}; model saved to {out}")
+    return info
 
-    save(state)
+
+def step_context(cfg: TrainConfig, model, ref, optimizer, scheduler, plan: WeightPlan, tokenizer, device: str, compute_dtype: torch.dtype,
+                 manifest: dict[str, Any], columns: list[str]) -> StepContext:
+    """What every step needs: the models, the optimizer, the weight plan, autocast (below float32) and, under torchrun, a filler row."""
+    autocast = torch.autocast(torch.device(device).type, dtype=compute_dtype) if compute_dtype != torch.float32 else nullcontext()
+    # Only the forward goes through the compiled module; checkpoints and the saved model read `model`, whose names it keeps.
+    forward_model = torch.compile(model, dynamic=True) if cfg.torch_compile else model
+    context = StepContext(forward_model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
+    world = distributed.world_size()
+    if world > 1:
+        # A rank whose share of a step ran out still joins every gradient sync, with a zero-weighted row.
+        first = stream_rows(cfg.shards, manifest, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, columns=columns, rank=distributed.rank(),
+                            world_size=world, vocab_size=len(tokenizer))
+        context.filler = [next(iter(first))]
+    return context
+
+
+def run_steps(loop: StepLoop, context: StepContext, manifest: dict[str, Any], columns: list[str], state: TrainState, total_steps: int,
+              rows_per_epoch: int, held_out, vocab_size: int) -> TrainState:
+    """Train from `state` to `total_steps` (or to the last epoch's end), each step recorded by `loop`; return the last state."""
+    cfg, world, rank = context.cfg, distributed.world_size(), distributed.rank()
+    per_step = cfg.batch_size * cfg.grad_accum * world
+    for epoch in range(state.epoch, cfg.epochs):
+        if state.step >= total_steps:
+            break
+        skip = state.rows_in_epoch if epoch == state.epoch else 0
+        state = TrainState(state.step, epoch, skip)
+        batches = epoch_steps(cfg, manifest, columns, epoch, skip, rank, world, vocab_size=vocab_size)
+        if world > 1:
+            batches = even_steps(batches, math.ceil(rows_per_epoch / per_step) - skip // per_step)
+        for micro_batches in batches:
+            try:
+                metrics = train_step(context, micro_batches)
+            except NonFiniteStep as e:
+                loop.fail(f"step {state.step + 1} of {total_steps}: {e.message}; stopped before updating, the model was not saved",
+                          hint="lower --lr or --beta; with --loss tisdpo check the weights (tispipe inspect)")
+            pairs = sum(len(m) for m in micro_batches) if world == 1 else metrics["pairs"]  # the global step's pairs
+            state = TrainState(state.step + 1, epoch, state.rows_in_epoch + pairs)
+            measure = (lambda: evaluate(context, held_out)) if held_out is not None and due(cfg, state.step, total_steps) else None
+            loop.record(state, metrics, pairs, tokens=int(metrics.pop("tokens")), measure=measure)
+            if state.step >= total_steps:
+                return state  # the final checkpoint and model are saved by the caller
+        state = TrainState(state.step, epoch + 1, 0)
+    return state
+
+
+def save_run(cfg: TrainConfig, out: Path, policy, model, tokenizer, state: TrainState, metrics: dict[str, Any], loop: StepLoop, rows_per_epoch: int,
+             manifest: dict[str, Any], manifest_sha: str, resumed_from: int | None, console) -> dict[str, Any]:
+    """Save the final model (and the merged one with --merge), the training figure and train_info.json; return train_info."""
+    rank = distributed.rank()
     full_state = distributed.gathered_model_state(model, cfg.fsdp)
     if rank == 0:
         save_final_model(policy, tokenizer, out, full_state)
@@ -273,10 +227,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     info = {
         "steps": state.step,
         "epochs": round(state.epoch + state.rows_in_epoch / max(1, rows_per_epoch), 4),
-        "resumed_from_step": start_step if checkpoint is not None else None,
-        "pairs_this_run": pairs_seen,
-        "wall_seconds": round(wall, 3),
-        "pairs_per_s": round(pairs_seen / wall, 3) if wall > 0 else None,
+        "resumed_from_step": resumed_from,
+        "pairs_this_run": loop.pairs_seen,
+        "wall_seconds": round(loop.wall, 3),
+        "pairs_per_s": round(loop.pairs_seen / loop.wall, 3) if loop.wall > 0 else None,
         "final_metrics": metrics,
         "shards": str(cfg.shards),
         "manifest_sha256": manifest_sha,
@@ -286,9 +240,68 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         figures.training_figure(read_metrics(out / "metrics.jsonl"), out / "training.png")  # the paper's Fig. 3 (right)
         atomic_write_json(out / "train_info.json", info)
     distributed.barrier()  # no rank returns before OUT is complete
-    done = f"{pairs_seen} pairs in {wall:.1f} s ({info['pairs_per_s']} pairs/s)" if pairs_seen else "every step done by the run it resumes"
-    console.print(f"Done: {state.step} steps, {done}; final loss {metrics.get('loss', float('nan')):.4f}; model saved to {out}")
     return info
+
+
+def check_resumable(cfg: TrainConfig, checkpoint: Path, world: int, manifest_sha: str) -> None:
+    """The checkpoint was written by as many processes, and trained on these shards."""
+    check_checkpoint_world(checkpoint, world, cfg.fsdp)
+    if checkpoint_manifest(checkpoint) not in (None, manifest_sha):
+        raise TispipeError(
+            f"{checkpoint} was trained on other shards than those now in {cfg.shards} (their manifest changed)",
+            hint="resume with the shards it was trained on, or start a new run (another --out)",
+        )
+
+
+def load_models(cfg: TrainConfig, checkpoint: Path | None, device: str, compute_dtype: torch.dtype) -> tuple[Any, Any]:
+    """(policy, reference): the policy from the checkpoint or --model (with a new adapter under --lora-r),
+    and the reference as the loss needs it: None (cached log-probs), the base under the adapter, or a model."""
+    # Trained weights stay float32; with --dtype bfloat16 (the GPU default) the forward runs under autocast.
+    # Under LoRA the frozen base needs no float32 master copy: it is held in the compute dtype (peft keeps the adapter float32).
+    torch.manual_seed(cfg.seed)  # a new LoRA adapter's initial A matrices
+    policy = load_model(str(checkpoint or cfg.model), device=device, dtype=str(compute_dtype).removeprefix("torch.") if cfg.lora_r else "float32",
+                        trust_remote_code=cfg.trust_remote_code, for_training=True)
+    if cfg.lora_r and checkpoint is None:
+        policy = add_lora(policy, cfg, cfg.model)
+    ref_name = cfg.ref or cfg.model
+    if not needs_ref(cfg):
+        ref = None
+    elif cfg.lora_r and same_source(ref_name, cfg.model):
+        ref = AdapterOff(policy)  # the base under the adapter: no second copy of the weights
+    else:
+        ref = load_model(ref_name, device=device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    policy.eval()  # dropout off (as TRL does for DPO): policy == reference at step 0, gradients still flow
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    return policy, ref
+
+
+def describe_models(cfg: TrainConfig, policy, ref) -> str:
+    """The run's first line's note on the reference and the memory savers."""
+    note = "cached reference log-probs" if ref is None else "reference: the base, adapter off" if isinstance(ref, AdapterOff) else f"reference {cfg.ref or cfg.model}"
+    return note + "".join(f"; {extra}" for extra in (adapter_summary(policy), "gradient checkpointing" if cfg.gradient_checkpointing else "",
+                                                     "torch.compile" if cfg.torch_compile else "") if extra)
+
+
+def start_state(cfg, out: Path, checkpoint: Path | None, optimizer, scheduler, device: str, optimizer_loader, console) -> TrainState:
+    """The state the run starts from: the checkpoint's (optimizer and scheduler restored), or step 0 with the seeds set.
+    Rank 0 then writes OUT's config.yaml and cuts metrics.jsonl back to that step."""
+    if checkpoint is None:
+        if cfg.resume and out.exists():
+            console.print(f"No checkpoint in {out}; starting from the beginning")
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        state = TrainState(step=0, epoch=0, rows_in_epoch=0)
+    else:
+        state, _ = read_state(checkpoint)
+        load_training_state(checkpoint, optimizer, scheduler, device, optimizer_loader)
+        console.print(f"Resuming from {checkpoint} (step {state.step}, epoch {state.epoch}, {state.rows_in_epoch} rows into it)")
+    if distributed.rank() == 0:
+        keep_metrics_until(out / "metrics.jsonl", state.step)  # steps logged after the checkpoint are replayed
+        out.mkdir(parents=True, exist_ok=True)
+        # --resume/--overwrite are actions, not settings: re-running from config.yaml must not delete this run.
+        write_config(dataclasses.replace(cfg, resume=False, overwrite=False), out / "config.yaml")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ WEIGHTLESS_LOSSES = tuple(name for name, loss in LOSSES.items() if not loss.weig
 MAIN_TABLE = ["DPO", "IPO", "TDPO2", "TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"]
 # other weights from the same contrast: transforms of the dpo pair's r, and its pi+ against the base
 TRANSFORM_TABLE = ["TIS-DPO(D)", "TIS-DPO(D) calibrated", "TIS-DPO(D) top 20%", "TIS-DPO(D vs base)"]
-# the rows of the generated-data block (tispipe.studies.experiment_generated.METHODS)
+# the rows of the generated-data block (tispipe.studies.generated_block.METHODS)
 GENERATED_TABLE = ["DPO", "TIS-DPO(P)", "TIS-DPO(D)"]
 
 

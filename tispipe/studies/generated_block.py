@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tispipe.configs import EstimateConfig, ExperimentConfig, GenerateConfig
-from tispipe.studies.experiment_report import method_rows, slug
+from tispipe.studies.results_page import method_rows, slug
 
 # (name, estimation method of its shards, TrainConfig fields), as tispipe.studies.experiment.METHODS
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
