@@ -13,6 +13,10 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def render(r: dict) -> str:
     m = r["machine"]
     lines = [
@@ -22,7 +26,8 @@ def render(r: dict) -> str:
         f"Machine: {m['cores']} cores ({m['cpu']}), no GPU; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
         f"TRL {r.get('trl_version', '1.16.0')}; torch threads {m['threads']} on every side. Load average (1, 5, 15 min) at the start "
         f"{m['load_average_start']}, at the end {m.get('load_average_end')}"
-        + (": other jobs shared the cores, so absolute rates are low and noisy" if max(m["load_average_start"][0], (m.get("load_average_end") or [0])[0]) > 1.5
+        # the benchmark's own runs hold `threads` cores busy; more than that is other work
+        + (": other jobs shared the cores, so absolute rates are low and noisy" if max(m["load_average_start"][0], (m.get("load_average_end") or [0])[0]) > m["threads"] + 0.5
            else " (the benchmark's own runs: the machine was otherwise idle)")
         + "; each comparison alternates its sides (A B C A B C) and the ratios are of medians.",
         "",
@@ -58,7 +63,7 @@ def render(r: dict) -> str:
                             f"rejected {lp['rejected']['median']}; one prompt per pair is {lp['tokens_saved_by_one_prompt'] * 100:.1f}% fewer tokens")
         lines += ["", f"## Training, {t['model']} ({t['parameters'] / 1e6:.2f}M parameters){lengths}", "",
                   f"{t['steps']} steps of {t['batch_size']} pairs per run, rate measured after the first {t['warmup_steps_excluded']} steps, "
-                  f"{len(t['pairs_per_s']['tispipe_dpo'])} runs per side. 1-min load average before each run: {t['load_average_1min']}.", "",
+                  f"{_count(len(t['pairs_per_s']['tispipe_dpo']), 'run')} per side. 1-min load average before each run: {t['load_average_1min']}.", "",
                   "| side | pairs/s (each run) | median | peak RSS MiB | tokens/s (each run) | pairs/s of the steps measured |", "|---|---|---|---|---|---|"]
         names = {"tispipe_dpo": "tispipe train --loss dpo (cached ref log-probs)", "tispipe_tisdpo": "tispipe train --loss tisdpo (eta: reference forward)",
                  "tispipe_dpo_ungrouped": "tispipe train --loss dpo --length-group-steps 0 (random batches, like TRL's)",

@@ -196,3 +196,16 @@ def test_the_generated_block_needs_the_toy_oracle(tiny_task, tmp_path):
     with pytest.raises(TispipeError, match="needs --oracle toy"):
         experiment.run(cfg)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_grid_table_says_when_a_chosen_lr_sits_on_an_edge():
+    def report(chosen: dict[str, float]) -> dict:
+        grid = {name: {lr: {"oracle_reward": 1.0, "pref_accuracy": 0.5, "kl_per_token": 0.1} for lr in ("1e-05", "0.0001", "0.001")} for name in chosen}
+        return {"grid": grid, "methods": {name: {"lr": lr} for name, lr in chosen.items()}}
+
+    text = results_page.grid_table(report({"DPO": 1e-4, "TIS-DPO(D)": 1e-3, "IPO": 1e-3}), ["DPO", "IPO", "TIS-DPO(D)"])
+    assert "IPO, TIS-DPO(D) chose the grid's largest lr (0.001): their best may lie beyond the grid" in text
+    assert "smallest" not in text and "DPO chose" not in text
+    text = results_page.grid_table(report({"DPO": 1e-5, "TIS-DPO(D)": 1e-4}), ["DPO", "TIS-DPO(D)"])
+    assert "DPO chose the grid's smallest lr (1e-05): its best may lie beyond the grid" in text and "largest" not in text
+    assert "beyond the grid" not in results_page.grid_table(report({"DPO": 1e-4}), ["DPO"])

@@ -242,7 +242,20 @@ def grid_table(report: dict[str, Any], order: list[str]) -> str:
                               for key, spec in (("oracle_reward", "+.2f"), ("pref_accuracy", ".3f"), ("kl_per_token", ".3f")))
             cells.append(f"**{text}**" if float(lr) == report["methods"][name].get("lr") else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + edge_notes(report, [n for n in order if n in grid], [float(lr) for lr in lrs]))
+
+
+def edge_notes(report: dict[str, Any], names: list[str], lrs: list[float]) -> list[str]:
+    """A sentence for the methods whose chosen lr is the grid's largest or smallest: their best may lie beyond it."""
+    if len(lrs) < 2:
+        return []
+    notes = []
+    for edge, where, option in ((max(lrs), "largest", "upward"), (min(lrs), "smallest", "downward")):
+        on_edge = [name for name in names if report["methods"][name].get("lr") == edge]
+        if on_edge:
+            notes.append(f"{', '.join(on_edge)} chose the grid's {where} lr ({edge:g}): {'its' if len(on_edge) == 1 else 'their'} best may lie "
+                         f"beyond the grid, so the comparison holds for this grid only (extend --lrs {option} to see).")
+    return ["", *notes] if notes else []
 
 
 def render_generated(block: dict[str, Any]) -> str:
