@@ -117,6 +117,10 @@ def test_beats_needs_non_overlapping_intervals_and_the_verdict_checks_the_papers
     assert "TIS-DPO(D) (+2.10) > TIS-DPO(P) (+1.70) > TIS-DPO(S) (+1.60); the paper's D > S > P does not hold" in text
     report["methods"]["TIS-DPO(D) without eta"] = row([2.3, 2.5])
     assert "does not hold in the means." in results_page.verdict(report, [m[0] for m in experiment.METHODS]).split("Estimation")[0]
+    assert "Information or step size" not in text
+    report["methods"]["TIS-DPO(D) random weights, mean-matched"] = row([1.0, 1.1])
+    assert ("Information or step size: random weights with each side's mean estimated weight (the same width as U(L,U)) against the "
+            "estimated weights themselves: TIS-DPO(D) at lr 5e-05 (+2.10 ± 0.14) beats") in results_page.verdict(report, [m[0] for m in experiment.METHODS])
 
 
 def test_unknown_method_and_missing_inputs_are_named(tiny_task, tmp_path):

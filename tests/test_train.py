@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -75,6 +76,7 @@ def tiny(tmp_path_factory, make_tiny_tokenizer, make_tiny_llama):
         "shards": entries,
         "fingerprints": {"tokenizer": fingerprint_tokenizer(load_tokenizer(str(model_dir))), "base": fingerprint_model(model_dir)},
         "settings": {"model": str(model_dir), "transform": "exp", "k": 1.0, "mu": 1.0, "lower": -0.5, "upper": 1.5},
+        "weights": {side: {"mean": float(np.mean([w for r in rows for w in r[f"{side}_weights"]]))} for side in ("chosen", "rejected")},
     })
     return model_dir, shards_dir
 
@@ -122,6 +124,30 @@ def test_every_loss_and_weighting_trains_and_starts_at_log2(tiny, tmp_path, loss
         assert first["weights/chosen_mean"] == pytest.approx(1.0)
     if weighting == "random":
         assert -0.5 <= first["weights/rejected_mean"] <= 1.5 and first["weights/chosen_mean"] != pytest.approx(1.0)
+    if weighting == "random-matched":
+        stored = json.loads((tiny[1] / "manifest.json").read_text())["weights"]
+        for side in ("chosen", "rejected"):
+            assert stored[side]["mean"] - 1 <= first[f"weights/{side}_mean"] <= stored[side]["mean"] + 1
+
+
+def test_random_matched_weights_centre_the_random_range_on_each_sides_mean_weight():
+    """The random-weight ablation at the estimated weights' own mean: the same width as U(L, U), so only the information differs."""
+    from tispipe.configs import TrainConfig
+    from tispipe.train.step import batch_weights, weight_plan
+
+    manifest = {"settings": {"lower": -0.5, "upper": 1.5}, "weights": {"chosen": {"mean": 1.2}, "rejected": {"mean": 0.9}}}
+    plan = weight_plan(TrainConfig(shards="s", model="m", out="o", weighting="random-matched", seed=3), manifest)
+    assert plan.side_ranges == (pytest.approx((0.2, 2.2)), pytest.approx((-0.1, 1.9)))
+    rows = [{"pair_id": f"p{i}", "prompt_ids": [1, 2], "chosen_ids": [3] * 400, "rejected_ids": [4] * 300} for i in range(4)]
+    from tispipe.modeling.batching import make_pair_batch
+
+    batch = make_pair_batch([r["prompt_ids"] for r in rows], [r["chosen_ids"] for r in rows], [r["rejected_ids"] for r in rows], 0)
+    weights, mask = batch_weights(plan, batch, rows), batch.response_mask.bool()
+    chosen, rejected = weights[:4][mask[:4]], weights[4:][mask[4:]]
+    assert 0.2 <= chosen.min() and chosen.max() <= 2.2 and chosen.mean() == pytest.approx(1.2, abs=0.05)
+    assert -0.1 <= rejected.min() and rejected.max() <= 1.9 and rejected.mean() == pytest.approx(0.9, abs=0.05)
+    with pytest.raises(TispipeError, match="records no mean weight"):
+        weight_plan(TrainConfig(shards="s", model="m", out="o", weighting="random-matched"), {"settings": {}})
 
 
 def test_cached_ref_losses_never_load_the_reference(tiny, tmp_path, monkeypatch):

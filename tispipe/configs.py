@@ -250,7 +250,7 @@ class TrainConfig(TrainingLoopOptions, HeldOutOptions, ReportToOption, TrainingM
     out: str = required("Output folder: the trained model, metrics.jsonl, checkpoints/.", panel=IO)
     ref: str | None = option(None, "Reference model for the KL terms (default: --model). dpo/ipo use the shards' cached reference log-probs.", panel=IO)
     loss: str = option("tisdpo", "tisdpo (paper Eq. 18), dpo, ipo, tdpo1 or tdpo2.", panel=LOSS)
-    weighting: str = option("estimated", "estimated (from the shards), equal (all 1) or random (uniform between --lower and --upper).", panel=WEIGHTS)
+    weighting: str = option("estimated", "estimated (from the shards), equal (all 1), random (uniform between --lower and --upper) or random-matched (uniform, as wide as [--lower, --upper], around each side's mean stored weight).", panel=WEIGHTS)
     eta_coef: float = option(1.0, "Coefficient on TIS-DPO's KL term eta (0: the paper's 'without eta' ablation).", panel=LOSS)
     beta: float = option(0.1, "Beta of every loss.", panel=LOSS)
     alpha: float = option(0.5, "Alpha of TDPO2.", panel=LOSS)

@@ -48,6 +48,8 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("TIS-DPO(D) random weights U(L,U)", "dpo", {"loss": "tisdpo", "weighting": "random"}),
     # the authors' code draws U(0.7, 1.3) instead: both are reported
     ("TIS-DPO(D) random weights U(0.7,1.3)", "dpo", {"loss": "tisdpo", "weighting": "random", "lower": 0.7, "upper": 1.3}),
+    # U(L,U) shifted to each side's mean estimated weight: the same mean (so the same effective step) without the information
+    ("TIS-DPO(D) random weights, mean-matched", "dpo", {"loss": "tisdpo", "weighting": "random-matched"}),
     ("TIS-DPO(D) equal weights", "dpo", {"loss": "tisdpo", "weighting": "equal"}),
     ("TIS-DPO(D) without eta", "dpo", {"loss": "tisdpo", "eta_coef": 0.0}),
     # other ways from the same r to weights (tispipe.core.weights), re-derived from the dpo shards by train

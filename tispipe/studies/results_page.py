@@ -211,6 +211,9 @@ def verdict(report: dict[str, Any], order: list[str]) -> str:
                      + f". The paper's order (random U(L,U) < equal < without eta < full) {'holds' if holds else 'does not hold'} in the means.")
         for name in [n for n in order if n.startswith("TIS-DPO(D) ") and n in methods]:
             lines.append(f"  - {beats(report, 'TIS-DPO(D)', name)}.")
+    if "TIS-DPO(D) random weights, mean-matched" in methods and "TIS-DPO(D)" in methods:
+        lines.append("- Information or step size: random weights with each side's mean estimated weight (the same width as U(L,U)) "
+                     f"against the estimated weights themselves: {beats(report, 'TIS-DPO(D)', 'TIS-DPO(D) random weights, mean-matched')}.")
     estimators = [n for n in ("TIS-DPO(D)", "TIS-DPO(S)", "TIS-DPO(P)") if n in methods]
     if len(estimators) > 1:
         measured = sorted(estimators, key=lambda n: -reward(n))

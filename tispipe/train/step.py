@@ -33,7 +33,8 @@ class WeightPlan:
     kind: "stored" (the shards' weights), "rederive" (`compute_weights` on the stored log-ratios with
     transform/k/mu/lower/upper/fraction/floor; rank and linear keep their default output range; calibrated
     divides each side's r by `scales`, the std of r over that side's tokens in the manifest), "equal" (all 1)
-    or "random" (uniform in [lower, upper], seeded by `seed`); `describe` says which, for the run's first line.
+    or "random" (uniform in [lower, upper], or in each side's `side_ranges`, seeded by `seed`); `describe` says
+    which, for the run's first line.
     """
 
     kind: str
@@ -47,6 +48,7 @@ class WeightPlan:
     floor: float = 0.0
     scales: tuple[float, float] = (1.0, 1.0)  # (chosen, rejected)
     seed: int | None = None
+    side_ranges: tuple[tuple[float, float], tuple[float, float]] | None = None  # random: (chosen, rejected) ranges instead of [lower, upper]
 
 
 def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> WeightPlan:
@@ -58,12 +60,19 @@ def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> WeightPlan:
     stored = _manifest_weight_settings(manifest)
     if cfg.weighting == "equal":
         return WeightPlan(kind="equal", describe="all 1")
-    if cfg.weighting == "random":
+    if cfg.weighting in ("random", "random-matched"):
         default_lower, default_upper = DEFAULT_BOUNDS["exp"]
         lower = cfg.lower if cfg.lower is not None else _first(stored.get("lower"), default_lower)
         upper = cfg.upper if cfg.upper is not None else _first(stored.get("upper"), default_upper)
         check_bounds(lower, upper)
-        return WeightPlan(kind="random", describe=f"uniform in [{lower}, {upper}]", lower=lower, upper=upper, seed=cfg.seed)
+        if cfg.weighting == "random":
+            return WeightPlan(kind="random", describe=f"uniform in [{lower}, {upper}]", lower=lower, upper=upper, seed=cfg.seed)
+        means = _stored_weight_means(manifest)
+        half = (upper - lower) / 2
+        ranges = tuple((mean - half, mean + half) for mean in means)
+        shown = "; ".join(f"{side} [{a:.3g}, {b:.3g}]" for side, (a, b) in zip(("chosen", "rejected"), ranges, strict=True))
+        return WeightPlan(kind="random", describe=f"uniform, {upper - lower:g} wide around the stored weights' mean: {shown}", seed=cfg.seed,
+                          side_ranges=ranges)
     if all(getattr(cfg, n) is None for n in REDERIVE_OPTIONS):
         return WeightPlan(kind="stored", describe="estimated, as stored")
     settings = {
@@ -90,6 +99,15 @@ def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> WeightPlan:
     for side in (0, 1):
         compute_weights(torch.zeros(1, 1), torch.ones(1, 1), plan.mu, **_rederive_options(plan, side))
     return plan
+
+
+def _stored_weight_means(manifest: dict[str, Any]) -> tuple[float, float]:
+    """(chosen, rejected) mean of the stored weights over every response token, as the estimate recorded it."""
+    try:
+        return tuple(float(manifest["weights"][side]["mean"]) for side in ("chosen", "rejected"))  # type: ignore[return-value]
+    except (KeyError, TypeError, ValueError):
+        raise TispipeError("the shards' manifest records no mean weight (weights.chosen.mean), which --weighting random-matched needs",
+                           hint="re-run `tispipe estimate` with this version") from None
 
 
 def _logratio_spread(manifest: dict[str, Any]) -> tuple[float, float]:
@@ -272,4 +290,5 @@ def _random_row(plan: WeightPlan, row: dict, side: str) -> list[float]:
     key = hashlib.sha256(f"{plan.seed}:{row['pair_id']}:{side}".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
     length = len(row[f"{side}_ids"])
-    return random_weights(torch.ones(1, length), plan.lower, plan.upper, generator)[0].tolist()
+    lower, upper = plan.side_ranges[side == "rejected"] if plan.side_ranges else (plan.lower, plan.upper)
+    return random_weights(torch.ones(1, length), lower, upper, generator)[0].tolist()

@@ -74,7 +74,7 @@ from tispipe.train.output import claim_out
 from tispipe.train.step import REDERIVE_OPTIONS, NonFiniteStep, StepContext, WeightPlan, train_step, weight_plan
 from tispipe.train.validation import due, evaluate, load_held_out
 
-WEIGHTINGS = ("estimated", "equal", "random")
+WEIGHTINGS = ("estimated", "equal", "random", "random-matched")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("constant", "cosine")
 
@@ -323,12 +323,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.mu is not None and cfg.mu == 0:
         raise TispipeError("--mu must not be 0 (every weight would be k)")
     if cfg.weighting != "estimated":
-        allowed = ("lower", "upper") if cfg.weighting == "random" else ()
+        allowed = ("lower", "upper") if cfg.weighting.startswith("random") else ()
         given = [n for n in REDERIVE_OPTIONS if getattr(cfg, n) is not None and n not in allowed]
         if given:
             raise TispipeError(
                 f"--{', --'.join(given)} only apply to --weighting estimated (re-deriving weights), not {cfg.weighting}",
-                hint="--weighting random takes --lower/--upper as its range",
+                hint="--weighting random takes --lower/--upper as its range (random-matched: as its width)",
             )
     if cfg.resume and cfg.overwrite:
         raise TispipeError("give --resume or --overwrite, not both")
