@@ -155,18 +155,21 @@ def test_every_method_builds_a_valid_train_config(tmp_path):
     assert {e for _, e, _ in experiment.METHODS} == set(experiment.ESTIMATORS) == {*ESTIMATION_METHODS, "dpo-vs-base"}
 
 
-def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path):
-    runner = jobs.Runner(tmp_path, jobs=1, threads=1)
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path, n_jobs):
+    runner = jobs.Runner(tmp_path, jobs=n_jobs, threads=1)
     bad = experiment.EstimateConfig(data=str(tmp_path / "missing.jsonl"), model=str(tmp_path / "no-model"), out=str(tmp_path / "w"))
     with pytest.raises(TispipeError, match=r"estimate-x failed \(exit 1\): Error: .*no-model"):
         runner.add("estimate-x", "estimate", bad)
+        runner.finish()  # a worker's job fails when it is waited for
+    assert runner.pool is None
     assert runner.commands == [f"tispipe estimate --config {tmp_path / 'estimate-x.yaml'}"]
     assert (tmp_path / "estimate-x.yaml").is_file()
 
 
 @pytest.mark.slow
 def test_jobs_in_subprocesses_give_the_same_numbers_as_in_process(tiny_task, tmp_path):
-    """--jobs 2 runs each stage as `python -m tispipe COMMAND --config logs/JOB.yaml`; the results match --jobs 1."""
+    """--jobs 2 runs the stages in a pool of two worker processes; the results match --jobs 1 (every job in this process)."""
     from dataclasses import replace
 
     quick = experiment.quick_settings(experiment.ExperimentConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"),

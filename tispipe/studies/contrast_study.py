@@ -74,7 +74,7 @@ def run(cfg: ContrastStudyConfig) -> dict[str, Any]:
     for setting in grid:
         for scoring, pos, neg in SCORINGS if setting[0] == "dpo" else SCORINGS[:1]:
             runner.add(f"validation-{label(setting)}-{scoring}", "estimate", validation_config(cfg, setting, scoring, pos, neg, out, limit))
-    runner.wait()
+    runner.finish()
 
     report = collect(cfg, grid, out, splits, time.time() - started, runner.commands)
     text = render(report)

@@ -234,7 +234,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             models = [generated_block.model_dir(out, name, chosen[name], seed) for name, _, _ in generated_block.METHODS]
             evaluation = eval_config(cfg, models, generated_block.model_dir(out, "DPO", chosen["DPO"], seed), seed, out / "eval" / f"generated-seed-{seed}", "test")
             runner.add(f"eval-generated-seed{seed}", "evaluate", evaluation, skip_if_done=out / "eval" / f"generated-seed-{seed}")
-    runner.wait()
+    runner.finish()
     timings["seeds"] = time.time() - t0
     timings["total"] = time.time() - started
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,27 +29,62 @@ def say(text: str) -> None:
     log_console().print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, soft_wrap=True, markup=False)
 
 
-class Runner:
-    """Runs stages, at most `jobs` at a time, each logging to its own file; any failure stops the experiment.
+def run_job(logs: Path, label: str, stage: str, cfg: Any, threads: int) -> int:
+    """Run one job in this process, its output into LOGS/<label>.log, through `tispipe.cli.run_stage` (every
+    option and output checked, as the command line checks them); return its exit code (1: an error, logged
+    as the command line prints it)."""
+    import contextlib
 
-    A job is (label, stage module, config). Its config goes to LOGS/<label>.yaml first; one job at a
-    time runs it in this process through `tispipe.cli.run_stage` (every option and output checked, as the
-    command line checks them), more run `python -m tispipe <command>
-    --config LOGS/<label>.yaml` as subprocesses: the same settings either way.
+    import torch
+
+    from tispipe.cli import run_stage
+
+    before, code = torch.get_num_threads(), 0
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with open(logs / f"{label}.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                run_stage(COMMANDS[stage], MODULES[stage], cfg)
+            except TispipeError as e:
+                print(f"Error: {e.message}" + (f"\nHint: {e.hint}" if e.hint else ""), file=log)
+                code = 1
+            except Exception:  # noqa: BLE001 (a worker reports every failure as its job's, with the traceback in the log)
+                import traceback
+
+                traceback.print_exc(file=log)
+                code = 2
+    finally:
+        torch.set_num_threads(before)
+    return code
+
+
+def _start_worker(threads: int) -> None:
+    """A pool worker's set-up, before it imports torch: the thread count and the environment a stage run gets."""
+    os.environ.update({"HF_HUB_OFFLINE": "1", "TERM": "dumb", **({"OMP_NUM_THREADS": str(threads)} if threads else {})})
+
+
+class Runner:
+    """Runs stages, at most `jobs` at a time, each logging to its own file; any failure stops the study.
+
+    A job is (label, stage module, config). Its config goes to LOGS/<label>.yaml first (`tispipe <command>
+    --config LOGS/<label>.yaml` repeats it). One job at a time runs in this process; more run in a pool of
+    `jobs` worker processes that live as long as the study, so Python, torch and transformers are imported
+    once per worker, not once per job. The same settings and checks either way (`run_job`).
     """
 
     def __init__(self, logs: Path, jobs: int, threads: int):
         self.logs, self.jobs, self.threads = logs, jobs, threads
-        self.running: list[tuple[str, subprocess.Popen, float]] = []
+        self.running: list[tuple[str, Any, float]] = []  # (label, future, start time)
         self.commands: list[str] = []
         self.done_markers: dict[str, tuple[Path, dict[str, Any]]] = {}
+        self.pool = None
 
     def add(self, label: str, stage: str, cfg: Any, skip_if_done: Path | None = None) -> None:
         """Run the stage on `cfg`; with skip_if_done, not when that folder records a finished run of the same config."""
         config_file = self.logs / f"{label}.yaml"
         write_config(cfg, config_file)
-        argv = [COMMANDS[stage], "--config", str(config_file)]
-        self.commands.append("tispipe " + shlex.join(argv))
+        self.commands.append("tispipe " + shlex.join([COMMANDS[stage], "--config", str(config_file)]))
         if skip_if_done is not None:
             done, settings = skip_if_done / "experiment-config.json", config_dict(cfg)
             if done.is_file() and json.loads(done.read_text(encoding="utf-8")) == settings:
@@ -60,66 +93,64 @@ class Runner:
             self.done_markers[label] = (done, settings)
         if self.jobs == 1:
             say(f"start {label}")
-            self._run_here(label, stage, cfg)
+            started = time.time()
+            self._finished(label, run_job(self.logs, label, stage, cfg, self.threads), started)
             return
         while len(self.running) >= self.jobs:
-            self._reap(block=True)
+            self._reap()
+        if self.pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: a forked child of a process that has run torch's thread pools can hang
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                            initargs=(self.threads,))
         say(f"start {label}")
-        # OMP_NUM_THREADS holds every command (and its libraries) to the thread count
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "dumb", **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
-        with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log:
-            process = subprocess.Popen([sys.executable, "-m", "tispipe", *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.running.append((label, process, time.time()))
+        self.running.append((label, self.pool.submit(run_job, self.logs, label, stage, cfg, self.threads), time.time()))
 
-    def _run_here(self, label: str, stage: str, cfg: Any) -> None:
-        """One job at a time: call the stage in this process, saving a Python start-up per job."""
-        import contextlib
-
-        import torch
-
-        from tispipe.cli import run_stage
-
-        t0, threads, code = time.time(), torch.get_num_threads(), 0
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            with open(self.logs / f"{label}.log", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                try:
-                    run_stage(COMMANDS[stage], MODULES[stage], cfg)  # the checks of `tispipe <command>`, as a job run as a subprocess gets them
-                except TispipeError as e:
-                    # the lines the command line prints for a user error, so the log reads the same either way
-                    print(f"Error: {e.message}" + (f"\nHint: {e.hint}" if e.hint else ""), file=log)
-                    code = 1
-        finally:
-            torch.set_num_threads(threads)
-        self._finished(label, code, t0)
-
-    def _finished(self, label: str, code: int, t0: float) -> None:
+    def _finished(self, label: str, code: int, started: float) -> None:
         if code != 0:
-            for _, other, _ in self.running:
-                other.terminate()
+            self.close()
             tail = (self.logs / f"{label}.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
             raise TispipeError(f"{label} failed (exit {code}): {' / '.join(tail)}", hint=f"its log: {self.logs / (label + '.log')}")
         if label in self.done_markers:
             path, settings = self.done_markers.pop(label)
             atomic_write_json(path, settings)
-        say(f"done  {label} ({time.time() - t0:.0f}s)")
+        say(f"done  {label} ({time.time() - started:.0f}s)")
 
     def wait(self) -> None:
+        """Until every job started has finished."""
         while self.running:
-            self._reap(block=True)
+            self._reap()
 
-    def _reap(self, block: bool) -> None:
-        while True:
-            for item in self.running:
-                label, process, t0 = item
-                if process.poll() is not None:
-                    self.running.remove(item)
-                    self._finished(label, process.returncode, t0)
-                    return
-            if not block:
-                return
-            time.sleep(0.5)
+    def finish(self) -> None:
+        """Wait for the last jobs, then stop the workers."""
+        self.wait()
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (the running jobs with them)."""
+        if self.pool is not None:
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.running = []
+
+    def _reap(self) -> None:
+        """Wait for the first running job to finish and record it."""
+        from concurrent.futures import FIRST_COMPLETED
+        from concurrent.futures import wait as wait_for
+
+        finished, _ = wait_for([future for _, future, _ in self.running], return_when=FIRST_COMPLETED)
+        for item in [item for item in self.running if item[1] in finished]:
+            self.running.remove(item)
+            label, future, started = item
+            try:
+                code = future.result()
+            except Exception:  # noqa: BLE001 (the worker itself died: killed, out of memory)
+                code = 3
+            self._finished(label, code, started)
 
 
 def check_study(cfg: Any) -> None:

@@ -71,7 +71,7 @@ def run(cfg: WeightStudyConfig) -> dict[str, Any]:
         for split in SPLITS:
             folder = out / "scores" / f"{slug(scoring[0])}-{split}"
             runner.add(f"score-{slug(scoring[0])}-{split}", "estimate", scoring_config(cfg, scoring, split, out), skip_if_done=folder)
-    runner.wait()
+    runner.finish()
 
     report = collect(cfg, scorings, out, splits, time.time() - started, runner.commands)
     text = render(report)
