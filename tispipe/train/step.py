@@ -67,7 +67,7 @@ def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> WeightPlan:
         check_bounds(lower, upper)
         if cfg.weighting == "random":
             return WeightPlan(kind="random", describe=f"uniform in [{lower}, {upper}]", lower=lower, upper=upper, seed=cfg.seed)
-        means = _stored_weight_means(manifest)
+        means = _side_statistic(manifest, "weights", "mean", "mean weight", "--weighting random-matched")
         half = (upper - lower) / 2
         ranges = tuple((mean - half, mean + half) for mean in means)
         shown = "; ".join(f"{side} [{a:.3g}, {b:.3g}]" for side, (a, b) in zip(("chosen", "rejected"), ranges, strict=True))
@@ -87,7 +87,7 @@ def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> WeightPlan:
     if settings["transform"] != stored.get("transform") and cfg.lower is None and cfg.upper is None:
         settings["lower"] = settings["upper"] = None  # the new transform's own default bounds
     if settings["transform"] == "calibrated":
-        settings["scales"] = _logratio_spread(manifest)
+        settings["scales"] = _side_statistic(manifest, "logratio", "std", "spread of r", "--transform calibrated")
     shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None and (k not in ("fraction", "floor") or settings["transform"] == "top"))
     plan = WeightPlan(kind="rederive", describe=f"re-derived from stored log-ratios ({shown})", **settings)
     # Fail now, not at the first batch, on settings the weight function rejects.
@@ -101,21 +101,13 @@ def weight_plan(cfg: TrainConfig, manifest: dict[str, Any]) -> WeightPlan:
     return plan
 
 
-def _stored_weight_means(manifest: dict[str, Any]) -> tuple[float, float]:
-    """(chosen, rejected) mean of the stored weights over every response token, as the estimate recorded it."""
+def _side_statistic(manifest: dict[str, Any], column: str, statistic: str, what: str, needed_by: str) -> tuple[float, float]:
+    """(chosen, rejected) `statistic` of a column over every response token, as the estimate's manifest recorded it:
+    `weights` `mean` (--weighting random-matched), `logratio` `std` (the spread of r, --transform calibrated)."""
     try:
-        return tuple(float(manifest["weights"][side]["mean"]) for side in ("chosen", "rejected"))  # type: ignore[return-value]
+        return tuple(float(manifest[column][side][statistic]) for side in ("chosen", "rejected"))  # type: ignore[return-value]
     except (KeyError, TypeError, ValueError):
-        raise TispipeError("the shards' manifest records no mean weight (weights.chosen.mean), which --weighting random-matched needs",
-                           hint="re-run `tispipe estimate` with this version") from None
-
-
-def _logratio_spread(manifest: dict[str, Any]) -> tuple[float, float]:
-    """(chosen, rejected) standard deviation of r over every response token, as the estimate recorded it."""
-    try:
-        return tuple(float(manifest["logratio"][side]["std"]) for side in ("chosen", "rejected"))  # type: ignore[return-value]
-    except (KeyError, TypeError, ValueError):
-        raise TispipeError("the shards' manifest records no spread of r (logratio.chosen.std), which --transform calibrated needs",
+        raise TispipeError(f"the shards' manifest records no {what} ({column}.chosen.{statistic}), which {needed_by} needs",
                            hint="re-run `tispipe estimate` with this version") from None
 
 
