@@ -23,7 +23,7 @@ def render(r: dict) -> str:
         "# Benchmarks",
         "",
         (f"Command: `{r['command']}` (what `make bench` runs). Date: {m['date']}." if "--only" not in r["command"] else
-         f"Last command: `{r['command']}` ({m['date']}), one part of what `make bench` runs; the other sections come from earlier "
+         f"Last command: `{r['command']}` ({m['date']}), one part of what `make bench` runs; the other sections come from other "
          "runs of bench/run.py, each section with the load averages of its own runs. The machine line below is the last command's."),
         f"Machine: {m['cores']} cores ({m['cpu']}), no GPU; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
         f"TRL {r.get('trl_version', '1.16.0')}; torch threads {m['threads']} on every side. Load average (1, 5, 15 min) at the start "
