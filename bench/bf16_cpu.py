@@ -84,6 +84,27 @@ def measure(name: str, dtype: torch.dtype, use_autocast: bool, args, pairs: bool
     return {"seconds_per_step": round(seconds, 3), "tokens_per_s": round(args.batch * args.length / seconds, 1), "top_ops": top}
 
 
+def new_shapes(name: str, use_autocast: bool, args) -> dict:
+    """tispipe's pair step where every step has lengths not seen before (as length-grouped training steps do): the
+    first step at each shape included, since a run of a few hundred steps meets a new shape at most of them."""
+    from tispipe.modeling.batching import make_pair_batch
+
+    net = model(torch.float32)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if use_autocast else nullcontext()
+    generator = torch.Generator().manual_seed(2)
+    seconds = []
+    for k in range(args.steps + 1):
+        prompt, response = 96 + 8 * k, 48 + 4 * k
+        ids = torch.randint(0, 2048, (args.batch, prompt + response), generator=generator).tolist()
+        batch = make_pair_batch([r[:prompt] for r in ids], [r[prompt:] for r in ids], [r[prompt:][::-1] for r in ids], 0)
+        started = time.perf_counter()
+        pair_step(net, batch, autocast)
+        seconds.append(time.perf_counter() - started)
+    mean = sum(seconds[1:]) / args.steps  # the very first step also pays for everything else's first use
+    print(f"{name}: {mean:.2f} s/step over {args.steps} steps of new lengths", flush=True)
+    return {"seconds_per_step": round(mean, 3), "each_step": [round(x, 3) for x in seconds]}
+
+
 def matmul(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     """GFLOP/s of an n x n matmul in `dtype` (the kernel's own speed, without the model around it)."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -111,6 +132,8 @@ def main() -> None:
     results["bfloat16_weights"] = measure("bfloat16 weights, no autocast", torch.bfloat16, False, args)
     results["pairs_float32"] = measure("tispipe's pair step, float32", torch.float32, False, args, pairs=True)
     results["pairs_bfloat16_autocast"] = measure("tispipe's pair step, bfloat16 autocast", torch.float32, True, args, pairs=True)
+    results["new_shapes_float32"] = new_shapes("tispipe's pair step at new lengths, float32", False, args)
+    results["new_shapes_bfloat16_autocast"] = new_shapes("tispipe's pair step at new lengths, bfloat16 autocast", True, args)
     OUT.write_text(json.dumps(results, indent=1) + "\n")
 
 

@@ -86,7 +86,7 @@ class ModelOptions:
     """Where and how models run."""
 
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", panel=RUNTIME)
-    dtype: str = option("auto", "auto (bfloat16 on GPU; float32 on CPU, where bfloat16 autocast casts every weight at each step and gains nothing: bench/bf16_cpu.py), float32, bfloat16 or float16.", panel=RUNTIME)
+    dtype: str = option("auto", "auto (bfloat16 on GPU; float32 on CPU, for exact results: on a CPU with bfloat16 matmuls, e.g. AVX512-BF16, --dtype bfloat16 trains faster, bench/README.md), float32, bfloat16 or float16.", panel=RUNTIME)
     trust_remote_code: bool = option(False, "Allow model repositories to run their own code.", panel=RUNTIME)
 
 
