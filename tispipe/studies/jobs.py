@@ -131,6 +131,7 @@ class Runner:
     def close(self) -> None:
         """Stop the workers (the running jobs with them)."""
         if self.pool is not None:
+            # the executor has no public way to stop a running job; its worker processes are the only handle
             for process in list(getattr(self.pool, "_processes", {}).values()):
                 process.terminate()
             self.pool.shutdown(wait=True, cancel_futures=True)

@@ -282,5 +282,5 @@ def _random_row(plan: WeightPlan, row: dict, side: str) -> list[float]:
     key = hashlib.sha256(f"{plan.seed}:{row['pair_id']}:{side}".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & ((1 << 63) - 1))
     length = len(row[f"{side}_ids"])
-    lower, upper = plan.side_ranges[side == "rejected"] if plan.side_ranges else (plan.lower, plan.upper)
+    lower, upper = plan.side_ranges[("chosen", "rejected").index(side)] if plan.side_ranges else (plan.lower, plan.upper)
     return random_weights(torch.ones(1, length), lower, upper, generator)[0].tolist()
