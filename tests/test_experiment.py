@@ -8,7 +8,7 @@ import pytest
 
 from tispipe.configs import ESTIMATION_METHODS
 from tispipe.errors import TispipeError
-from tispipe.studies import experiment, generated_block, jobs, results_page
+from tispipe.studies import experiment, generated_block, jobs, kl_matched, results_page
 
 
 @pytest.mark.slow  # every method at two lrs and two seeds, in process (about a minute)
@@ -63,6 +63,20 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     assert "### Other weights from the same contrast" in text
     assert "### The learning-rate grid (validation prompts, seed 0)" in text and "**" in text
     assert "The paper's order (random U(L,U) < equal < without eta < full)" in text and "the paper's D > S > P" in text
+
+    # at matched KL: each TIS-DPO method at its best lr within DPO's validation KL, every seed trained and tested there
+    block = report["kl_matched"]
+    assert block["kl_budget"] == report["grid"]["DPO"][f"{report['methods']['DPO']['lr']:g}"]["kl_per_token"]
+    assert block["methods"]["DPO"]["lr"] == report["methods"]["DPO"]["lr"]
+    for name in ("TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"):
+        if name in block["methods"]:
+            lr = block["methods"][name]["lr"]
+            assert report["grid"][name][f"{lr:g}"]["kl_per_token"] <= block["kl_budget"], name
+            assert (experiment.model_dir(out, name, lr, 1) / "train_info.json").is_file() and len(block["methods"][name]["oracle_reward"]["values"]) == 2
+        else:
+            assert min(m["kl_per_token"] for m in report["grid"][name].values()) > block["kl_budget"], name
+            assert name in block["no_lr_within_budget"]
+    assert "### At matched KL" in text
 
     # the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base made, at their main-table lrs
     block = report["generated"]
@@ -216,3 +230,28 @@ def test_the_grid_table_says_when_a_chosen_lr_sits_on_an_edge():
     text = results_page.grid_table(report({"DPO": 1e-5, "TIS-DPO(D)": 1e-4}), ["DPO", "TIS-DPO(D)"])
     assert "DPO chose the grid's smallest lr (1e-05): its best may lie beyond the grid" in text and "largest" not in text
     assert "beyond the grid" not in results_page.grid_table(report({"DPO": 1e-4}), ["DPO"])
+
+
+def test_kl_matched_lrs_stay_within_dpos_validation_kl():
+    def grid_of(points: dict[str, tuple[float, float]]) -> dict:
+        return {lr: {"oracle_reward": reward, "pref_accuracy": 0.5, "kl_per_token": kl} for lr, (reward, kl) in points.items()}
+
+    grid = {"DPO": grid_of({"1e-05": (1.0, 0.02), "2e-05": (1.5, 0.04), "0.0002": (1.2, 0.5)}),
+            "TIS-DPO(D)": grid_of({"1e-05": (1.1, 0.01), "2e-05": (1.3, 0.04), "0.0002": (2.0, 1.0)}),
+            "TIS-DPO(P)": grid_of({"1e-05": (1.0, 0.05), "0.0002": (1.9, 0.9)}),
+            "IPO": grid_of({"1e-05": (1.0, 0.01)})}
+    chosen = {"DPO": 2e-5, "TIS-DPO(D)": 2e-4, "TIS-DPO(P)": 2e-4, "IPO": 1e-5}
+    assert kl_matched.kl_budget(grid, chosen) == 0.04
+    # the best lr within the budget (a KL equal to it counts), and none for a method whose smallest KL exceeds it; IPO is not compared
+    assert kl_matched.matched_lrs(grid, chosen, "oracle_reward") == {"TIS-DPO(P)": None, "TIS-DPO(D)": 2e-5}
+
+    entry = results_page.mean_std
+    row = lambda values, kl, lr: {"lr": lr, "weights": "dpo", "oracle_reward": entry(values), "kl_per_token": entry(kl)}  # noqa: E731
+    block = {"kl_budget": 0.04, "methods": {"DPO": row([1.0, 1.1], [0.04, 0.05], 2e-5), "TIS-DPO(D)": row([1.5, 1.6], [0.03, 0.04], 2e-5)},
+             "no_lr_within_budget": {"TIS-DPO(P)": {"kl_per_token": 0.05, "lr": 1e-5}}}
+    text = results_page.render_kl_matched(block)
+    assert "### At matched KL" in text and "at most DPO's at its chosen lr (0.040)" in text
+    assert "- At matched KL: TIS-DPO(D) at lr 2e-05 (+1.55 ± 0.07) beats, with non-overlapping mean ± std, DPO at lr 2e-05" in text
+    assert "No lr of the grid keeps TIS-DPO(P)'s validation KL within the budget (its smallest: 0.050 at lr 1e-05)" in text
+    block["methods"]["TIS-DPO(D)"] = row([1.0, 1.2], [0.03, 0.04], 1e-5)
+    assert "TIS-DPO(D) at lr 1e-05 (+1.10 ± 0.14) does not beat" in results_page.render_kl_matched(block)

@@ -16,6 +16,7 @@ from conftest import write_jsonl
 
 from tispipe.data.toy import generate
 from tispipe.prepare import generate as generate_pairs
+from tispipe.prepare import pair_sampling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,10 +149,10 @@ def test_bad_pairs_are_dropped_and_counted(base, tmp_path, monkeypatch):
 
 def test_drop_reason():
     pair = {"chosen": "a", "rejected": "b", "chosen_finished": True, "rejected_finished": False}
-    assert generate_pairs.drop_reason(pair, require_eos=False) is None
-    assert generate_pairs.drop_reason(pair, require_eos=True) == "cut off without EOS"
-    assert generate_pairs.drop_reason({**pair, "rejected": "a"}, require_eos=False) == "identical responses"
-    assert generate_pairs.drop_reason({**pair, "chosen": "  "}, require_eos=False) == "empty response"
+    assert pair_sampling.drop_reason(pair, require_eos=False) is None
+    assert pair_sampling.drop_reason(pair, require_eos=True) == "cut off without EOS"
+    assert pair_sampling.drop_reason({**pair, "rejected": "a"}, require_eos=False) == "identical responses"
+    assert pair_sampling.drop_reason({**pair, "chosen": "  "}, require_eos=False) == "empty response"
 
 
 def test_the_folder_feeds_estimate(base, reference, tmp_path):
@@ -230,3 +231,59 @@ def test_overwrite_with_a_model_that_does_not_load_keeps_the_old_pairs(base, ref
     result = invoke(*[broken if a == base / "base" else a for a in args(base, out)], "--temperature", 0.5, "--overwrite")
     assert result.exit_code == 1 and "could not load the model" in result.output, result.output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.fixture(scope="module")
+def ranker(base):
+    """An untrained one-output sequence classifier on the base's tokenizer: a reward model whose scores differ per answer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(base / "base")
+    config.num_labels = 1
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(base / "rm")
+    AutoTokenizer.from_pretrained(base / "base").save_pretrained(base / "rm")
+    return base / "rm"
+
+
+def test_a_reward_model_pairs_its_best_and_worst_of_the_candidates(base, reference, ranker, tmp_path):
+    from tispipe.modeling.generation import reward_scores
+    from tispipe.modeling.models import load_model, load_reward_model, load_tokenizer
+
+    out = tmp_path / "ranked"
+    result = invoke(*args(base, out, "--reward-model", ranker, "--candidates", 3))
+    assert result.exit_code == 0, result.output
+    rows, manifest = read_rows(out), json.loads((out / "manifest.json").read_text())
+    assert manifest["pairs"] == len(rows) == 10 - sum(manifest["dropped"].values()) and rows
+    assert manifest["settings"]["candidates"] == 3 and "reward_model" in manifest["fingerprints"]
+    assert "candidates" not in json.loads((reference / "manifest.json").read_text())["settings"]  # a contrast run's settings are unchanged
+
+    # the first shard's prompts again: 3 candidates each, seeded as the shard was, scored by the reward model
+    cfg = generate_pairs.GenerateConfig(model=str(base / "base"), prompts=str(base / "pairs.jsonl"), out=str(out), max_new_tokens=8, batch_size=3,
+                                        reward_model=str(ranker), candidates=3)
+    tokenizer, model = load_tokenizer(cfg.model), load_model(cfg.model, device="cpu", dtype="float32")
+    rm, rm_tokenizer = load_reward_model(str(ranker), device="cpu", dtype="float32", trust_remote_code=False)
+    prompts = [{"prompt_id": f"p{i}", "prompt": row["prompt"]} for i, row in enumerate(generate(10, 0, "train")[:4])]
+    candidates = [pair_sampling._answers(model, tokenizer, prompts, None, cfg, f"0/0/0/candidate-{c}", "cpu") for c in range(3)]
+    checked = 0
+    for i, prompt in enumerate(prompts):
+        texts = [answers[i][0] for answers in candidates]
+        scores = reward_scores(rm, rm_tokenizer, [prompt["prompt"]] * 3, texts, chat_template=True, max_prompt_length=256, batch_size=3, device="cpu")
+        row = next((r for r in rows if r["pair_id"].endswith(f"{i:05d}-0")), None)
+        if row is None:  # dropped: its answers all scored alike, or one was empty
+            continue
+        assert row["chosen"] == texts[scores.index(max(scores))] and row["rejected"] == texts[scores.index(min(scores))]
+        assert row["chosen_reward"] == pytest.approx(max(scores), abs=1e-5) and row["rejected_reward"] < row["chosen_reward"]
+        assert row["chosen_system"] is None and row["sampling"]["candidates"] == 3
+        checked += 1
+    assert checked >= 2
+
+
+def test_ranking_options_are_checked(base, ranker, tmp_path):
+    for extra, message in ((["--reward-model", ranker, "--candidates", 1], "--candidates must be at least 2"),
+                           (["--reward-model", tmp_path / "nowhere"], "nowhere")):
+        result = invoke(*args(base, tmp_path / "pairs", *extra))
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "pairs").exists()
+    assert pair_sampling.drop_reason({"chosen": "a", "rejected": "b", "chosen_reward": 1.0, "rejected_reward": 1.0}, require_eos=False) == "reward model ties"

@@ -216,10 +216,12 @@ class EstimateConfig(DataOptions, ContrastPromptOptions, TrainingMemoryOptions, 
 
 @dataclass(kw_only=True)
 class GenerateConfig(ReadOptions, ContrastPromptOptions, ModelOptions, SeedOption, ThreadsOption, OverwriteOption):
-    model: str = required("The model that answers each prompt twice, under --pos-prompt and under --neg-prompt.", panel=IO)
+    model: str = required("The model that answers each prompt twice, under --pos-prompt and under --neg-prompt (with --reward-model: --candidates times, without a system prompt).", panel=IO)
     prompts: str = required("Prompts: any source --data reads, a prompts-only file (a prompt column) or the prompts of a pair set.", panel=IO)
     out: str = required("Output folder: train-NNNNN.jsonl pair shards (estimate --data reads it), manifest.json.", panel=IO)
+    reward_model: str | None = option(None, "Rank instead: of --candidates answers to a prompt, this reward model's best is chosen and its worst rejected.", panel=IO)
     num_samples: int = option(1, "Pairs per prompt (each one chosen and one rejected sample).", panel=SAMPLING)
+    candidates: int = option(4, "With --reward-model: answers sampled for each pair, of which the best and the worst make the pair.", panel=SAMPLING)
     temperature: float = option(1.0, "Sampling temperature (0: greedy).", panel=SAMPLING)
     top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens with this much probability (1: all).", panel=SAMPLING)
     max_new_tokens: int = option(64, "Longest response in tokens.", panel=SAMPLING)
@@ -361,10 +363,8 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_options(
-    cfg: Any, *, positive: tuple[str, ...] = (), at_least_one: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
-    choices: dict[str, tuple[str, ...]] | None = None,
-) -> None:
+def check_options(cfg: Any, *, positive: tuple[str, ...] = (), at_least_one: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                  choices: dict[str, tuple[str, ...]] | None = None) -> None:
     """Reject option values out of range, naming the option; a field left at None is not checked."""
     for name, allowed in (choices or {}).items():
         value = getattr(cfg, name)
@@ -389,8 +389,7 @@ def check_bounds(lower: float | None, upper: float | None) -> None:
 
 
 def check_weight_options(transform: str, k: float, lower: float | None, upper: float | None, fraction: float) -> None:
-    """The options of a weight transform (`tispipe.core.weights.compute_weights`), named as the commands take them.
-
+    """The options of a weight transform (`tispipe.core.weights.compute_weights`), named as the commands take them;
     `lower` and `upper` are the bounds the transform will use (its defaults filled in)."""
     if transform in ("exp", "calibrated", "linear"):
         check_bounds(lower, upper)

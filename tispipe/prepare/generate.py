@@ -4,6 +4,12 @@ Each prompt is answered twice by the same model: under --pos-prompt (the chosen 
 --neg-prompt (the rejected one). The paper's third Table 2 block trains on such data, where the
 prompt-built weights (TIS-DPO(P)) score it with the very prompts that made it.
 
+With --reward-model the pairs are ranked instead: the model answers each prompt --candidates times with
+no system prompt, the reward model scores the answers, and its best is the chosen response, its worst the
+rejected one (ties in its score drop the pair). Trained on pairs made by the system prompts (`tispipe
+reward-model`), this is the preference model of RLCD; DPO on the pairs it ranks stands in for RLCD's RL
+against it (tispipe.studies.generated_block).
+
 OUT holds
     train-00000.jsonl, ...   standard-format pairs: pair_id, prompt, chosen, rejected, the system
                              prompt each side came from, whether each ended with EOS, the sampling settings
@@ -31,11 +37,10 @@ from typing import Any
 from tispipe.artifacts.atomic import atomic_write_json, atomic_write_text, check_writable, cleaned_up_on_failure, output_lock
 from tispipe.configs import GenerateConfig, check_options
 from tispipe.errors import TispipeError
+from tispipe.prepare.pair_sampling import sample_shard
 
 STATE_FILE = "generate-state.json"
 MAX_SHARDS = 100_000  # files in one output folder
-# Why a pair is dropped, as counted in the manifest and the printed table.
-IDENTICAL, EMPTY, NO_EOS = "identical responses", "empty response", "cut off without EOS"
 
 
 def run(cfg: GenerateConfig) -> dict[str, Any]:
@@ -49,7 +54,7 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
 
     from tispipe.config_files import write_config
     from tispipe.console import ProgressLine, log_console, result_console
-    from tispipe.modeling.models import check_model, fingerprint_model, load_model, load_tokenizer
+    from tispipe.modeling.models import check_model, fingerprint_model, load_model, load_reward_model, load_tokenizer
 
     started = time.perf_counter()
     validate(cfg)
@@ -63,7 +68,10 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
     shards = shard_plan(len(prompts), cfg)  # bounded, before any work
     console.print(f"Prompts: {len(prompts)} from {source}; {cfg.num_samples} pair(s) each", highlight=False)
     layout = {"split_samples": True} if samples_per_shard(min(len(prompts), cfg.shard_size), cfg) < cfg.num_samples else {}  # recorded only where samples are split: a folder without the key keeps matching
-    state = {"settings": {**settings(cfg), **layout}, "fingerprints": {"model": fingerprint_model(cfg.model), "prompts": fingerprint_prompts(prompts)}}
+    fingerprints = {"model": fingerprint_model(cfg.model), "prompts": fingerprint_prompts(prompts)}
+    if cfg.reward_model:
+        fingerprints["reward_model"] = fingerprint_model(cfg.reward_model)
+    state = {"settings": {**settings(cfg), **layout}, "fingerprints": fingerprints}
     replacing = claim_out(out, state, cfg.overwrite)
     finished = finished_manifest(out, state)
     if finished is not None:
@@ -72,6 +80,8 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
         return finished
     check_writable(out)
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    ranker = load_reward_model(cfg.reward_model, device=str(next(model.parameters()).device), dtype=cfg.dtype,
+                               trust_remote_code=cfg.trust_remote_code) if cfg.reward_model else None
     if replacing:  # only now, with every input loaded, may the old run go
         remove_old_run(out)
     write_config(dataclasses.replace(cfg, overwrite=False), out / "config.yaml")
@@ -90,7 +100,7 @@ def _generate(cfg: GenerateConfig) -> dict[str, Any]:
         for index in todo:
             chunk, samples = shards[index]
             try:
-                rows, dropped = sample_shard(model, tokenizer, [prompts[i] for i in chunk], chunk.start // cfg.shard_size, samples, cfg, device, progress, t0)
+                rows, dropped = sample_shard(model, tokenizer, [prompts[i] for i in chunk], chunk.start // cfg.shard_size, samples, cfg, device, progress, t0, ranker)
             except KeyboardInterrupt:
                 progress.stop()
                 saved = sum(complete(out, i, recorded) for i in range(len(shards)))
@@ -113,15 +123,23 @@ def validate(cfg: GenerateConfig) -> None:
     check_options(cfg, at_least_one=("num_samples", "max_new_tokens", "batch_size", "shard_size", "max_prompt_length"), non_negative=("temperature", "threads"))
     if not 0 < cfg.top_p <= 1:
         raise TispipeError(f"--top-p must be in (0, 1], not {cfg.top_p}")
-    if cfg.pos_prompt == cfg.neg_prompt:
+    if cfg.reward_model:
+        from tispipe.modeling.hub import local_folder
+
+        local_folder(cfg.reward_model, "reward model")
+        if cfg.candidates < 2:
+            raise TispipeError(f"--candidates must be at least 2 (a best and a worst answer), not {cfg.candidates}")
+    elif cfg.pos_prompt == cfg.neg_prompt:
         raise TispipeError("--pos-prompt and --neg-prompt are the same: the two responses would differ only by chance")
 
 
 def settings(cfg: GenerateConfig) -> dict[str, Any]:
-    """What decides the output: every setting but where it goes, the inputs' paths (fingerprinted instead) and the threads."""
+    """What decides the output: every setting but where it goes, the inputs' paths (fingerprinted instead) and the threads;
+    --candidates only where a reward model ranks (a folder made by the system prompts keeps matching)."""
     from tispipe.config_files import config_dict
 
-    return {k: v for k, v in config_dict(cfg).items() if k not in ("out", "overwrite", "threads", "model", "prompts")}
+    unused = () if cfg.reward_model else ("candidates",)
+    return {k: v for k, v in config_dict(cfg).items() if k not in ("out", "overwrite", "threads", "model", "prompts", "reward_model", *unused)}
 
 
 def shard_file(index: int) -> str:
@@ -232,7 +250,7 @@ def remove_old_run(out: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-# ---------------------------------------------------------------- sampling
+# ---------------------------------------------------------------- shards
 
 
 def shard_plan(prompts: int, cfg: GenerateConfig) -> list[tuple[range, range]]:
@@ -253,49 +271,6 @@ def shard_plan(prompts: int, cfg: GenerateConfig) -> list[tuple[range, range]]:
 
 def samples_per_shard(chunk: int, cfg: GenerateConfig) -> int:
     return cfg.num_samples if chunk * cfg.num_samples <= cfg.shard_size else max(1, cfg.shard_size // chunk)
-
-
-def sample_shard(
-    model, tokenizer, prompts: list[dict[str, Any]], index: int, samples: range, cfg: GenerateConfig, device: str, progress, t0: float
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One shard's pairs (prompt order, then sample) and the number dropped per reason; `index` numbers its
-    prompt chunk, which with the sample number seeds the sampling."""
-    from tispipe.data.tokenization import encode_prompt
-    from tispipe.modeling.generation import generate
-
-    eos = tokenizer.eos_token_id
-    rows: list[dict[str, Any]] = []
-    dropped: dict[str, int] = {}
-    for sample in samples:
-        sides = {}
-        for side, system in (("chosen", cfg.pos_prompt), ("rejected", cfg.neg_prompt)):
-            ids = [encode_prompt(tokenizer, p["prompt"], system, cfg.chat_template)[-cfg.max_prompt_length :] for p in prompts]
-            seed = int(hashlib.sha256(f"{cfg.seed}/{index}/{sample}/{side}".encode()).hexdigest()[:8], 16)
-            sides[side] = generate(model, ids, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, eos_id=eos,
-                                   pad_id=tokenizer.pad_token_id, batch_size=cfg.batch_size, seed=seed, device=device)
-        for p, (chosen_ids, chosen_eos), (rejected_ids, rejected_eos) in zip(prompts, sides["chosen"], sides["rejected"], strict=True):
-            chosen, rejected = (tokenizer.decode(ids, skip_special_tokens=True) for ids in (chosen_ids, rejected_ids))
-            row = {"pair_id": f"{p['prompt_id']}-{sample}", "prompt": p["prompt"], "chosen": chosen, "rejected": rejected,
-                   "chosen_system": cfg.pos_prompt, "rejected_system": cfg.neg_prompt, "chosen_finished": chosen_eos, "rejected_finished": rejected_eos,
-                   "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "sample": sample}}
-            reason = drop_reason(row, cfg.require_eos)
-            if reason is None:
-                rows.append(row)
-            else:
-                dropped[reason] = dropped.get(reason, 0) + 1
-        progress.advance(len(prompts), f"{(progress.done + len(prompts)) / max(time.perf_counter() - t0, 1e-9):.1f} pairs/s")
-    return rows, dropped
-
-
-def drop_reason(row: dict[str, Any], require_eos: bool) -> str | None:
-    """Why a generated pair cannot train (identical or empty responses, or a cut-off one under --require-eos); None if it can."""
-    if not row["chosen"].strip() or not row["rejected"].strip():
-        return EMPTY
-    if row["chosen"] == row["rejected"]:
-        return IDENTICAL
-    if require_eos and not (row["chosen_finished"] and row["rejected_finished"]):
-        return NO_EOS
-    return None
 
 
 # ---------------------------------------------------------------- the manifest

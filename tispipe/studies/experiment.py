@@ -13,7 +13,8 @@ re-run skips what is finished: estimate and train recognise their own finished r
    and evaluate each lr's models on validation prompts; each method's lr is the one with the highest
    oracle reward there (pooled over the temperatures; ties to the smaller lr);
 3. train each method at its chosen lr for --seeds seeds (seed 0 is the grid's run) and evaluate each
-   seed on the test split (win rates against that seed's DPO);
+   seed on the test split (win rates against that seed's DPO); the TIS-DPO methods also at the lr that keeps
+   their validation KL within DPO's (tispipe.studies.kl_matched), in the same evals;
 4. write report.json, results.md and the figures (tispipe.studies.results_page).
 """
 
@@ -32,7 +33,7 @@ from tispipe.config_files import config_dict
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, EvalConfig, ExperimentConfig, TrainConfig, check_options
 from tispipe.data.held_out import carve_files
 from tispipe.errors import TispipeError
-from tispipe.studies import generated_block
+from tispipe.studies import generated_block, kl_matched
 from tispipe.studies.jobs import Runner, check_study, command_line, say
 from tispipe.studies.results_page import WEIGHTLESS_LOSSES, method_rows, render, render_tables, seed_metrics, slug, write_figures
 
@@ -214,6 +215,10 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     grid = grid_metrics(cfg, methods, lrs)
     chosen = {name: choose_lr(grid[name], cfg.select_by) for name, _, _ in methods}
     say("chosen on validation: " + ", ".join(f"{name} {lr:g}" for name, lr in chosen.items()))
+    matched = kl_matched.matched_lrs(grid, chosen, cfg.select_by)
+    if matched:
+        say("within DPO's validation KL: " + ", ".join(f"{name} {'none' if lr is None else f'{lr:g}'}" for name, lr in matched.items()))
+    extra = {name: lr for name, lr in matched.items() if lr is not None and lr != chosen[name]}  # models the main table does not train
     timings["grid"] = time.time() - t0
 
     # 3. every method at its chosen lr over the seeds, one test eval per seed with all methods side by side
@@ -222,12 +227,15 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         for method in methods:
             lr = chosen[method[0]]
             runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
+        for method in [m for m in methods if m[0] in extra]:
+            lr = extra[method[0]]
+            runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
         for method in generated_block.METHODS if cfg.generated else []:
             lr = chosen[method[0]]
             model = generated_block.model_dir(out, method[0], lr, seed)
             runner.add(f"train-generated-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, generated_block.weights_dir(out, method[1]), model))
         runner.wait()
-        models = [model_dir(out, name, chosen[name], seed) for name, _, _ in methods]
+        models = [model_dir(out, name, chosen[name], seed) for name, _, _ in methods] + [model_dir(out, name, lr, seed) for name, lr in extra.items()]
         test_dir = out / "eval" / f"seed-{seed}"
         runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", chosen["DPO"], seed), seed, test_dir, "test"), skip_if_done=test_dir)
         if cfg.generated:
@@ -239,6 +247,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     timings["total"] = time.time() - started
 
     report = collect(cfg, methods, estimators, lrs, grid, chosen, splits, timings, runner.commands)
+    if matched:
+        report["kl_matched"] = kl_matched.collect(seed_reports(cfg), methods, cfg.base, chosen, matched, grid,
+                                                  lambda name, lr, seed: model_dir(out, name, lr, seed))
     if cfg.generated:
         report["generated"] = generated_block.collect(cfg, out, chosen)
     order = [m[0] for m in METHODS]
@@ -298,6 +309,11 @@ def choose_lr(by_lr: dict[str, dict[str, float | None]], select_by: str = "oracl
 # ---------------------------------------------------------------- the report
 
 
+def seed_reports(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """Each seed's test eval report, seed order."""
+    return [json.loads((Path(cfg.out) / "eval" / f"seed-{seed}" / "report.json").read_text(encoding="utf-8")) for seed in range(cfg.seeds)]
+
+
 def collect(cfg: ExperimentConfig, methods, estimators: list[str], lrs: list[float], grid, chosen: dict[str, float], splits: dict[str, int],
             timings: dict[str, float], commands: list[str]) -> dict[str, Any]:
     import torch
@@ -305,8 +321,7 @@ def collect(cfg: ExperimentConfig, methods, estimators: list[str], lrs: list[flo
     from tispipe.artifacts.weight_quality import weight_quality
 
     out = Path(cfg.out)
-    reports = [json.loads((out / "eval" / f"seed-{seed}" / "report.json").read_text(encoding="utf-8")) for seed in range(cfg.seeds)]
-    rows = method_rows(reports, methods, cfg.base, lambda name, seed: model_dir(out, name, chosen[name], seed))
+    rows = method_rows(seed_reports(cfg), methods, cfg.base, lambda name, seed: model_dir(out, name, chosen[name], seed))
     for name in chosen:
         rows[name]["lr"] = chosen[name]
     auc: dict[str, Any] = {}

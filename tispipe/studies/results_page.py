@@ -83,8 +83,8 @@ def table(report: dict[str, Any], names: list[str]) -> str:
         if row is None:
             continue
         lines.append("| " + " | ".join([
-            name, row["weights"] or "-", f"{row['lr']:g}" if row.get("lr") else "-", _cell(row["oracle_reward"], "+.2f"), _cell(row["harmful_rate"], ".1f", percent=True),
-            _cell(row.get("chrf"), ".3f"), _cell(row["win_rate_vs_dpo"], ".3f"), _cell(row["pref_accuracy"], ".3f"), _cell(row["kl_per_token"], ".3f"),
+            name, row["weights"] or "-", f"{row['lr']:g}" if row.get("lr") else "-", _cell(row.get("oracle_reward"), "+.2f"), _cell(row.get("harmful_rate"), ".1f", percent=True),
+            _cell(row.get("chrf"), ".3f"), _cell(row.get("win_rate_vs_dpo"), ".3f"), _cell(row.get("pref_accuracy"), ".3f"), _cell(row.get("kl_per_token"), ".3f"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -160,8 +160,10 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, lr grid {timing['grid'] / 60:.1f}, seeds "
         f"{timing['seeds'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
     ]
+    matched = "\n\n" + render_kl_matched(report["kl_matched"]) + "\n" if report.get("kl_matched") else ""
     generated = "\n\n" + render_generated(report["generated"]) + "\n" if report.get("generated") else ""
-    return "\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report, order) + "\n\n" + grid_table(report, order) + "\n" + generated
+    return ("\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report, order) + "\n\n" + grid_table(report, order) + "\n"
+            + matched + generated)
 
 
 def _interval(entry: dict[str, Any]) -> tuple[float, float]:
@@ -259,6 +261,25 @@ def edge_notes(report: dict[str, Any], names: list[str], lrs: list[float]) -> li
             notes.append(f"{', '.join(on_edge)} chose the grid's {where} lr ({edge:g}): {'its' if len(on_edge) == 1 else 'their'} best may lie "
                          f"beyond the grid, so the comparison holds for this grid only (extend --lrs {option} to see).")
     return ["", *notes] if notes else []
+
+
+def render_kl_matched(block: dict[str, Any]) -> str:
+    """The KL-matched section (tispipe.studies.kl_matched): the budget, the table and a sentence per method."""
+    budget, rows = block["kl_budget"], block["methods"]
+    names = [n for n in rows if n != "DPO"]
+    lines = [
+        "### At matched KL",
+        f"The main table lets each method move as far from the base as its best lr takes it. Here each TIS-DPO method trains at the lr "
+        f"with the best validation score among those whose validation KL per token (seed 0) is at most DPO's at its chosen lr "
+        f"({'n/a' if budget is None else f'{budget:.3f}'}), with the same seeds, and is evaluated on the test split beside DPO.",
+        table(block, ["DPO", *names]),
+    ]
+    sentences = [f"- At matched KL: {beats(block, name, 'DPO')}; test KL per token {_cell(rows[name]['kl_per_token'], '.3f')} against DPO's "
+                 f"{_cell(rows['DPO']['kl_per_token'], '.3f')}." for name in names]
+    for name, smallest in block["no_lr_within_budget"].items():
+        where = "" if smallest is None else f" (its smallest: {smallest['kl_per_token']:.3f} at lr {smallest['lr']:g})"
+        sentences.append(f"- No lr of the grid keeps {name}'s validation KL within the budget{where}: no KL-matched row (extend --lrs downward to get one).")
+    return "\n\n".join([*lines, "\n".join(sentences)])
 
 
 def render_generated(block: dict[str, Any]) -> str:
