@@ -78,20 +78,28 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
             assert name in block["no_lr_within_budget"]
     assert "### At matched KL" in text
 
-    # the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base made, at their main-table lrs
+    # the generated-data block: DPO, TIS-DPO(P) and TIS-DPO(D) on pairs the base made, at their main-table lrs, and the
+    # RLCD stand-in: DPO (at DPO's lr) on pairs a preference model trained on those pairs ranked
     block = report["generated"]
-    assert list(block["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D)"]
+    assert list(block["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D)", generated_block.RLCD]
     assert block["generation"]["generated"] == 32 and 0 < block["generation"]["pairs"] <= 32
     noise = block["label_noise"]
     assert noise["pairs"] == block["generation"]["pairs"]
     assert noise["oracle_agrees"] + noise["oracle_ties"] + noise["oracle_disagrees"] == pytest.approx(1.0)
     assert block["methods"]["DPO"]["win_rate_vs_dpo"]["mean"] == 0.5
-    for name in ("DPO", "TIS-DPO(P)", "TIS-DPO(D)"):
-        lr = report["methods"][name]["lr"]
+    for name, lr_of, shards in (("DPO", "DPO", "dpo"), ("TIS-DPO(P)", "TIS-DPO(P)", "prompt"), ("TIS-DPO(D)", "TIS-DPO(D)", "dpo"), (generated_block.RLCD, "DPO", "ranked")):
+        lr = report["methods"][lr_of]["lr"]
         assert block["methods"][name]["lr"] == lr
         info = json.loads((generated_block.model_dir(out, name, lr, 1) / "train_info.json").read_text())
-        assert info["steps"] == 4 and info["shards"].endswith(f"weights-{'prompt' if name == 'TIS-DPO(P)' else 'dpo'}"), name
-    assert "### Generated data (paper Table 2, third block)" in text and "RLCD" in text and "left out" in text
+        assert info["steps"] == 4 and info["shards"].endswith(f"weights-{shards}"), name
+    ranked = block["ranked"]
+    assert ranked["generated"] == 32 and ranked["settings"]["candidates"] == generated_block.CANDIDATES and ranked["label_noise"]["pairs"] == ranked["pairs"] > 0
+    assert ranked["reward_model"]["train_pairs"] + ranked["reward_model"]["held_out_pairs"] == block["generation"]["pairs"]
+    assert 0 <= ranked["reward_model"]["held_out_accuracy"] <= 1
+    ranked_rows = [json.loads(line) for path in sorted(generated_block.ranked_dir(out).glob("train-*.jsonl")) for line in path.read_text().splitlines()]
+    assert all(row["chosen_reward"] > row["rejected_reward"] and row["chosen_system"] is None for row in ranked_rows)
+    assert "### Generated data (paper Table 2, third block)" in text and "*RLCD stand-in (DPO on RM-ranked pairs)*: RLCD itself optimises" in text
+    assert "TIS-DPO(D) at lr" in text.split("### Generated data")[1] and "RLCD stand-in (DPO on RM-ranked pairs) at lr" in text
     assert f"prefers the chosen response in {noise['oracle_agrees']:.1%}" in text
     for name in ("results-comparison.png", "results-ablations.png", "results-transforms.png", "results-generated.png", "results-lr.png", "results-frontier.png"):
         assert (docs / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in text
@@ -250,8 +258,8 @@ def test_kl_matched_lrs_stay_within_dpos_validation_kl():
     block = {"kl_budget": 0.04, "methods": {"DPO": row([1.0, 1.1], [0.04, 0.05], 2e-5), "TIS-DPO(D)": row([1.5, 1.6], [0.03, 0.04], 2e-5)},
              "no_lr_within_budget": {"TIS-DPO(P)": {"kl_per_token": 0.05, "lr": 1e-5}}}
     text = results_page.render_kl_matched(block)
-    assert "### At matched KL" in text and "at most DPO's at its chosen lr (0.040)" in text
+    assert "### At matched KL" in text and "at most DPO's at its chosen lr (0.0400)" in text
     assert "- At matched KL: TIS-DPO(D) at lr 2e-05 (+1.55 ± 0.07) beats, with non-overlapping mean ± std, DPO at lr 2e-05" in text
-    assert "No lr of the grid keeps TIS-DPO(P)'s validation KL within the budget (its smallest: 0.050 at lr 1e-05)" in text
+    assert "No lr of the grid keeps TIS-DPO(P)'s validation KL within the budget (its smallest: 0.0500 at lr 1e-05)" in text
     block["methods"]["TIS-DPO(D)"] = row([1.0, 1.2], [0.03, 0.04], 1e-5)
     assert "TIS-DPO(D) at lr 1e-05 (+1.10 ± 0.14) does not beat" in results_page.render_kl_matched(block)

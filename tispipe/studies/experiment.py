@@ -87,7 +87,7 @@ def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, An
     if unknown:
         raise TispipeError(f"unknown method(s) {', '.join(unknown)}", hint=f"known: {', '.join(known)}")
     # DPO: the win rates compare against it; the generated block trains its methods at their main-table lr
-    needed = ["DPO", *([m[0] for m in generated_block.METHODS] if cfg.generated else [])]
+    needed = ["DPO", *(dict.fromkeys(generated_block.LR_OF.values()) if cfg.generated else [])]
     names += [n for n in needed if n not in names]
     return [m for m in METHODS if m[0] in names]
 
@@ -194,11 +194,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         if method in DPO_PAIR_SCORINGS:  # they score with the dpo pair's models, built above
             runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
         runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, out))
-    if cfg.generated:  # the generated-data block's pairs, then their weights
-        runner.add("generate-pairs", "generate", generated_block.generate_config(cfg, out))
-        runner.wait()
-        for method in generated_block.ESTIMATORS:
-            runner.add(f"estimate-generated-{method}", "estimate", generated_block.estimate_config(cfg, method, out))
+    if cfg.generated:  # the generated-data block's pairs, its preference model and the pairs that ranks, and their weights
+        generated_block.prepare(runner, cfg, out)
     runner.wait()
     timings["estimate"] = time.time() - t0
 
@@ -231,7 +228,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             lr = extra[method[0]]
             runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
         for method in generated_block.METHODS if cfg.generated else []:
-            lr = chosen[method[0]]
+            lr = generated_block.lr(method[0], chosen)
             model = generated_block.model_dir(out, method[0], lr, seed)
             runner.add(f"train-generated-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, generated_block.weights_dir(out, method[1]), model))
         runner.wait()
@@ -239,7 +236,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         test_dir = out / "eval" / f"seed-{seed}"
         runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", chosen["DPO"], seed), seed, test_dir, "test"), skip_if_done=test_dir)
         if cfg.generated:
-            models = [generated_block.model_dir(out, name, chosen[name], seed) for name, _, _ in generated_block.METHODS]
+            models = [generated_block.model_dir(out, name, generated_block.lr(name, chosen), seed) for name, _, _ in generated_block.METHODS]
             evaluation = eval_config(cfg, models, generated_block.model_dir(out, "DPO", chosen["DPO"], seed), seed, out / "eval" / f"generated-seed-{seed}", "test")
             runner.add(f"eval-generated-seed{seed}", "evaluate", evaluation, skip_if_done=out / "eval" / f"generated-seed-{seed}")
     runner.finish()

@@ -18,8 +18,9 @@ from tispipe.config_files import config_dict, write_config
 from tispipe.errors import TispipeError
 
 # the stages the studies run: the `tispipe` command of each, and its module (tispipe.<module>.run)
-COMMANDS = {"estimate": "estimate", "train": "train", "evaluate": "eval", "generate": "generate"}
-MODULES = {"estimate": "estimate.estimate", "train": "train.train", "evaluate": "evaluate.evaluate", "generate": "prepare.generate"}
+COMMANDS = {"estimate": "estimate", "train": "train", "evaluate": "eval", "generate": "generate", "reward-model": "reward-model"}
+MODULES = {"estimate": "estimate.estimate", "train": "train.train", "evaluate": "evaluate.evaluate", "generate": "prepare.generate",
+           "reward-model": "train.reward_model"}
 
 
 def say(text: str) -> None:

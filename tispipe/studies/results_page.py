@@ -21,7 +21,8 @@ MAIN_TABLE = ["DPO", "IPO", "TDPO2", "TIS-DPO(P)", "TIS-DPO(S)", "TIS-DPO(D)"]
 # other weights from the same contrast: transforms of the dpo pair's r, and its pi+ against the base
 TRANSFORM_TABLE = ["TIS-DPO(D)", "TIS-DPO(D) calibrated", "TIS-DPO(D) top 20%", "TIS-DPO(D vs base)"]
 # the rows of the generated-data block (tispipe.studies.generated_block.METHODS)
-GENERATED_TABLE = ["DPO", "TIS-DPO(P)", "TIS-DPO(D)"]
+RLCD_STAND_IN = "RLCD stand-in (DPO on RM-ranked pairs)"
+GENERATED_TABLE = ["DPO", RLCD_STAND_IN, "TIS-DPO(P)", "TIS-DPO(D)"]
 
 
 def slug(name: str) -> str:
@@ -271,13 +272,13 @@ def render_kl_matched(block: dict[str, Any]) -> str:
         "### At matched KL",
         f"The main table lets each method move as far from the base as its best lr takes it. Here each TIS-DPO method trains at the lr "
         f"with the best validation score among those whose validation KL per token (seed 0) is at most DPO's at its chosen lr "
-        f"({'n/a' if budget is None else f'{budget:.3f}'}), with the same seeds, and is evaluated on the test split beside DPO.",
+        f"({'n/a' if budget is None else f'{budget:.4f}'}), with the same seeds, and is evaluated on the test split beside DPO.",
         table(block, ["DPO", *names]),
     ]
     sentences = [f"- At matched KL: {beats(block, name, 'DPO')}; test KL per token {_cell(rows[name]['kl_per_token'], '.3f')} against DPO's "
                  f"{_cell(rows['DPO']['kl_per_token'], '.3f')}." for name in names]
     for name, smallest in block["no_lr_within_budget"].items():
-        where = "" if smallest is None else f" (its smallest: {smallest['kl_per_token']:.3f} at lr {smallest['lr']:g})"
+        where = "" if smallest is None else f" (its smallest: {smallest['kl_per_token']:.4f} at lr {smallest['lr']:g})"
         sentences.append(f"- No lr of the grid keeps {name}'s validation KL within the budget{where}: no KL-matched row (extend --lrs downward to get one).")
     return "\n\n".join([*lines, "\n".join(sentences)])
 
@@ -294,21 +295,36 @@ def render_generated(block: dict[str, Any]) -> str:
         f"seed {s['seed']}); {gen['pairs']} pairs were kept (dropped: {dropped}); {noise['responses_finished']:.1%} of their responses "
         "ended with EOS, the others were cut off at the limit. Label noise of these pairs by the toy oracle: it "
         f"prefers the chosen response in {noise['oracle_agrees']:.1%}, ties in {noise['oracle_ties']:.1%} and prefers the rejected "
-        f"one in {noise['oracle_disagrees']:.1%}. Each method trains on them with the main table's budget, at its lr chosen for the main table; win rates are against "
-        "DPO trained on the same generated pairs.",
+        f"one in {noise['oracle_disagrees']:.1%}. DPO, TIS-DPO(P) and TIS-DPO(D) train on them with the main table's budget, each at its lr chosen for "
+        "the main table; win rates are against DPO trained on the same generated pairs.",
+        rlcd_text(block),
         table(table_report, [n for n in ("base", *GENERATED_TABLE) if n in block["methods"]]),
         "![Generated data: oracle reward](results-generated.png)",
-        block["left_out"],
         "What the numbers say:",
         "\n".join([
             f"- {beats(table_report, 'TIS-DPO(D)', 'DPO')} (oracle reward).",
             f"- {beats(table_report, 'TIS-DPO(P)', 'DPO')} (oracle reward).",
             f"- {beats(table_report, 'TIS-DPO(D)', 'TIS-DPO(P)')} (oracle reward).",
+            *([f"- {beats(table_report, 'TIS-DPO(D)', RLCD_STAND_IN)} (oracle reward)."] if RLCD_STAND_IN in block["methods"] else []),
             f"- Against DPO on the same pairs, TIS-DPO(P) wins {_cell(block['methods']['TIS-DPO(P)']['win_rate_vs_dpo'], '.3f')} and "
             f"TIS-DPO(D) {_cell(block['methods']['TIS-DPO(D)']['win_rate_vs_dpo'], '.3f')} of the prompts (0.5 = parity).",
         ]),
     ]
     return "\n\n".join(lines)
+
+
+def rlcd_text(block: dict[str, Any]) -> str:
+    """What the RLCD stand-in trained on: the preference model, the ranked pairs and how the toy oracle sees them."""
+    ranked = block.get("ranked")
+    if not ranked:
+        return ""
+    model, noise, s = ranked["reward_model"], ranked["label_noise"], ranked["settings"]
+    dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(ranked["dropped"].items())) or "none"
+    return (f"*{RLCD_STAND_IN}*: {block['how_rlcd_differs']} The preference model trained {model['steps']} steps on "
+            f"{model['train_pairs']} of the generated pairs and ranks {model['held_out_accuracy']:.1%} of {model['held_out_pairs']} held-out ones "
+            f"as their system prompts do; it ranked {ranked['generated']} prompts' {s['candidates']} answers into {ranked['pairs']} pairs "
+            f"(dropped: {dropped}), of which the toy oracle prefers the chosen answer in {noise['oracle_agrees']:.1%}, ties in "
+            f"{noise['oracle_ties']:.1%} and prefers the rejected one in {noise['oracle_disagrees']:.1%}. DPO trains on them at DPO's lr.")
 
 
 def figures_of(report: dict[str, Any]) -> list[tuple[str, list[str], str]]:
