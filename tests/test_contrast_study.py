@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -79,3 +80,22 @@ def test_missing_inputs_and_bad_options_are_named(tiny_task, tmp_path):
     with pytest.raises(TispipeError, match="--validation-fraction must be below 1"):
         contrast_study.run(ContrastStudyConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"), out=str(tmp_path / "x"), validation_fraction=1.0))
     assert not (tmp_path / "x").exists()
+
+
+def test_the_lora_grid_builds_adapters_of_the_estimators_asked_for(tiny_task, tmp_path):
+    cfg = ContrastStudyConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"), out=str(tmp_path / "study"), quick=True, jobs=1,
+                              lora_r=4, estimators="sft", eval_limit=3)
+    assert contrast_study.settings(cfg) == [s for s in contrast_study.QUICK_GRID if s[0] == "sft"]
+    full = dataclasses.replace(cfg, quick=False)
+    assert contrast_study.settings(full) == [s for s in contrast_study.LORA_GRID if s[0] == "sft"] and len(contrast_study.settings(full)) == 4
+    assert contrast_study.settings(dataclasses.replace(full, lora_r=0, estimators="dpo,sft")) == contrast_study.GRID
+    with pytest.raises(TispipeError, match="--estimators 'prompt'"):
+        contrast_study.settings(dataclasses.replace(cfg, estimators="prompt"))
+
+    report = contrast_study.run(cfg)
+    [row] = report["rows"]
+    manifest = json.loads((tmp_path / "study" / "runs" / row["label"] / "manifest.json").read_text())
+    assert manifest["settings"]["lora_r"] == 4 and row["method"] == "sft"
+    assert json.loads((tmp_path / "study" / "validation" / f"{row['label']}-pair" / "manifest.json").read_text())["pairs"] == 3
+    text = (tmp_path / "study" / "contrast-study.md").read_text()
+    assert "as LoRA adapters of rank 4" in text and "scored on 3 validation pairs" in text and "`lora` preset" in text

@@ -1,6 +1,7 @@
 """`tispipe contrast-study`: which budget builds a contrastive pair whose weights find the decision tokens.
 
-The grid (GRID below) was fixed before the first run. For each setting, on the toy base:
+The grids were fixed before their first runs: GRID for the toy base (every weight trained), LORA_GRID for LoRA
+adapters on a pretrained model (--lora-r above 0; around the `lora` preset). For each setting of --estimators:
 
 1. carve a validation split out of train.jsonl (tispipe.data.held_out.carve_files); the test split is not read;
 2. `tispipe estimate` on the remaining training pairs builds pi+/pi- with the setting and scores those pairs;
@@ -26,6 +27,7 @@ from typing import Any
 from tispipe.artifacts.atomic import atomic_write_json, atomic_write_text
 from tispipe.configs import ContrastStudyConfig, EstimateConfig, check_options
 from tispipe.data.held_out import carve_files
+from tispipe.errors import TispipeError
 from tispipe.studies.jobs import Runner, check_study, command_line, say
 
 # (method, lr, epochs, beta); batch sizes are the paper's (sft 32, dpo 16). The paper's own settings are
@@ -41,6 +43,17 @@ GRID: list[tuple[str, float, float, float]] = [
     ("sft", 5e-5, 3.0, 0.1),
     ("sft", 5e-5, 1.0, 0.1),
     ("sft", 2e-4, 1.0, 0.1),
+]
+# LoRA on a pretrained model, batch 16 (the `lora` preset's): its settings (sft 2e-4, dpo 1e-4, one epoch each), a larger
+# lr, and three epochs at the preset's lr and below
+LORA_GRID: list[tuple[str, float, float, float]] = [
+    ("sft", 2e-4, 1.0, 0.1),
+    ("sft", 5e-4, 1.0, 0.1),
+    ("sft", 2e-4, 3.0, 0.1),
+    ("sft", 1e-4, 3.0, 0.1),
+    ("dpo", 1e-4, 1.0, 0.1),
+    ("dpo", 2e-4, 1.0, 0.1),
+    ("dpo", 1e-4, 3.0, 0.1),
 ]
 QUICK_GRID = [("dpo", 1e-5, 0.5, 0.1), ("sft", 5e-5, 0.5, 0.1)]
 # (scoring name, pi+, pi-): "pair" is the estimate itself; the halves only for dpo
@@ -60,9 +73,9 @@ def label(setting: tuple[str, float, float, float]) -> str:
 def run(cfg: ContrastStudyConfig) -> dict[str, Any]:
     """Build, score and tabulate every setting of the grid; returns the report (also OUT/report.json)."""
     check_study(cfg)
-    check_options(cfg, at_least_one=("limit",))
+    check_options(cfg, at_least_one=("limit", "eval_limit"), non_negative=("lora_r",))
     started, out = time.time(), Path(cfg.out)
-    grid = QUICK_GRID if cfg.quick else GRID
+    grid = settings(cfg)
     limit = 48 if cfg.quick else cfg.limit
     splits = carve_files(cfg.data, out / "data", cfg.validation_fraction, seed=0)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -89,17 +102,30 @@ def run(cfg: ContrastStudyConfig) -> dict[str, Any]:
     return report
 
 
+def settings(cfg: ContrastStudyConfig) -> list[tuple[str, float, float, float]]:
+    """The grid's settings of --estimators: QUICK_GRID with --quick, else LORA_GRID with --lora-r above 0, else GRID."""
+    return [s for s in (QUICK_GRID if cfg.quick else LORA_GRID if cfg.lora_r else GRID) if s[0] in estimators(cfg)]
+
+
+def estimators(cfg: ContrastStudyConfig) -> list[str]:
+    names = [n.strip() for n in cfg.estimators.split(",") if n.strip()]
+    if not names or any(n not in ("sft", "dpo") for n in names):
+        raise TispipeError(f"--estimators {cfg.estimators!r}: give sft, dpo or both")
+    return names
+
+
 def build_config(cfg: ContrastStudyConfig, setting, out: Path, limit: int | None) -> EstimateConfig:
     method, lr, epochs, beta = setting
+    preset = {"lora_r": cfg.lora_r, "contrast_preset": "lora"} if cfg.lora_r else {}  # the preset gives the batch size
     return EstimateConfig(data=str(out / "data" / "train.jsonl"), model=cfg.base, out=str(out / "runs" / label(setting)), method=method,
-                          contrast_lr=lr, contrast_epochs=epochs, contrast_beta=beta, limit=limit)
+                          contrast_lr=lr, contrast_epochs=epochs, contrast_beta=beta, limit=limit, **preset)
 
 
 def validation_config(cfg: ContrastStudyConfig, setting, scoring: str, pos: str, neg: str, out: Path, limit: int | None) -> EstimateConfig:
     contrast = out / "runs" / label(setting) / "contrast"
     path = {"pos": str(contrast / "pos"), "neg": str(contrast / "neg"), "base": cfg.base}
     return EstimateConfig(data=str(out / "data" / "validation.jsonl"), model=cfg.base, method=setting[0], pos_model=path[pos], neg_model=path[neg],
-                          out=str(out / "validation" / f"{label(setting)}-{scoring}"), overwrite=True, limit=limit)
+                          out=str(out / "validation" / f"{label(setting)}-{scoring}"), overwrite=True, limit=cfg.eval_limit if cfg.eval_limit else limit)
 
 
 def aucs(folder: Path) -> dict[str, float | None]:
@@ -156,7 +182,9 @@ def render(report: dict[str, Any]) -> str:
         "# Contrast study: which budget builds pi+/pi- whose weights find the decision tokens",
         "_Written by `tispipe contrast-study`; do not edit by hand (re-run the command)._" + (
             "\n\n**This is a `--quick` smoke run: the numbers mean nothing.**" if report["config"]["quick"] else ""),
-        f"pi+/pi- are trained on {splits['train']} training pairs and scored on {splits['validation']} validation pairs carved "
+        f"pi+/pi- are trained on {report['config']['limit'] or splits['train']} training pairs"
+        + (f" as LoRA adapters of rank {report['config']['lora_r']} on `{report['config']['base']}`" if report["config"].get("lora_r") else "")
+        + f" and scored on {min(splits['validation'], report['config'].get('eval_limit') or splits['validation'])} validation pairs carved "
         f"from train.jsonl ({report['config']['validation_fraction']:g} by a seeded hash of pair_id); the test split is not read. "
         "Weights use the paper's Eq. 19 (exp, clamp [-0.5, 1.5]). *decision* = AUC of the first token of each labelled span "
         "against the unlabelled tokens; *all* = every token of the spans. Selection: " + report["selection"] + ".",
@@ -210,8 +238,11 @@ def verdict(report: dict[str, Any]) -> list[str]:
         elif paper_row is best:
             sentence += "; it is the paper's setting"
         out.append(sentence + ".")
-    out.append("- These choices are the small-model defaults of `tispipe estimate` (`--contrast-preset small`, tispipe.contrast_presets.SMALL_MODEL_DEFAULTS); "
-               "`--contrast-preset paper` gives the paper's settings.")
+    if report["config"].get("lora_r"):
+        out.append("- The `lora` preset of `tispipe estimate` (`--contrast-preset lora`) builds with each method's first setting of this grid.")
+    else:
+        out.append("- These choices are the small-model defaults of `tispipe estimate` (`--contrast-preset small`, tispipe.contrast_presets.SMALL_MODEL_DEFAULTS); "
+                   "`--contrast-preset paper` gives the paper's settings.")
     for r in report["rows"]:
         if r["halves"] and report["chosen"].get("dpo") == r["label"]:
             a, b = r["halves"]["pos-vs-base"], r["halves"]["base-vs-neg"]
