@@ -96,12 +96,8 @@ class SeedOption:
 
 
 THREADS_HELP = "torch CPU threads (0: torch's default; 1 is often faster for tiny models on a busy machine)."
-
-
 LORA_R_HELP = "Train LoRA adapters of this rank instead of every weight (peft; 0: full fine-tuning). The reference is the base with the adapter off."
 CONTRAST_PRESET_HELP = "Defaults for building pi+/pi- that the --contrast-* options below leave unset: small (measured best on the toy base, docs/results/contrast-study.md), paper (App. B.2/B.3, for 7B models: sft lr 5e-5 x 3 epochs, batch 32; dpo lr 1e-5 x 1 epoch, batch 16, beta 0.1) or lora (LoRA adapters on a pretrained model: sft lr 2e-4, dpo lr 1e-4, 1 epoch, batch 16, beta 0.1)."
-
-
 MAX_STEPS_HELP = "Stop a training run after this many optimizer steps (default: all the steps of its epochs)."
 
 
