@@ -25,10 +25,10 @@ from tispipe.configs import EstimateConfig
 from tispipe.data.pairs import TokenizedPair, as_text
 from tispipe.errors import TispipeError
 
-# Elements of the (rows, response positions, vocabulary) logits one scoring forward may hold: 2**27 float32
-# = 512 MiB. A batch of 16 HH pairs through SmolLM2 (49,152-token vocabulary) by the prompt method is 96 rows
+# Elements of the (rows, response positions, vocabulary) logits one scoring forward may hold: 2**26 float32
+# = 256 MiB. A batch of 16 HH pairs through SmolLM2 (49,152-token vocabulary) by the prompt method is 96 rows
 # of up to 256 positions, 4.8 GB of logits in one forward (bench/real_model.py measures the estimate's peak).
-LOGITS_ELEMENTS = 1 << 27
+LOGITS_ELEMENTS = 1 << 26
 
 
 def logits_parts(items: Sequence[TokenizedPair], rows_per_pair: int, vocab: int, budget: int = LOGITS_ELEMENTS) -> list[list[TokenizedPair]]:
