@@ -129,10 +129,10 @@ real-weights: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) weight-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-weights/paradetox --results docs/real-paradetox $(REAL_STUDY_ARGS)
 
 # Which LoRA budget builds pi+/pi- whose weights find ParaDetox's labelled words, chosen on validation
-# (docs/real-paradetox/contrast-study.md; tispipe.studies.contrast_study.LORA_GRID).
+# (docs/real-contrast-study/contrast-study.md; tispipe.studies.contrast_study.LORA_GRID).
 REAL_CONTRAST_STUDY_ARGS ?= --lora-r 16 --limit 256 --eval-limit 200 --estimators sft,dpo --jobs 1 --threads 0
 real-contrast-study: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
-	$(TISPIPE) contrast-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-contrast-study --results docs/real-paradetox $(REAL_CONTRAST_STUDY_ARGS)
+	$(TISPIPE) contrast-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-contrast-study --results docs/real-contrast-study $(REAL_CONTRAST_STUDY_ARGS)
 
 # The same on FineGrainedRLHF's human error spans (docs/real-fgrlhf/weights.md): the prompt estimator only, as
 # its pairs are long (prompts cut to 256 tokens) and an sft or dpo build takes hours on 2 cores.
