@@ -265,7 +265,7 @@ def test_a_reward_model_pairs_its_best_and_worst_of_the_candidates(base, referen
     tokenizer, model = load_tokenizer(cfg.model), load_model(cfg.model, device="cpu", dtype="float32")
     rm, rm_tokenizer = load_reward_model(str(ranker), device="cpu", dtype="float32", trust_remote_code=False)
     prompts = [{"prompt_id": f"p{i}", "prompt": row["prompt"]} for i, row in enumerate(generate(10, 0, "train")[:4])]
-    candidates = [pair_sampling._answers(model, tokenizer, prompts, None, cfg, f"0/0/0/candidate-{c}", "cpu") for c in range(3)]
+    candidates = [pair_sampling.sample_answers(model, tokenizer, prompts, None, cfg, f"0/0/0/candidate-{c}", "cpu") for c in range(3)]
     checked = 0
     for i, prompt in enumerate(prompts):
         texts = [answers[i][0] for answers in candidates]

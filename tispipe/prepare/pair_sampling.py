@@ -36,7 +36,7 @@ def sample_shard(
     return rows, dropped
 
 
-def _answers(model, tokenizer, prompts: list[dict[str, Any]], system: str | None, cfg: GenerateConfig, seed_text: str, device: str) -> list[tuple[str, bool]]:
+def sample_answers(model, tokenizer, prompts: list[dict[str, Any]], system: str | None, cfg: GenerateConfig, seed_text: str, device: str) -> list[tuple[str, bool]]:
     """(text, ended with EOS) of one sampled answer per prompt, seeded by `seed_text` alone."""
     from tispipe.data.tokenization import encode_prompt
     from tispipe.modeling.generation import generate
@@ -55,7 +55,7 @@ def _sampling(cfg: GenerateConfig, sample: int) -> dict[str, Any]:
 
 def contrast_pairs(model, tokenizer, prompts: list[dict[str, Any]], index: int, sample: int, cfg: GenerateConfig, device: str) -> list[dict[str, Any]]:
     """One pair per prompt: the answer under --pos-prompt (chosen) and the one under --neg-prompt (rejected)."""
-    chosen, rejected = (_answers(model, tokenizer, prompts, system, cfg, f"{cfg.seed}/{index}/{sample}/{side}", device)
+    chosen, rejected = (sample_answers(model, tokenizer, prompts, system, cfg, f"{cfg.seed}/{index}/{sample}/{side}", device)
                         for side, system in (("chosen", cfg.pos_prompt), ("rejected", cfg.neg_prompt)))
     return [{"pair_id": f"{p['prompt_id']}-{sample}", "prompt": p["prompt"], "chosen": c, "rejected": r,
              "chosen_system": cfg.pos_prompt, "rejected_system": cfg.neg_prompt, "chosen_finished": c_eos, "rejected_finished": r_eos,
@@ -70,7 +70,7 @@ def ranked_pairs(model, tokenizer, prompts: list[dict[str, Any]], index: int, sa
     from tispipe.modeling.generation import reward_scores
 
     reward_model, reward_tokenizer = ranker
-    candidates = [_answers(model, tokenizer, prompts, None, cfg, f"{cfg.seed}/{index}/{sample}/candidate-{c}", device) for c in range(cfg.candidates)]
+    candidates = [sample_answers(model, tokenizer, prompts, None, cfg, f"{cfg.seed}/{index}/{sample}/candidate-{c}", device) for c in range(cfg.candidates)]
     texts = [answers[i][0] for i in range(len(prompts)) for answers in candidates]
     scores = reward_scores(reward_model, reward_tokenizer, [p["prompt"] for p in prompts for _ in candidates], texts, chat_template=cfg.chat_template,
                            max_prompt_length=cfg.max_prompt_length, batch_size=cfg.batch_size, device=device)
