@@ -133,6 +133,9 @@ def test_beats_needs_non_overlapping_intervals_and_the_verdict_checks_the_papers
     assert "beats, with non-overlapping mean ± std," in results_page.beats(report, "TIS-DPO(D)", "DPO")
     assert "TIS-DPO(D) at lr 5e-05 (+2.10 ± 0.14)" in results_page.beats(report, "TIS-DPO(D)", "DPO")
     assert "does not beat (the mean ± std intervals overlap)" in results_page.beats(report, "TIS-DPO(D)", "TIS-DPO(D) without eta")
+    report["methods"]["DPO"]["pref_accuracy"], report["methods"]["TIS-DPO(D)"]["pref_accuracy"] = entry([0.60, 0.62]), entry([0.70, 0.72])
+    assert ("Held-out preference accuracy of the implicit reward: TIS-DPO(D) at lr 5e-05 (+0.71 ± 0.01) beats, with non-overlapping mean ± std,"
+            in results_page.verdict(report, [m[0] for m in experiment.METHODS]))
     assert "falls below" in results_page.beats(report, "DPO", "TIS-DPO(D)")
     text = results_page.verdict(report, [m[0] for m in experiment.METHODS])
     assert "The paper's order (random U(L,U) < equal < without eta < full) holds in the means." in text

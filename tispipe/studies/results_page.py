@@ -200,6 +200,8 @@ def verdict(report: dict[str, Any], order: list[str]) -> str:
         win = methods[name]["win_rate_vs_dpo"]
         lines.append(f"- Oracle reward on the test split, each method at its own lr: {beats(report, name, 'DPO')}; {name} wins "
                      f"{_cell(win, '.3f')} of the prompts against DPO (0.5 = parity).")
+        if methods[name].get("pref_accuracy") and methods["DPO"].get("pref_accuracy"):
+            lines.append(f"  - Held-out preference accuracy of the implicit reward: {beats(report, name, 'DPO', 'pref_accuracy')}.")
         if methods[name].get("chrf", {}).get("mean") is not None:
             lines.append(f"  - chrF against the chosen responses: {beats(report, name, 'DPO', 'chrf')}; KL per token: "
                          f"{_cell(methods[name]['kl_per_token'], '.3f')} against DPO's {_cell(methods['DPO']['kl_per_token'], '.3f')}.")
