@@ -340,8 +340,8 @@ class ContrastStudyConfig(StudyOptions):
     out: str = option("runs/contrast-study", "Folder for the contrastive models, their shards, logs and contrast-study.md.", panel=IO)
     limit: int | None = option(None, "Training pairs to build pi+/pi- on (default: all but the validation split).", panel=DATA)
     eval_limit: int | None = option(None, "Validation pairs to score (default: all).", panel=DATA)
-    estimators: str = option("sft,dpo", "Comma-separated estimators whose settings to build: sft, dpo.", panel=PROTOCOL)
-    lora_r: int = option(0, LORA_R_HELP + " Above 0, the grid is the one for LoRA on a pretrained model.", panel=PROTOCOL)
+    estimators: str = option("sft,dpo", "Comma-separated estimators whose grid settings to build: sft, dpo (with --lora-r above 0, the grid for LoRA on a pretrained model).", panel=PROTOCOL)
+    lora_r: int = option(0, LORA_R_HELP, panel=PROTOCOL)
     quick: bool = option(False, "Smoke run (two tiny settings, 48 pairs): checks that the study runs and its table is written.", panel=PROTOCOL)
 
 
