@@ -221,11 +221,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     # 3. every method at its chosen lr over the seeds, one test eval per seed with all methods side by side
     t0 = time.time()
     for seed in range(cfg.seeds):
-        for method in methods:
-            lr = chosen[method[0]]
-            runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
-        for method in [m for m in methods if m[0] in extra]:
-            lr = extra[method[0]]
+        for method, lr in [(m, chosen[m[0]]) for m in methods] + [(m, extra[m[0]]) for m in methods if m[0] in extra]:
             runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
         for method in generated_block.METHODS if cfg.generated else []:
             lr = generated_block.lr(method[0], chosen)
