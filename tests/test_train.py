@@ -502,3 +502,25 @@ def test_torch_compile_gives_the_eager_runs_losses_and_weights(tiny, tmp_path):
     assert x.keys() == y.keys()  # saved under the model's own names, not the compiled wrapper's
     for name in x:
         torch.testing.assert_close(y[name], x[name], atol=1e-5, rtol=1e-4)
+
+
+def test_a_step_over_the_logits_budget_runs_in_smaller_forwards_to_the_same_update(tiny, tmp_path, monkeypatch):
+    from tispipe.train import step as step_module
+
+    whole = tmp_path / "whole"
+    train.run(config(tiny, whole, loss="tisdpo", max_steps=3))  # tisdpo with eta: the reference and KL terms per forward too
+    forwards = []
+    real_forward = step_module.pair_forward
+    monkeypatch.setattr(step_module, "pair_forward", lambda ctx, rows: forwards.append(len(rows)) or real_forward(ctx, rows))
+    vocab = json.loads((tiny[0] / "config.json").read_text())["vocab_size"]
+    budget = 2 * 2 * 9 * vocab  # at most two pairs of the longest responses (8 tokens and EOS) per forward
+    monkeypatch.setattr(step_module, "TRAIN_LOGITS_ELEMENTS", budget)
+    split = tmp_path / "split"
+    train.run(config(tiny, split, loss="tisdpo", max_steps=3))
+    assert len(forwards) > 3 and max(forwards) < 4 and sum(forwards) == 3 * 4  # every pair once, in more forwards than steps
+    a, b = read_metrics(whole), read_metrics(split)
+    for name in ("loss", "rewards/margins", "grad_norm", "weights/chosen_mean"):
+        assert [m[name] for m in b] == pytest.approx([m[name] for m in a], rel=1e-5, abs=1e-6), name
+    x, y = load_weights(whole), load_weights(split)
+    for name in x:
+        torch.testing.assert_close(y[name], x[name], atol=1e-5, rtol=1e-4)  # Adam after float sums in another order

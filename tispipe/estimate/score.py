@@ -24,6 +24,7 @@ import torch
 from tispipe.configs import EstimateConfig
 from tispipe.data.pairs import TokenizedPair, as_text
 from tispipe.errors import TispipeError
+from tispipe.modeling.batching import budget_runs, logits_width, make_pair_batch, sequence_token_logps
 
 # Elements of the (rows, response positions, vocabulary) logits one scoring forward may hold: 2**26 float32
 # = 256 MiB. A batch of 16 HH pairs through SmolLM2 (49,152-token vocabulary) by the prompt method is 96 rows
@@ -34,17 +35,8 @@ LOGITS_ELEMENTS = 1 << 26
 def logits_parts(items: Sequence[TokenizedPair], rows_per_pair: int, vocab: int, budget: int = LOGITS_ELEMENTS) -> list[list[TokenizedPair]]:
     """`items` cut in order into runs whose logits (rows x longest response x vocab) fit `budget`; a pair
     over the budget on its own is a run of its own."""
-    runs: list[list[TokenizedPair]] = []
-    current: list[TokenizedPair] = []
-    longest = 0
-    for item in items:
-        response = max(len(item.chosen_ids), len(item.rejected_ids), 1)
-        if current and (len(current) + 1) * rows_per_pair * max(longest, response) * vocab > budget:
-            runs.append(current)
-            current, longest = [], 0
-        current.append(item)
-        longest = max(longest, response)
-    return runs + [current] if current else runs
+    sizes = [rows_per_pair * max(len(item.chosen_ids), len(item.rejected_ids), 1) * vocab for item in items]
+    return budget_runs(items, sizes, budget)
 
 
 class Scorer:
@@ -60,8 +52,7 @@ class Scorer:
         self.prompts: dict[str, tuple[list[int], list[int]]] = {}  # the prompt method's (pi+, pi-) prompt ids of this shard's pairs
         load = lambda path: load_model(path, device=device, dtype=str(dtype).removeprefix("torch."), trust_remote_code=cfg.trust_remote_code)  # noqa: E731
         self.base = load(cfg.model)
-        head = self.base.get_output_embeddings()  # the logits' width, read before pi+/pi- may wrap the base
-        self.vocab = head.weight.shape[0] if head is not None else self.base.config.vocab_size
+        self.vocab = logits_width(self.base)  # read before pi+/pi- may wrap the base
         self.pos = self.neg = None
         if self.by_prompt:
             return
@@ -96,8 +87,6 @@ class Scorer:
 
     @torch.inference_mode()
     def _score(self, items: Sequence[TokenizedPair]) -> list[dict[str, np.ndarray]]:
-        from tispipe.modeling.batching import make_pair_batch, sequence_token_logps
-
         b = len(items)
         chosen, rejected = [i.chosen_ids for i in items], [i.rejected_ids for i in items]
         if self.by_prompt:

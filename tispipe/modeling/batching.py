@@ -186,19 +186,31 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
 MICRO_BATCH_TOKENS = 2048
 
 
+def budget_runs(items: Sequence, sizes: Sequence[int], budget: int) -> list[list]:
+    """`items` cut in order into runs whose cost (items in the run x the largest size among them) stays within
+    `budget`; an item over the budget on its own is a run of its own. `sizes[i]` is item i's."""
+    runs: list[list] = []
+    current: list = []
+    largest = 0
+    for item, size in zip(items, sizes, strict=True):
+        if current and (len(current) + 1) * max(largest, size) > budget:
+            runs.append(current)
+            current, largest = [], 0
+        current.append(item)
+        largest = max(largest, size)
+    return runs + [current] if current else runs
+
+
 def micro_batches(indices: list[int], lengths: Sequence[int], budget: int = MICRO_BATCH_TOKENS) -> list[list[int]]:
     """`indices` cut in order into runs whose padded size (rows x longest row) stays within `budget`;
     a single row longer than the budget is a micro-batch of its own."""
-    runs: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in indices:
-        if current and (len(current) + 1) * max(longest, lengths[i]) > budget:
-            runs.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, lengths[i])
-    return runs + [current] if current else runs
+    return budget_runs(indices, [lengths[i] for i in indices], budget)
+
+
+def logits_width(model: torch.nn.Module) -> int:
+    """V of the model's (N, R, V) logits: its output head's rows (the config's vocab_size where it has no head)."""
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.config.vocab_size
 
 
 @torch.inference_mode()

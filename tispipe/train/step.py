@@ -20,10 +20,17 @@ from tispipe.core.logps import token_logps, token_logps_and_kl
 from tispipe.core.weights import DEFAULT_BOUNDS, TRANSFORMS, compute_weights, random_weights
 from tispipe.errors import TispipeError
 from tispipe.modeling import distributed
-from tispipe.modeling.batching import forward_logits, make_pair_batch
+from tispipe.modeling.batching import budget_runs, forward_logits, make_pair_batch
 
 # The options that re-derive token weights from the stored log-ratios (--weighting estimated).
 REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper", "top_fraction", "floor")
+
+# Elements of the (2B, R, V) logits one training forward may hold: 2**27, 512 MiB in float32, of which the
+# backward keeps several copies (log-softmax, its gradient; the reference's and the KL terms' with eta). A
+# micro-batch over it runs as smaller forwards in the same step, whose gradients add up to the same update.
+# Unbounded, a LoRA step of 16 HH pairs through SmolLM2 (32 rows of up to 512 positions x 49,152) was
+# killed by the kernel at 23 GiB (docs/real-model.md); the toy model's steps stay far below it.
+TRAIN_LOGITS_ELEMENTS = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,7 @@ class StepContext:
     pad_id: int
     device: str
     autocast: Any
+    vocab: int  # V of the policy's logits (tispipe.modeling.batching.logits_width)
     filler: list[dict] | None = None  # under torchrun: a row for the zero-weighted passes of a rank with none left
 
 
@@ -157,7 +165,11 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
     (global pairs / world), so the synced gradient is that of sum(all losses) / global pairs, the same
     as one process taking the whole global batch. Every rank runs as many backward passes as the rank
     with the most micro-batches (each last pass syncs gradients); missing ones are zero-weighted.
+
+    A micro-batch whose logits exceed TRAIN_LOGITS_ELEMENTS runs as several forwards (`logits_runs`);
+    the divisor stays the step's pair count, so the update is the same.
     """
+    micro_batches = [run for micro in micro_batches for run in logits_runs(micro, ctx.vocab, TRAIN_LOGITS_ELEMENTS)]
     n_pairs = sum(len(m) for m in micro_batches)
     n_tokens = sum(len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for m in micro_batches for r in m)
     passes, divisor, world = len(micro_batches), n_pairs, distributed.world_size()
@@ -195,6 +207,11 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
     metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
     metrics.update(grad_norm=float(grad_norm), lr=lr, pairs=n_pairs, tokens=n_tokens)
     return metrics
+
+
+def logits_runs(rows: list[dict], vocab: int, budget: int) -> list[list[dict]]:
+    """`rows` (pairs) cut in order into runs whose (2B, R, vocab) logits stay within `budget` elements."""
+    return budget_runs(rows, [2 * max(len(r["chosen_ids"]), len(r["rejected_ids"]), 1) * vocab for r in rows], budget)
 
 
 def pair_forward(ctx: StepContext, rows: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

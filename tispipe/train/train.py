@@ -55,8 +55,9 @@ from tispipe.console import log_console
 from tispipe.core.losses import LOSSES
 from tispipe.core.weights import TRANSFORMS
 from tispipe.errors import TispipeError
-from tispipe.modeling import distributed
+from tispipe.modeling import distributed, shared_prompt
 from tispipe.modeling.adapters import AdapterOff, adapter_summary, add_lora, check_lora, enable_gradient_checkpointing
+from tispipe.modeling.batching import logits_width
 from tispipe.modeling.hub import same_source
 from tispipe.modeling.models import (
     check_model,
@@ -176,7 +177,8 @@ def step_context(cfg: TrainConfig, model, ref, optimizer, scheduler, plan: Weigh
     autocast = torch.autocast(torch.device(device).type, dtype=compute_dtype) if compute_dtype != torch.float32 else nullcontext()
     # Only the forward goes through the compiled module; checkpoints and the saved model read `model`, whose names it keeps.
     forward_model = torch.compile(model, dynamic=True) if cfg.torch_compile else model
-    context = StepContext(forward_model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast)
+    context = StepContext(forward_model, ref, optimizer, scheduler, cfg, plan, tokenizer.pad_token_id, device, autocast,
+                          logits_width(shared_prompt.inner_model(model)))
     world = distributed.world_size()
     if world > 1:
         # A rank whose share of a step ran out still joins every gradient sync, with a zero-weighted row.
