@@ -288,15 +288,11 @@ def grid_metrics(cfg: ExperimentConfig, methods, lrs: list[float]) -> dict[str, 
 
 def choose_lr(by_lr: dict[str, dict[str, float | None]], select_by: str = "oracle_reward") -> float:
     """The lr with the highest validation `select_by` (oracle reward: pooled over the temperatures); ties to the smaller lr."""
-    best: tuple[float, float] | None = None
-    for lr in sorted(by_lr, key=float):
-        value = by_lr[lr][select_by]
-        if value is not None and (best is None or value > best[1]):
-            best = (float(lr), value)
+    best = kl_matched.best_lr(by_lr, select_by)
     if best is None:
         raise TispipeError(f"no learning rate of the grid has a validation {select_by.replace('_', ' ')}",
                            hint="the validation evals sampled no responses (--num-prompts 0?)")
-    return best[0]
+    return best
 
 
 # ---------------------------------------------------------------- the report

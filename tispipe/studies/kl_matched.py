@@ -20,21 +20,26 @@ def kl_budget(grid: dict[str, dict[str, dict[str, float | None]]], chosen: dict[
     return grid["DPO"][f"{chosen['DPO']:g}"].get("kl_per_token")
 
 
+def best_lr(by_lr: dict[str, dict[str, float | None]], select_by: str) -> float | None:
+    """The lr (keys: lrs as text) with the highest `select_by`, ties to the smaller lr; None when none has a value.
+    The one selection rule of the experiment: each method's chosen lr, and its lr within the KL budget."""
+    best: tuple[float, float] | None = None
+    for lr in sorted(by_lr, key=float):
+        value = by_lr[lr].get(select_by)
+        if value is not None and (best is None or value > best[1]):
+            best = (float(lr), value)
+    return None if best is None else best[0]
+
+
 def matched_lrs(grid, chosen: dict[str, float], select_by: str) -> dict[str, float | None]:
     """{method: the lr with the highest validation `select_by` among the lrs whose validation KL per token is at
     most the budget (ties to the smaller lr), or None when no lr of the grid stays within it}, for the METHODS run."""
     budget = kl_budget(grid, chosen)
     matched: dict[str, float | None] = {}
     for name in [n for n in METHODS if n in grid]:
-        best: tuple[float, float] | None = None
-        for lr in sorted(grid[name], key=float):
-            metrics = grid[name][lr]
-            value, kl = metrics.get(select_by), metrics.get("kl_per_token")
-            if budget is None or value is None or kl is None or kl > budget:
-                continue
-            if best is None or value > best[1]:
-                best = (float(lr), value)
-        matched[name] = None if best is None else best[0]
+        kls = {lr: m.get("kl_per_token") for lr, m in grid[name].items()}
+        within = {lr: grid[name][lr] for lr, kl in kls.items() if budget is not None and kl is not None and kl <= budget}
+        matched[name] = best_lr(within, select_by)
     return matched
 
 
