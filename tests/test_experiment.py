@@ -59,6 +59,7 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     assert "--quick" in text and "tispipe experiment" in text
     for name in names:
         assert f"| {name} | " in text
+    assert "| pref acc | margin | KL/token |" in text and report["methods"]["DPO"]["reward_margin"]["mean"] is not None
     assert "### Weight quality per estimation method and transform" in text and "| dpo | exp | test | 0." in text and "| dpo | top 20% | test | 0." in text
     assert "### Other weights from the same contrast" in text
     assert "### The learning-rate grid (validation prompts, seed 0)" in text and "**" in text

@@ -49,6 +49,7 @@ def seed_metrics(result: dict[str, Any]) -> dict[str, float | None]:
         "chrf": pooled.get("chrf"),
         "win_rate_vs_dpo": pooled.get("oracle_win_rate", {}).get("rate"),
         "pref_accuracy": likelihood["pref_accuracy"],
+        "reward_margin": likelihood.get("reward_margin"),
         "kl_per_token": likelihood["kl_per_token"],
         **{f"oracle_reward_T{t}": v for t, v in by_temperature.items()},
     }
@@ -77,15 +78,15 @@ def _cell(entry: dict[str, Any], spec: str, percent: bool = False) -> str:
 
 
 def table(report: dict[str, Any], names: list[str]) -> str:
-    header = ["method", "weights", "lr (chosen)", "oracle reward", "harmful", "chrF", "win vs DPO", "pref acc", "KL/token"]
+    rows = [(name, report["methods"][name]) for name in names if name in report["methods"]]
+    margin = any("reward_margin" in row for _, row in rows)  # not in reports written before the column was
+    header = ["method", "weights", "lr (chosen)", "oracle reward", "harmful", "chrF", "win vs DPO", "pref acc", *(["margin"] if margin else []), "KL/token"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in names:
-        row = report["methods"].get(name)
-        if row is None:
-            continue
+    for name, row in rows:
         lines.append("| " + " | ".join([
             name, row["weights"] or "-", f"{row['lr']:g}" if row.get("lr") else "-", _cell(row.get("oracle_reward"), "+.2f"), _cell(row.get("harmful_rate"), ".1f", percent=True),
-            _cell(row.get("chrf"), ".3f"), _cell(row.get("win_rate_vs_dpo"), ".3f"), _cell(row.get("pref_accuracy"), ".3f"), _cell(row.get("kl_per_token"), ".3f"),
+            _cell(row.get("chrf"), ".3f"), _cell(row.get("win_rate_vs_dpo"), ".3f"), _cell(row.get("pref_accuracy"), ".3f"),
+            *([_cell(row.get("reward_margin"), "+.3f")] if margin else []), _cell(row.get("kl_per_token"), ".3f"),
         ]) + " |")
     return "\n".join(lines)
 
@@ -146,8 +147,8 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
          "P(offensive) >= 0.5; ")
         + "*chrF* = chrF of each response against the chosen responses of its prompt (the best-matching one); *win vs DPO* = share of "
         "prompts where the oracle scores the response above that seed's DPO response (ties count half); *pref acc* = "
-        "share of test pairs where the implicit reward beta·(log pi - log pi_ref) prefers the chosen response; "
-        "*KL/token* = KL(pi || base) per response token on the test pairs.",
+        "share of test pairs where the implicit reward beta·(log pi - log pi_ref) prefers the chosen response; *margin* = its "
+        "mean of chosen minus rejected implicit reward there; *KL/token* = KL(pi || base) per response token on the test pairs.",
         render_tables(report, order, estimators),
         " ".join(f"![{title}]({name})" for name, _, title in figures_of(report) if name != "results-generated.png"),
         "![Oracle reward against the learning rate: validation, and test at the chosen lr](results-lr.png) "
