@@ -25,12 +25,14 @@ from tispipe.modeling.batching import budget_runs, forward_logits, make_pair_bat
 # The options that re-derive token weights from the stored log-ratios (--weighting estimated).
 REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper", "top_fraction", "floor")
 
-# Elements of the (2B, R, V) logits one training forward may hold: 2**27, 512 MiB in float32, of which the
-# backward keeps several copies (log-softmax, its gradient; the reference's and the KL terms' with eta). A
-# micro-batch over it runs as smaller forwards in the same step, whose gradients add up to the same update.
-# Unbounded, a LoRA step of 16 HH pairs through SmolLM2 (32 rows of up to 512 positions x 49,152) was
-# killed by the kernel at 23 GiB (docs/real-model.md); the toy model's steps stay far below it.
-TRAIN_LOGITS_ELEMENTS = 1 << 27
+# Elements of the (2B, R, V) logits one training forward may hold; a micro-batch over it runs as smaller
+# forwards in the same step, whose gradients add up to the same update. On CPU, 2**24 (64 MiB in float32):
+# LoRA r 16 on SmolLM2 (49,152-token vocabulary), 4 steps of 16 HH pairs of up to 512 tokens, 2 threads, peaks
+# at 3.7 GB (dpo) and 3.9 GB (tisdpo) and runs 1.6x / 1.5x as fast as at 2**27 (10.3 / 12.0 GB), while in
+# one forward both were killed at 24 GB (docs/real-model.md). The toy model's steps stay far below it. On an
+# accelerator, 2**28 (1 GiB per float32 copy) keeps several pairs per forward; not measured there.
+TRAIN_LOGITS_ELEMENTS = 1 << 24
+ACCELERATOR_LOGITS_ELEMENTS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -166,10 +168,11 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
     as one process taking the whole global batch. Every rank runs as many backward passes as the rank
     with the most micro-batches (each last pass syncs gradients); missing ones are zero-weighted.
 
-    A micro-batch whose logits exceed TRAIN_LOGITS_ELEMENTS runs as several forwards (`logits_runs`);
-    the divisor stays the step's pair count, so the update is the same.
+    A micro-batch whose logits exceed TRAIN_LOGITS_ELEMENTS (on CPU; ACCELERATOR_LOGITS_ELEMENTS elsewhere)
+    runs as several forwards (`logits_runs`); the divisor stays the step's pair count, so the update is the same.
     """
-    micro_batches = [run for micro in micro_batches for run in logits_runs(micro, ctx.vocab, TRAIN_LOGITS_ELEMENTS)]
+    budget = TRAIN_LOGITS_ELEMENTS if torch.device(ctx.device).type == "cpu" else ACCELERATOR_LOGITS_ELEMENTS
+    micro_batches = [run for micro in micro_batches for run in logits_runs(micro, ctx.vocab, budget)]
     n_pairs = sum(len(m) for m in micro_batches)
     n_tokens = sum(len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for m in micro_batches for r in m)
     passes, divisor, world = len(micro_batches), n_pairs, distributed.world_size()
