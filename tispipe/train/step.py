@@ -28,9 +28,10 @@ REDERIVE_OPTIONS = ("transform", "k", "mu", "lower", "upper", "top_fraction", "f
 # Elements of the (2B, R, V) logits one training forward may hold; a micro-batch over it runs as smaller
 # forwards in the same step, whose gradients add up to the same update. On CPU, 2**24 (64 MiB in float32):
 # LoRA r 16 on SmolLM2 (49,152-token vocabulary), 4 steps of 16 HH pairs of up to 512 tokens, 2 threads, peaks
-# at 3.7 GB (dpo) and 3.9 GB (tisdpo) and runs 1.6x / 1.5x as fast as at 2**27 (10.3 / 12.0 GB), while in
-# one forward both were killed at 24 GB (docs/real-model.md). The toy model's steps stay far below it. On an
-# accelerator, 2**28 (1 GiB per float32 copy) keeps several pairs per forward; not measured there.
+# at 3.7 GB (dpo) and 3.9 GB (tisdpo), against 10.3 and 12.0 GB at 2**27, which ran slower (dpo 0.59 pairs/s
+# against 0.78-0.93 at 2**24, tisdpo 0.43 against 0.54-0.64); in one forward both were killed at 24 GB
+# (docs/real-model.md). The toy model's steps stay far below it. On an accelerator, 2**28 (1 GiB per float32
+# copy) keeps several pairs per forward; not measured there.
 TRAIN_LOGITS_ELEMENTS = 1 << 24
 ACCELERATOR_LOGITS_ELEMENTS = 1 << 28
 
