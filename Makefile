@@ -45,9 +45,9 @@ $(WEIGHTS)/manifest.json: $(RUNS)/base/model.safetensors
 
 # Stage two: TIS-DPO on the cached weights, and plain DPO from the same shards as the baseline, each at its own
 # lr: the one `make experiment` chose for it on a validation split at a budget of 120 steps of 16 pairs
-# (docs/results/results.md, column "lr (chosen)": DPO 2e-05, TIS-DPO(D) 0.0002), trained at that budget.
+# (docs/results/results.md, column "lr (chosen)": DPO 2e-05, TIS-DPO(D) 0.0005), trained at that budget.
 # One shared lr would put one of them off its best: DPO collapses on validation at 5e-5 and above.
-TISDPO_LR ?= 2e-4
+TISDPO_LR ?= 5e-4
 DPO_LR ?= 2e-5
 TRAIN_ARGS ?= --max-steps 120 --batch-size 16
 train: $(RUNS)/tisdpo/model.safetensors $(RUNS)/dpo/model.safetensors
