@@ -91,7 +91,7 @@ def test_report_to_trackio_logs_each_step_into_its_local_database(tmp_path, make
     assert "Trackio" in result.stderr and "Trackio" not in result.stdout  # trackio's messages go where tispipe's progress goes
 
 
-def test_train_eval_data_from_a_pair_file_logs_eval_metrics_of_the_model_after_each_due_step(tmp_path, make_tiny_llama):
+def test_train_eval_data_from_a_pair_file_logs_eval_metrics_of_the_model_after_each_due_step(tmp_path, make_tiny_llama, monkeypatch):
     from tispipe.data.toy import generate
 
     prompt_estimate(tmp_path, make_tiny_llama)
@@ -127,6 +127,16 @@ def test_train_eval_data_from_a_pair_file_logs_eval_metrics_of_the_model_after_e
     losses, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], mask[:n], mask[n:], beta=0.1)
     assert last["eval/loss"] == pytest.approx(losses.mean().item(), rel=1e-4)
     assert last["eval/rewards/accuracies"] == pytest.approx((chosen > rejected).float().mean().item())
+
+    # Under a logits budget of one pair per forward (training and held-out alike) the same numbers come out.
+    from tispipe.train import step as step_module
+
+    monkeypatch.setattr(step_module, "TRAIN_LOGITS_ELEMENTS", 1)
+    split = tmp_path / "split"
+    result = train(tmp_path, split, "--max-steps", 5, "--eval-data", tmp_path / "held.jsonl", "--eval-every", 2, "--loss", "dpo", "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    for name in ("eval/loss", "eval/rewards/margins", "eval/rewards/accuracies"):
+        assert [m[name] for m in logged(split) if name in m] == pytest.approx([m[name] for m in rows if name in m], rel=1e-4, abs=1e-6), name
 
 
 def test_train_eval_data_from_an_estimate_folder_uses_its_weights(tmp_path, make_tiny_llama):

@@ -172,8 +172,7 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
     A micro-batch whose logits exceed TRAIN_LOGITS_ELEMENTS (on CPU; ACCELERATOR_LOGITS_ELEMENTS elsewhere)
     runs as several forwards (`logits_runs`); the divisor stays the step's pair count, so the update is the same.
     """
-    budget = TRAIN_LOGITS_ELEMENTS if torch.device(ctx.device).type == "cpu" else ACCELERATOR_LOGITS_ELEMENTS
-    micro_batches = [run for micro in micro_batches for run in logits_runs(micro, ctx.vocab, budget)]
+    micro_batches = [run for micro in micro_batches for run in logits_runs(ctx, micro)]
     n_pairs = sum(len(m) for m in micro_batches)
     n_tokens = sum(len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for m in micro_batches for r in m)
     passes, divisor, world = len(micro_batches), n_pairs, distributed.world_size()
@@ -213,9 +212,11 @@ def train_step(ctx: StepContext, micro_batches: list[list[dict]]) -> dict[str, f
     return metrics
 
 
-def logits_runs(rows: list[dict], vocab: int, budget: int) -> list[list[dict]]:
-    """`rows` (pairs) cut in order into runs whose (2B, R, vocab) logits stay within `budget` elements."""
-    return budget_runs(rows, [2 * max(len(r["chosen_ids"]), len(r["rejected_ids"]), 1) * vocab for r in rows], budget)
+def logits_runs(ctx: StepContext, rows: list[dict]) -> list[list[dict]]:
+    """`rows` (pairs) cut in order into runs whose (2B, R, V) logits stay within the device's budget
+    (TRAIN_LOGITS_ELEMENTS on CPU, ACCELERATOR_LOGITS_ELEMENTS elsewhere): one `pair_forward` each."""
+    budget = TRAIN_LOGITS_ELEMENTS if torch.device(ctx.device).type == "cpu" else ACCELERATOR_LOGITS_ELEMENTS
+    return budget_runs(rows, [2 * max(len(r["chosen_ids"]), len(r["rejected_ids"]), 1) * ctx.vocab for r in rows], budget)
 
 
 def pair_forward(ctx: StepContext, rows: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

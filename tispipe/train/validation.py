@@ -27,7 +27,7 @@ from tispipe.artifacts.shards import iter_shard_rows, read_manifest, shard_paths
 from tispipe.configs import TrainConfig
 from tispipe.data.held_out import read_options_of, read_pairs
 from tispipe.errors import TispipeError
-from tispipe.train.step import StepContext, WeightPlan, pair_forward
+from tispipe.train.step import StepContext, WeightPlan, logits_runs, pair_forward
 
 EVAL_PREFIX = "eval/"
 
@@ -77,9 +77,10 @@ def evaluate(ctx: StepContext, held_out: HeldOutPairs) -> dict[str, float]:
     context = dataclasses.replace(ctx, plan=held_out.plan)
     sums: dict[str, float] = defaultdict(float)
     for start in range(0, len(held_out.rows), ctx.cfg.batch_size):
-        _, per_pair = pair_forward(context, held_out.rows[start : start + ctx.cfg.batch_size])
-        for name, values in per_pair.items():
-            sums[name] += float(values.sum())
+        for run in logits_runs(ctx, held_out.rows[start : start + ctx.cfg.batch_size]):  # bounded as a training step is
+            _, per_pair = pair_forward(context, run)
+            for name, values in per_pair.items():
+                sums[name] += float(values.sum())
     n = len(held_out.rows)
     metrics = {f"{EVAL_PREFIX}{name}": total / n for name, total in sums.items()}
     metrics[f"{EVAL_PREFIX}rewards/margins"] = metrics[f"{EVAL_PREFIX}rewards/chosen"] - metrics[f"{EVAL_PREFIX}rewards/rejected"]
