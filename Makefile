@@ -83,7 +83,7 @@ $(RUNS)/eval-reward-model/report.json: $(RUNS)/reward-model/model.safetensors $(
 		--data $(DATA)/test.jsonl --oracle toy --reward-model $(RUNS)/reward-model --out $(RUNS)/eval-reward-model $(EVAL_ARGS) --overwrite
 
 # The paper's comparison and ablations (docs/results/results.md; tispipe/studies/experiment.py): every method at its own lr from
-# one grid, chosen on a validation split carved from train, then 5 seeds on the test split. A re-run skips
+# one grid (each ablation at TIS-DPO(D)'s), chosen on a validation split carved from train, then 4 seeds on the test split. A re-run skips
 # finished trainings. With the generated-data block (RLCD-style pairs; `--no-generated` leaves it out) and the KL-matched rows.
 # ---------------------------------------------------------------- the real track
 # SmolLM2-135M-Instruct converted once from the wheel's GGUF, ParaDetox pairs (toxic comment -> human polite rewrite)
@@ -155,7 +155,7 @@ real-experiment-hh: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) experiment --data data/real/hh-harmless --base $(SMOLLM2) --out $(RUNS)/real-experiment/hh --results docs/real-hh $(REAL_HH_EXPERIMENT_ARGS)
 
 .PHONY: experiment contrast-study
-EXPERIMENT_ARGS ?= --seeds 5 --lrs 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4,1e-3 --max-steps 120 --num-prompts 100 --max-new-tokens 64 --eval-limit 200
+EXPERIMENT_ARGS ?= --seeds 4 --lrs 1e-5,2e-5,5e-5,1e-4,2e-4,5e-4,1e-3 --max-steps 120 --num-prompts 100 --max-new-tokens 64 --eval-limit 200
 experiment: $(RUNS)/base/model.safetensors
 	$(TISPIPE) experiment --data $(DATA) --base $(RUNS)/base --out $(RUNS)/experiment --results docs/results $(EXPERIMENT_ARGS)
 

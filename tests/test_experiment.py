@@ -29,12 +29,15 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     for name in names:
         row = report["methods"][name]
         lr = row["lr"]
-        assert lr in (1e-5, 1e-4) and lr == experiment.choose_lr(report["grid"][name]), name
+        if name in experiment.ABLATIONS:  # no grid of their own: TIS-DPO(D)'s lr
+            assert lr == report["methods"]["TIS-DPO(D)"]["lr"] and name not in report["grid"], name
+        else:
+            assert lr in (1e-5, 1e-4) and lr == experiment.choose_lr(report["grid"][name]), name
         for seed in (0, 1):
             info = json.loads((experiment.model_dir(out, name, lr, seed) / "train_info.json").read_text())
             assert info["steps"] == 4, name  # the same budget for every method
         for other in (1e-5, 1e-4):  # the grid: every lr with seed 0
-            assert (experiment.model_dir(out, name, other, 0) / "train_info.json").is_file()
+            assert (experiment.model_dir(out, name, other, 0) / "train_info.json").is_file() == (name not in experiment.ABLATIONS or other == lr), name
         for key in ("oracle_reward", "harmful_rate", "win_rate_vs_dpo", "pref_accuracy", "kl_per_token"):
             assert row[key]["mean"] is not None and len(row[key]["values"]) == 2, (name, key)
     # DPO against itself ties on every prompt
@@ -64,6 +67,8 @@ def test_quick_experiment_runs_every_method_and_writes_the_tables(tiny_task, tmp
     assert "### Other weights from the same contrast" in text
     assert "### The learning-rate grid (validation prompts, seed 0)" in text and "**" in text
     assert "The paper's order (random U(L,U) < equal < without eta < full)" in text and "the paper's D > S > P" in text
+    assert "The 5 ablations of TIS-DPO(D) have no grid of their own: each trains at TIS-DPO(D)'s chosen lr" in text
+    assert "weights done after" in text and "lr grid after" in text
 
     # at matched KL: each TIS-DPO method at its best lr within DPO's validation KL, every seed trained and tested there
     block = report["kl_matched"]
@@ -155,6 +160,9 @@ def test_unknown_method_and_missing_inputs_are_named(tiny_task, tmp_path):
     assert [m[0] for m in experiment.selected_methods(experiment.ExperimentConfig(methods="IPO", generated=False))] == ["DPO", "IPO"]
     # the generated block trains its methods at their main-table lrs, so they come along
     assert [m[0] for m in experiment.selected_methods(experiment.ExperimentConfig(methods="IPO"))] == ["DPO", "IPO", "TIS-DPO(P)", "TIS-DPO(D)"]
+    # an ablation trains at TIS-DPO(D)'s lr, so TIS-DPO(D) comes along
+    assert [m[0] for m in experiment.selected_methods(experiment.ExperimentConfig(methods="TIS-DPO(D) without eta", generated=False))] == [
+        "DPO", "TIS-DPO(D)", "TIS-DPO(D) without eta"]
     with pytest.raises(TispipeError, match="does not exist"):
         experiment.run(experiment.ExperimentConfig(data=str(tmp_path), base=str(tiny_task / "base"), out=str(tmp_path / "x")))
 
@@ -193,6 +201,44 @@ def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path, n_jobs):
     assert (tmp_path / "estimate-x.yaml").is_file()
 
 
+def test_a_queued_job_starts_once_the_jobs_it_needs_have_finished_and_a_free_worker_takes_the_first_ready_one(tmp_path):
+    from concurrent.futures import Future
+
+    class Pool:  # the worker pool, with each job's end in the test's hands
+        def __init__(self):
+            self.jobs: dict[str, Future] = {}
+
+        def submit(self, fn, logs, label, *args):
+            self.jobs[label] = Future()
+            return self.jobs[label]
+
+    runner = jobs.Runner(tmp_path, jobs=2, threads=1)
+    runner.pool = pool = Pool()
+    cfg = lambda name: experiment.EstimateConfig(data="d.jsonl", model="m", out=str(tmp_path / name))  # noqa: E731
+    runner.add("a", "estimate", cfg("a"))
+    runner.add("b", "estimate", cfg("b"), after=["a"])
+    runner.add("c", "estimate", cfg("c"))  # ready: it starts before b, which waits for a
+    runner.add("d", "estimate", cfg("d"), after=["b", "c"])
+    assert list(pool.jobs) == ["a", "c"] and [item[0] for item in runner.queued] == ["b", "d"]
+    pool.jobs["c"].set_result(0)
+    runner._reap()
+    runner._start_ready()
+    assert list(pool.jobs) == ["a", "c"]  # a free worker, but b and d still wait for a
+    pool.jobs["a"].set_result(0)
+    runner._reap()
+    runner._start_ready()
+    assert list(pool.jobs) == ["a", "c", "b"]
+    pool.jobs["b"].set_result(0)
+    runner._reap()
+    runner._start_ready()
+    assert list(pool.jobs) == ["a", "c", "b", "d"] and not runner.queued
+    pool.jobs["d"].set_result(0)
+    runner.wait()
+    assert list(runner.finished) == ["c", "a", "b", "d"]
+    with pytest.raises(ValueError, match="never added: e"):
+        runner.add("f", "estimate", cfg("f"), after=["e"])
+
+
 @pytest.mark.slow
 def test_jobs_in_subprocesses_give_the_same_numbers_as_in_process(tiny_task, tmp_path):
     """--jobs 2 runs the stages in a pool of two worker processes; the results match --jobs 1 (every job in this process)."""
@@ -201,7 +247,8 @@ def test_jobs_in_subprocesses_give_the_same_numbers_as_in_process(tiny_task, tmp
     quick = experiment.quick_settings(experiment.ExperimentConfig(data=str(tiny_task / "data"), base=str(tiny_task / "base"),
                                                                   methods="TIS-DPO(P),TIS-DPO(D) equal weights", generated=False))
     reports = {n: experiment.run(replace(quick, out=str(tmp_path / f"jobs{n}"), jobs=n)) for n in (1, 2)}
-    assert list(reports[2]["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D) equal weights"]  # DPO: the win rates need it
+    # DPO: the win rates need it; TIS-DPO(D): its ablation trains at its lr
+    assert list(reports[2]["methods"]) == ["base", "DPO", "TIS-DPO(P)", "TIS-DPO(D)", "TIS-DPO(D) equal weights"]
     assert reports[2]["methods"] == reports[1]["methods"]
     assert reports[2]["weight_auc"] == reports[1]["weight_auc"]
     assert "generated" not in reports[2]

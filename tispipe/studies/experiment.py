@@ -1,5 +1,5 @@
 """`tispipe experiment`: the paper's comparison (its Table 1) and TIS-DPO(D) ablations (its Table 2) on one task,
-each method at its own best learning rate from one shared grid.
+each method at its own best learning rate from one shared grid, each ablation at TIS-DPO(D)'s.
 
 The stages talk only through their folders on disk, as a user would run them. Every job is one stage
 with one config (tispipe.studies.jobs): OUT/logs/<job>.yaml repeats it with `tispipe <command> --config`. A
@@ -9,13 +9,17 @@ re-run skips what is finished: estimate and train recognise their own finished r
    trainings use the rest; the validation split chooses the learning rates; the test split only reports;
 1. estimate the token weights once per estimation method (prompt, sft, dpo) on the training pairs, and
    score the test pairs with the same pi+/pi- (held-out weight AUC against the token labels);
-2. the grid: train every method at every lr of --lrs with seed 0 (the same steps and batch for all),
-   and evaluate each lr's models on validation prompts; each method's lr is the one with the highest
-   oracle reward there (pooled over the temperatures; ties to the smaller lr);
+2. the grid: train every method but the ablations at every lr of --lrs with seed 0 (the same steps and
+   batch for all), and evaluate each lr's models on validation prompts; each method's lr is the one with
+   the highest oracle reward there (pooled over the temperatures; ties to the smaller lr). An ablation
+   changes one thing of TIS-DPO(D) and keeps the rest, its lr included (ABLATIONS);
 3. train each method at its chosen lr for --seeds seeds (seed 0 is the grid's run) and evaluate each
    seed on the test split (win rates against that seed's DPO); the TIS-DPO methods also at the lr that keeps
    their validation KL within DPO's (tispipe.studies.kl_matched), in the same evals;
 4. write report.json, results.md and the figures (tispipe.studies.results_page).
+
+Steps 1 and 2 share one queue: each job starts when what it reads is finished (Runner's `after`), so the
+grid's first trainings run while the slower weights are still being built.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     # the "DPO vs reference" estimator: pi+ = the dpo pair's pi+, pi- = the base itself (one trained model)
     ("TIS-DPO(D vs base)", "dpo-vs-base", {"loss": "tisdpo"}),
 ]
+# TIS-DPO(D) with one part changed (paper Table 2): trained at TIS-DPO(D)'s chosen lr, not a grid of their own, so each
+# row differs from the full method in that part alone (for the mean-matched weights: the same mean weight at the same lr
+# is the same effective step, so what is left is the weights' information)
+ABLATIONS = ("TIS-DPO(D) random weights U(L,U)", "TIS-DPO(D) random weights U(0.7,1.3)", "TIS-DPO(D) random weights, mean-matched",
+             "TIS-DPO(D) equal weights", "TIS-DPO(D) without eta")
 # the shards a method can train on: one per estimation method, and pi+ of the dpo pair against the base
 ESTIMATORS = (*ESTIMATION_METHODS, "dpo-vs-base")
 DPO_PAIR_SCORINGS = ("dpo-vs-base",)
@@ -87,7 +96,8 @@ def selected_methods(cfg: ExperimentConfig) -> list[tuple[str, str, dict[str, An
     if unknown:
         raise TispipeError(f"unknown method(s) {', '.join(unknown)}", hint=f"known: {', '.join(known)}")
     # DPO: the win rates compare against it; the generated block trains its methods at their main-table lr
-    needed = ["DPO", *(dict.fromkeys(generated_block.LR_OF.values()) if cfg.generated else [])]
+    needed = ["DPO", *(dict.fromkeys(generated_block.LR_OF.values()) if cfg.generated else []),
+              *(["TIS-DPO(D)"] if set(names) & set(ABLATIONS) else [])]
     names += [n for n in needed if n not in names]
     return [m for m in METHODS if m[0] in names]
 
@@ -178,63 +188,68 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     lrs = learning_rates(cfg)
     started, out = time.time(), Path(cfg.out)
     methods = selected_methods(cfg)
+    gridded = [m for m in methods if m[0] not in ABLATIONS]
     estimators = needed_estimators(methods)
     splits = carve_files(cfg.data, out / "data", cfg.validation_fraction, seed=0)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     runner = Runner(out / "logs", cfg.jobs, cfg.threads)
     shards = lambda method: out / f"weights-{shard_estimator(method, estimators)}"  # noqa: E731
+    train_label = lambda name, lr, seed: f"train-{slug(name)}-lr{lr:g}-seed{seed}"  # noqa: E731
 
-    # 1. weights: one estimate per method on the training pairs; its pi+/pi- then score the test pairs
-    timings: dict[str, float] = {}
-    t0 = time.time()
-    for method in [e for e in estimators if e not in DPO_PAIR_SCORINGS]:
+    # 1. weights: one estimate per method on the training pairs; its pi+/pi- then score the test pairs. The longest
+    #    jobs go first in the queue (the contrasts that train models, the generated block's chain of four).
+    weight_jobs = []
+    for method in sorted((e for e in estimators if e not in DPO_PAIR_SCORINGS), key=lambda e: e == "prompt"):
         runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
-    runner.wait()
-    for method in estimators:
-        if method in DPO_PAIR_SCORINGS:  # they score with the dpo pair's models, built above
-            runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out))
-        runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, out))
+        weight_jobs.append(f"estimate-{method}")
     if cfg.generated:  # the generated-data block's pairs, its preference model and the pairs that ranks, and their weights
-        generated_block.prepare(runner, cfg, out)
-    runner.wait()
-    timings["estimate"] = time.time() - t0
+        weight_jobs += generated_block.prepare(runner, cfg, out)
+    for method in estimators:
+        if method in DPO_PAIR_SCORINGS:  # they score with the dpo pair's models
+            runner.add(f"estimate-{method}", "estimate", estimate_config(cfg, method, out), after=["estimate-dpo"])
+            weight_jobs.append(f"estimate-{method}")
+        runner.add(f"estimate-{method}-test", "estimate", held_out_estimate_config(cfg, method, out), after=[f"estimate-{method}"])
+        weight_jobs.append(f"estimate-{method}-test")
 
-    # 2. the lr grid with seed 0, each lr's models evaluated on validation prompts while the next lr trains
-    t0 = time.time()
+    # 2. the lr grid with seed 0: each training once its shards are built, each lr's eval once its models are
     for lr in lrs:
-        for method in methods:
-            runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed0", "train", train_config(cfg, method, lr, 0, shards(method), model_dir(out, method[0], lr, 0)))
-        runner.wait()
-        models = [model_dir(out, name, lr, 0) for name, _, _ in methods]
+        for method in gridded:
+            runner.add(train_label(method[0], lr, 0), "train", train_config(cfg, method, lr, 0, shards(method), model_dir(out, method[0], lr, 0)),
+                       after=[f"estimate-{shard_estimator(method, estimators)}"])
+        models = [model_dir(out, name, lr, 0) for name, _, _ in gridded]
         runner.add(f"eval-validation-lr{lr:g}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", lr, 0), 0, validation_dir(out, lr), "validation"),
-                   skip_if_done=validation_dir(out, lr))
+                   skip_if_done=validation_dir(out, lr), after=[train_label(name, lr, 0) for name, _, _ in gridded])
     runner.wait()
-    grid = grid_metrics(cfg, methods, lrs)
-    chosen = {name: choose_lr(grid[name], cfg.select_by) for name, _, _ in methods}
+    timings = {"weights_done": max(runner.finished[label] for label in weight_jobs) - started, "grid_done": time.time() - started}
+    grid = grid_metrics(cfg, gridded, lrs)
+    chosen = {name: choose_lr(grid[name], cfg.select_by) for name, _, _ in gridded}
+    chosen |= {name: chosen["TIS-DPO(D)"] for name, _, _ in methods if name in ABLATIONS}
     say("chosen on validation: " + ", ".join(f"{name} {lr:g}" for name, lr in chosen.items()))
     matched = kl_matched.matched_lrs(grid, chosen, cfg.select_by)
     if matched:
         say("within DPO's validation KL: " + ", ".join(f"{name} {'none' if lr is None else f'{lr:g}'}" for name, lr in matched.items()))
     extra = {name: lr for name, lr in matched.items() if lr is not None and lr != chosen[name]}  # models the main table does not train
-    timings["grid"] = time.time() - t0
 
     # 3. every method at its chosen lr over the seeds, one test eval per seed with all methods side by side
     t0 = time.time()
     for seed in range(cfg.seeds):
-        for method, lr in [(m, chosen[m[0]]) for m in methods] + [(m, extra[m[0]]) for m in methods if m[0] in extra]:
-            runner.add(f"train-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
-        for method in generated_block.METHODS if cfg.generated else []:
-            lr = generated_block.lr(method[0], chosen)
-            model = generated_block.model_dir(out, method[0], lr, seed)
-            runner.add(f"train-generated-{slug(method[0])}-lr{lr:g}-seed{seed}", "train", train_config(cfg, method, lr, seed, generated_block.weights_dir(out, method[1]), model))
-        runner.wait()
+        trainings = [(m, chosen[m[0]]) for m in methods] + [(m, extra[m[0]]) for m in methods if m[0] in extra]
+        for method, lr in trainings:
+            runner.add(train_label(method[0], lr, seed), "train", train_config(cfg, method, lr, seed, shards(method), model_dir(out, method[0], lr, seed)))
         models = [model_dir(out, name, chosen[name], seed) for name, _, _ in methods] + [model_dir(out, name, lr, seed) for name, lr in extra.items()]
         test_dir = out / "eval" / f"seed-{seed}"
-        runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", chosen["DPO"], seed), seed, test_dir, "test"), skip_if_done=test_dir)
+        runner.add(f"eval-seed{seed}", "evaluate", eval_config(cfg, models, model_dir(out, "DPO", chosen["DPO"], seed), seed, test_dir, "test"),
+                   skip_if_done=test_dir, after=[train_label(m[0], lr, seed) for m, lr in trainings])
         if cfg.generated:
+            labels = []
+            for method in generated_block.METHODS:
+                lr = generated_block.lr(method[0], chosen)
+                labels.append(f"train-generated-{slug(method[0])}-lr{lr:g}-seed{seed}")
+                runner.add(labels[-1], "train", train_config(cfg, method, lr, seed, generated_block.weights_dir(out, method[1]),
+                                                             generated_block.model_dir(out, method[0], lr, seed)))
             models = [generated_block.model_dir(out, name, generated_block.lr(name, chosen), seed) for name, _, _ in generated_block.METHODS]
             evaluation = eval_config(cfg, models, generated_block.model_dir(out, "DPO", chosen["DPO"], seed), seed, out / "eval" / f"generated-seed-{seed}", "test")
-            runner.add(f"eval-generated-seed{seed}", "evaluate", evaluation, skip_if_done=out / "eval" / f"generated-seed-{seed}")
+            runner.add(f"eval-generated-seed{seed}", "evaluate", evaluation, skip_if_done=out / "eval" / f"generated-seed-{seed}", after=labels)
     runner.finish()
     timings["seeds"] = time.time() - t0
     timings["total"] = time.time() - started

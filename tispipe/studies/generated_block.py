@@ -94,18 +94,16 @@ def estimate_config(cfg: ExperimentConfig, estimate: str, out: Path) -> Estimate
     return EstimateConfig(data=str(out / "generated" / pairs), model=cfg.base, method=method, out=str(weights_dir(out, estimate)))
 
 
-def prepare(runner, cfg: ExperimentConfig, out: Path) -> None:
-    """The block's jobs before training, in order: the contrast-prompt pairs; the preference model on them and their
-    weights; the pairs the preference model ranks; their reference log-probs."""
+def prepare(runner, cfg: ExperimentConfig, out: Path) -> list[str]:
+    """Queue the block's jobs before training, each after what it reads: the contrast-prompt pairs; the preference
+    model on them and their weights; the pairs the preference model ranks; their reference log-probs. Returns the labels."""
     runner.add("generate-pairs", "generate", generate_config(cfg, out))
-    runner.wait()
-    runner.add("reward-model-generated", "reward-model", reward_model_config(cfg, out))
+    runner.add("reward-model-generated", "reward-model", reward_model_config(cfg, out), after=["generate-pairs"])
+    runner.add("generate-ranked", "generate", ranked_config(cfg, out), after=["reward-model-generated"])
     for estimate in ("prompt", "dpo"):
-        runner.add(f"estimate-generated-{estimate}", "estimate", estimate_config(cfg, estimate, out))
-    runner.wait()
-    runner.add("generate-ranked", "generate", ranked_config(cfg, out))
-    runner.wait()
-    runner.add("estimate-generated-ranked", "estimate", estimate_config(cfg, "ranked", out))
+        runner.add(f"estimate-generated-{estimate}", "estimate", estimate_config(cfg, estimate, out), after=["generate-pairs"])
+    runner.add("estimate-generated-ranked", "estimate", estimate_config(cfg, "ranked", out), after=["generate-ranked"])
+    return ["generate-pairs", "reward-model-generated", "generate-ranked", "estimate-generated-prompt", "estimate-generated-dpo", "estimate-generated-ranked"]
 
 
 def label_noise(folder: Path) -> dict[str, Any]:

@@ -69,20 +69,30 @@ class Runner:
     """Runs stages, at most `jobs` at a time, each logging to its own file; any failure stops the study.
 
     A job is (label, stage module, config). Its config goes to LOGS/<label>.yaml first (`tispipe <command>
-    --config LOGS/<label>.yaml` repeats it). One job at a time runs in this process; more run in a pool of
-    `jobs` worker processes that live as long as the study, so Python, torch and transformers are imported
-    once per worker, not once per job. The same settings and checks either way (`run_job`).
+    --config LOGS/<label>.yaml` repeats it). One job at a time runs in this process, in the order added; more
+    run in a pool of `jobs` worker processes that live as long as the study, so Python, torch and
+    transformers are imported once per worker, not once per job. The same settings and checks either way
+    (`run_job`).
+
+    A job may name the jobs it needs (`after`): it waits in the queue until they have finished, and a free
+    worker takes the first job of the queue whose needs are met, so no worker idles while anything can run.
     """
 
     def __init__(self, logs: Path, jobs: int, threads: int):
         self.logs, self.jobs, self.threads = logs, jobs, threads
         self.running: list[tuple[str, Any, float]] = []  # (label, future, start time)
+        self.queued: list[tuple[str, str, Any, tuple[str, ...]]] = []  # (label, stage, config, the labels it needs)
+        self.finished: dict[str, float] = {}  # label -> when it finished (time.time())
         self.commands: list[str] = []
         self.done_markers: dict[str, tuple[Path, dict[str, Any]]] = {}
         self.pool = None
 
-    def add(self, label: str, stage: str, cfg: Any, skip_if_done: Path | None = None) -> None:
-        """Run the stage on `cfg`; with skip_if_done, not when that folder records a finished run of the same config."""
+    def add(self, label: str, stage: str, cfg: Any, skip_if_done: Path | None = None, after: tuple[str, ...] | list[str] = ()) -> None:
+        """Run the stage on `cfg` once the jobs labelled `after` have finished; with skip_if_done, not when that folder
+        records a finished run of the same config."""
+        known = {*self.finished, *(item[0] for item in self.running), *(item[0] for item in self.queued)}
+        if unknown := [need for need in after if need not in known]:
+            raise ValueError(f"{label} needs jobs never added: {', '.join(unknown)}")
         config_file = self.logs / f"{label}.yaml"
         write_config(cfg, config_file)
         self.commands.append("tispipe " + shlex.join([COMMANDS[stage], "--config", str(config_file)]))
@@ -90,24 +100,34 @@ class Runner:
             done, settings = skip_if_done / "experiment-config.json", config_dict(cfg)
             if done.is_file() and json.loads(done.read_text(encoding="utf-8")) == settings:
                 say(f"skip  {label} (done)")
+                self.finished[label] = time.time()
                 return
             self.done_markers[label] = (done, settings)
-        if self.jobs == 1:
+        if self.jobs == 1:  # jobs run in the order added, so whatever a job needs has run before it
             say(f"start {label}")
             started = time.time()
             self._finished(label, run_job(self.logs, label, stage, cfg, self.threads), started)
             return
-        while len(self.running) >= self.jobs:
-            self._reap()
-        if self.pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+        self.queued.append((label, stage, cfg, tuple(after)))
+        self._start_ready()
 
-            # spawn, not fork: a forked child of a process that has run torch's thread pools can hang
-            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                                            initargs=(self.threads,))
-        say(f"start {label}")
-        self.running.append((label, self.pool.submit(run_job, self.logs, label, stage, cfg, self.threads), time.time()))
+    def _start_ready(self) -> None:
+        """Give each free worker the first queued job whose needs have finished."""
+        while len(self.running) < self.jobs:
+            ready = next((item for item in self.queued if all(need in self.finished for need in item[3])), None)
+            if ready is None:
+                return
+            self.queued.remove(ready)
+            label, stage, cfg, _ = ready
+            if self.pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                # spawn, not fork: a forked child of a process that has run torch's thread pools can hang
+                self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                                initargs=(self.threads,))
+            say(f"start {label}")
+            self.running.append((label, self.pool.submit(run_job, self.logs, label, stage, cfg, self.threads), time.time()))
 
     def _finished(self, label: str, code: int, started: float) -> None:
         if code != 0:
@@ -117,12 +137,14 @@ class Runner:
         if label in self.done_markers:
             path, settings = self.done_markers.pop(label)
             atomic_write_json(path, settings)
+        self.finished[label] = time.time()
         say(f"done  {label} ({time.time() - started:.0f}s)")
 
     def wait(self) -> None:
-        """Until every job started has finished."""
+        """Until every job added has finished."""
         while self.running:
             self._reap()
+            self._start_ready()
 
     def finish(self) -> None:
         """Wait for the last jobs, then stop the workers."""
@@ -130,14 +152,14 @@ class Runner:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers (the running jobs with them)."""
+        """Stop the workers (the running jobs with them) and forget the queued jobs."""
         if self.pool is not None:
             # the executor has no public way to stop a running job; its worker processes are the only handle
             for process in list(getattr(self.pool, "_processes", {}).values()):
                 process.terminate()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
-        self.running = []
+        self.running, self.queued = [], []
 
     def _reap(self) -> None:
         """Wait for the first running job to finish and record it."""

@@ -136,6 +136,7 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         f"{budget['train_pairs']} training pairs) at every learning rate of one grid ({', '.join(f'{lr:g}' for lr in budget['lrs'])}) with seed 0. "
         f"Each method's lr is the one whose model has the highest {select_by} on {budget['validation_pairs']} validation pairs ({validation}; "
         "oracle reward pooled over the temperatures; ties to the smaller lr); the test split plays no part in the choice. "
+        + at_full_methods_lr(report) +
         f"Each method is then trained at its own lr with {budget['seeds']} seed(s) (0..{budget['seeds'] - 1}; the seed sets the data order, "
         f"random weights and sampling) and evaluated on the test split ({ev['test_pairs']} pairs for accuracy and KL; "
         f"{ev['num_prompts']} prompts sampled at T = {ev['temperatures']}, {ev['max_new_tokens']} new tokens at most). "
@@ -159,13 +160,31 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         "## How this was run",
         f"```\n{report['command'] or 'tispipe experiment (called from Python)'}\n```",
         f"Machine: {machine['cpu_cores']} CPU cores, torch {machine['torch']}, Python {machine['python']} ({machine['platform']}). "
-        f"Wall time {timing['total'] / 60:.1f} min (weights {timing['estimate'] / 60:.1f}, lr grid {timing['grid'] / 60:.1f}, seeds "
-        f"{timing['seeds'] / 60:.1f}); the commands it ran are listed in report.json (`commands`) and their logs are in OUT/logs.",
+        f"Wall time {timing['total'] / 60:.1f} min ({wall_parts(timing)}); the commands it ran are listed in report.json (`commands`) "
+        "and their logs are in OUT/logs.",
     ]
     matched = "\n\n" + render_kl_matched(report["kl_matched"]) + "\n" if report.get("kl_matched") else ""
     generated = "\n\n" + render_generated(report["generated"]) + "\n" if report.get("generated") else ""
     return ("\n\n".join(parts) + "\n\n## What the numbers say\n\n" + verdict(report, order) + "\n\n" + grid_table(report, order) + "\n"
             + matched + generated)
+
+
+def at_full_methods_lr(report: dict[str, Any]) -> str:
+    """The protocol's sentence on the ablations trained without a grid of their own (empty when there are none)."""
+    ungridded = [n for n in ablation_names(list(report["methods"])) if n != "TIS-DPO(D)" and n not in report.get("grid", {})]
+    if not ungridded:
+        return ""
+    return (f"The {len(ungridded)} ablations of TIS-DPO(D) have no grid of their own: each trains at TIS-DPO(D)'s chosen lr, so it differs "
+            "from the full method in one part only (for the mean-matched random weights: the same mean weight at the same lr, the same "
+            "effective step). ")
+
+
+def wall_parts(timing: dict[str, float]) -> str:
+    """Where the wall time went: the weights and the grid share one queue, so their times are since the start."""
+    if "grid_done" in timing:
+        return (f"weights done after {timing['weights_done'] / 60:.1f}, lr grid after {timing['grid_done'] / 60:.1f}; "
+                f"the grid's trainings start as their weights are done; then seeds {timing['seeds'] / 60:.1f}")
+    return f"weights {timing['estimate'] / 60:.1f}, lr grid {timing['grid'] / 60:.1f}, seeds {timing['seeds'] / 60:.1f}"  # reports written before the queue
 
 
 def _interval(entry: dict[str, Any]) -> tuple[float, float]:
