@@ -53,7 +53,7 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("TIS-DPO(D) random weights U(L,U)", "dpo", {"loss": "tisdpo", "weighting": "random"}),
     # the authors' code draws U(0.7, 1.3) instead: both are reported
     ("TIS-DPO(D) random weights U(0.7,1.3)", "dpo", {"loss": "tisdpo", "weighting": "random", "lower": 0.7, "upper": 1.3}),
-    # U(L,U) shifted to each side's mean estimated weight: the same mean (so the same effective step) without the information
+    # U(L,U) shifted to each side's mean estimated weight: the same mean weight without the information
     ("TIS-DPO(D) random weights, mean-matched", "dpo", {"loss": "tisdpo", "weighting": "random-matched"}),
     ("TIS-DPO(D) equal weights", "dpo", {"loss": "tisdpo", "weighting": "equal"}),
     ("TIS-DPO(D) without eta", "dpo", {"loss": "tisdpo", "eta_coef": 0.0}),
@@ -64,8 +64,7 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("TIS-DPO(D vs base)", "dpo-vs-base", {"loss": "tisdpo"}),
 ]
 # TIS-DPO(D) with one part changed (paper Table 2): trained at TIS-DPO(D)'s chosen lr, not a grid of their own, so each
-# row differs from the full method in that part alone (for the mean-matched weights: the same mean weight at the same lr
-# is the same effective step, so what is left is the weights' information)
+# row differs from the full method in that part alone (the mean-matched weights: the same mean weight at the same lr)
 ABLATIONS = ("TIS-DPO(D) random weights U(L,U)", "TIS-DPO(D) random weights U(0.7,1.3)", "TIS-DPO(D) random weights, mean-matched",
              "TIS-DPO(D) equal weights", "TIS-DPO(D) without eta")
 # the shards a method can train on: one per estimation method, and pi+ of the dpo pair against the base

@@ -175,8 +175,7 @@ def at_full_methods_lr(report: dict[str, Any]) -> str:
     if not ungridded:
         return ""
     return (f"The {len(ungridded)} ablations of TIS-DPO(D) have no grid of their own: each trains at TIS-DPO(D)'s chosen lr, so it differs "
-            "from the full method in one part only (for the mean-matched random weights: the same mean weight at the same lr, the same "
-            "effective step). ")
+            "from the full method in one part only (the mean-matched random weights: the same mean weight at the same lr). ")
 
 
 def wall_parts(timing: dict[str, float]) -> str:
@@ -289,7 +288,7 @@ def edge_notes(report: dict[str, Any], names: list[str], lrs: list[float]) -> li
 def render_kl_matched(block: dict[str, Any]) -> str:
     """The KL-matched section (tispipe.studies.kl_matched): the budget, the table and a sentence per method."""
     budget, rows = block["kl_budget"], block["methods"]
-    names = [n for n in rows if n != "DPO"]
+    names = sorted((n for n in rows if n != "DPO"), key=lambda n: (MAIN_TABLE.index(n) if n in MAIN_TABLE else len(MAIN_TABLE), n))  # report.json sorts its keys
     lines = [
         "### At matched KL",
         f"The main table lets each method move as far from the base as its best lr takes it. Here each TIS-DPO method trains at the lr "
@@ -374,5 +373,6 @@ def write_figures(report: dict[str, Any], folder: Path) -> None:
     groups = [("Comparison (paper Table 1)", [n for n in MAIN_TABLE if n in present]),
               ("Ablations of TIS-DPO(D) (paper Table 2)", [n for n in ablation_names(present) if n in present]),
               ("Other weights from the same contrast", [n for n in TRANSFORM_TABLE if n in present])]
-    figures.lr_grid_figure(report["grid"], report["methods"], [g for g in groups if g[1]], folder / "results-lr.png")
+    panels = [groups[0], *(g for g in groups[1:] if len(g[1]) > 1)]  # a side panel needs a row besides TIS-DPO(D) (DPO is always run)
+    figures.lr_grid_figure(report["grid"], report["methods"], panels, folder / "results-lr.png")
     figures.frontier_figure(report["grid"], report["methods"], list(dict.fromkeys(n for _, names in groups for n in names)), folder / "results-frontier.png")
