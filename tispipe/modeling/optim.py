@@ -10,11 +10,15 @@ from tispipe.configs import TrainConfig
 
 
 def make_optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
-    """AdamW or RMSprop (--optimizer) over the trainable parameters, at the peak lr."""
+    """AdamW or RMSprop (--optimizer) over the trainable parameters, at the peak lr.
+
+    AdamW is torch's fused kernel (as transformers' Trainer uses by default): one pass over each parameter's
+    state instead of a chain of elementwise ops. On SmolLM2's 134.5M parameters it steps in 0.044 s against
+    0.45-0.53 s for the default (bench/README.md); the update is the same up to float rounding."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str, floor: float = 0.0) -> float:
