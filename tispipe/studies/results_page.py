@@ -136,7 +136,7 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
         f"{budget['train_pairs']} training pairs) at every learning rate of one grid ({', '.join(f'{lr:g}' for lr in budget['lrs'])}) with seed 0. "
         f"Each method's lr is the one whose model has the highest {select_by} on {budget['validation_pairs']} validation pairs ({validation}; "
         "oracle reward pooled over the temperatures; ties to the smaller lr); the test split plays no part in the choice. "
-        + at_full_methods_lr(report) +
+        + ablation_protocol(report) +
         f"Each method is then trained at its own lr with {budget['seeds']} seed(s) (0..{budget['seeds'] - 1}; the seed sets the data order, "
         f"random weights and sampling) and evaluated on the test split ({ev['test_pairs']} pairs for accuracy and KL; "
         f"{ev['num_prompts']} prompts sampled at T = {ev['temperatures']}, {ev['max_new_tokens']} new tokens at most). "
@@ -169,7 +169,7 @@ def render(report: dict[str, Any], order: list[str], estimators: list[str]) -> s
             + matched + generated)
 
 
-def at_full_methods_lr(report: dict[str, Any]) -> str:
+def ablation_protocol(report: dict[str, Any]) -> str:
     """The protocol's sentence on the ablations trained without a grid of their own (empty when there are none)."""
     ungridded = [n for n in ablation_names(list(report["methods"])) if n != "TIS-DPO(D)" and n not in report.get("grid", {})]
     if not ungridded:
