@@ -66,3 +66,48 @@ def test_a_shard_folder_moved_away_from_its_base_model_still_reads_as_text(tmp_p
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("Note:")]
     assert len(notes) == 1 and "tokens are shown as ids: no tokenizer loads here" in notes[0], result.output
+
+
+def _row(side, ids, weights, logratio, labels):
+    return {f"{side}_ids": ids, f"{side}_weights": weights, f"{side}_logratio": logratio, f"{side}_labels": labels}
+
+
+def test_top_tokens_counts_the_most_weighted_share_by_label_and_names_the_unlabelled_ones():
+    from tispipe.estimate.top_tokens import top_tokens
+
+    rows = [_row("chosen", [7, 8, 9, 10], [3.0, 1.0, 0.5, 2.0], [1.1, 0.0, -0.7, 0.7], [1, 0, 0, 0]),
+            _row("chosen", [11, 12], [2.5, 0.9], [0.9, -0.1], [0, -1])]
+    top = top_tokens("chosen", rows, 0.5)  # 3 of 6 tokens: weights 3.0 (helpful), 2.5 (first of its row), 2.0
+    assert (top.tokens, top.top, top.decisive, top.opposite, top.unlabelled, top.unlabelled_first) == (6, 3, 1, 0, 2, 1)
+    assert top.unlabelled_ids == {11: 1, 10: 1}
+    everything = top_tokens("chosen", rows, 1.0)
+    assert (everything.decisive, everything.opposite, everything.unlabelled) == (1, 1, 4)
+
+
+def test_top_tokens_break_ties_at_the_clamp_by_the_sides_log_ratio():
+    from tispipe.estimate.top_tokens import top_tokens
+
+    # every rejected weight at the clamp's bound: the most negative r_t ranks first (Eq. 19 before the clamp)
+    rows = [_row("rejected", [1, 2, 3, 4], [1.65] * 4, [-3.0, -0.6, -1.0, -0.7], [0, -1, 0, -1])]
+    assert top_tokens("rejected", rows, 0.25).unlabelled_ids == {1: 1}
+    two = top_tokens("rejected", rows, 0.5)
+    assert (two.decisive, two.unlabelled, two.unlabelled_ids) == (0, 2, {1: 1, 3: 1})
+    assert top_tokens("rejected", rows, 0.75).decisive == 1
+
+
+def test_top_tokens_without_labels_count_everything_as_unlabelled():
+    from tispipe.estimate.top_tokens import top_tokens
+
+    top = top_tokens("chosen", [_row("chosen", [5, 6], [1.2, 0.8], [0.2, -0.2], None)], 0.5)
+    assert (top.decisive, top.opposite, top.unlabelled, top.unlabelled_ids) == (None, None, 1, {5: 1})
+
+
+def test_inspect_top_tokens_prints_both_sides_and_refuses_a_share_above_one(tmp_path, make_tiny_llama):
+    from conftest import invoke_cli, prompt_estimate
+
+    prompt_estimate(tmp_path, make_tiny_llama)
+    result = invoke_cli("inspect", tmp_path / "weights", "--top-tokens", "0.2")
+    assert result.exit_code == 0, result.output
+    assert "tokens with the highest weights" in result.output and "Commonest unlabelled, rejected:" in result.output
+    result = invoke_cli("inspect", tmp_path / "weights", "--top-tokens", "1.5")
+    assert result.exit_code == 1 and "--top-tokens" in result.output.splitlines()[0], result.output

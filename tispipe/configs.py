@@ -232,6 +232,7 @@ class InspectConfig:
     pair: int = option(0, "Index (in data order) of the pair to show in the terminal.", panel=DATA)
     html: str | None = option(None, "Also write a standalone HTML page of many pairs to this file.", panel=IO)
     html_pairs: int = option(50, "Pairs on the HTML page (from --pair on).", panel=DATA)
+    top_tokens: float | None = option(None, "Also count each side's most-weighted tokens, this share of them (e.g. 0.1), by label, and name the commonest unlabelled ones.", panel=DATA)
 
 
 @dataclass(kw_only=True)

@@ -21,12 +21,12 @@ AT_LEAST_ONE = ("seeds", "jobs", "batch_size", "num_samples", "max_new_tokens", 
                 "max_length", "max_prompt_length", "hidden_size", "num_layers", "num_heads", "contrast_batch_size", "max_steps", "limit",
                 "eval_limit", "pairs", "shuffle_buffer")
 POSITIVE = ("lr", "beta", "k", "contrast_lr", "contrast_epochs", "contrast_beta", "epochs", "lora_alpha", "validation_fraction", "eval_fraction",
-            "top_fraction", "top_p")
+            "top_fraction", "top_p", "top_tokens")
 NON_NEGATIVE = ("threads", "lora_r", "eval_every", "save_every", "warmup_steps", "num_prompts", "pair", "test_pairs", "weight_decay", "max_grad_norm",
                 "lora_dropout", "eta_coef", "temperature", "length_group_steps", "alpha", "floor")
 # upper bounds: (value must be below, or at most, this)
 BELOW = {"validation_fraction": 1.0, "eval_fraction": 1.0, "lora_dropout": 1.0}
-AT_MOST = {"top_fraction": 1.0, "top_p": 1.0}
+AT_MOST = {"top_fraction": 1.0, "top_p": 1.0, "top_tokens": 1.0}
 # comma-separated numbers: (smallest allowed, whether the smallest itself is allowed)
 NUMBER_LISTS = {"lrs": (0.0, False), "temperatures": (0.0, True)}
 

@@ -47,6 +47,8 @@ def run(cfg: InspectConfig) -> None:
 
         atomic_write_text(cfg.html, page)
         log_console().print(f"Wrote {len(rows)} pairs to {cfg.html}")
+    if cfg.top_tokens:
+        show_top_tokens(read_rows(Path(cfg.folder), manifest, 0, total, vocab_size), cfg.top_tokens, tokenizer, result_console())
 
 
 def read_rows(folder: Path, manifest: dict[str, Any], start: int, count: int, vocab_size: int | None = None) -> Iterator[dict[str, Any]]:
@@ -130,6 +132,33 @@ def show_pair(row: dict[str, Any], tokenizer, scale: float, console) -> None:
         console.print(text)
         weights = row[f"{side}_weights"]
         console.print(f"  [dim]{len(weights)} tokens, weight min {min(weights):.3f} mean {sum(weights) / len(weights):.3f} max {max(weights):.3f}[/dim]")
+
+
+def show_top_tokens(rows: Iterator[dict[str, Any]], share: float, tokenizer, console) -> None:
+    """`--top-tokens`: per side, what the highest weights land on (tispipe.estimate.top_tokens)."""
+    from rich.table import Table
+
+    from tispipe.artifacts.weight_quality import DECISIVE_NAME, OPPOSITE_NAME
+    from tispipe.estimate.top_tokens import top_tokens
+
+    rows = list(rows)
+    tops = {side: top_tokens(side, rows, share) for side in ("chosen", "rejected")}
+    console.print(f"[bold]The {share:.0%} of each side's tokens with the highest weights[/bold]", highlight=False)
+    table = Table()
+    table.add_column("")
+    for side in tops:
+        table.add_column(side, justify="right")
+    labelled = lambda count, name: "-" if count is None else f"{count} {name}"  # noqa: E731
+    table.add_row("tokens", *(str(t.tokens) for t in tops.values()))
+    table.add_row("counted", *(str(t.top) for t in tops.values()))
+    table.add_row("labelled decisive", *(labelled(t.decisive, DECISIVE_NAME[side]) for side, t in tops.items()))
+    table.add_row("labelled opposite", *(labelled(t.opposite, OPPOSITE_NAME[side]) for side, t in tops.items()))
+    table.add_row("unlabelled", *(str(t.unlabelled) for t in tops.values()))
+    table.add_row("  a response's first", *(str(t.unlabelled_first) for t in tops.values()))
+    console.print(table)
+    for side, top in tops.items():
+        common = ", ".join(f"{token_texts(tokenizer, [token])[0]!r} {count}" for token, count in top.unlabelled_ids.most_common(8))
+        console.print(f"Commonest unlabelled, {side}: {common or '-'}", soft_wrap=False, highlight=False)
 
 
 def _side_html(row: dict[str, Any], side: str, tokenizer, scale: float) -> str:
