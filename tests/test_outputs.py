@@ -157,3 +157,23 @@ def test_what_tispipe_saves_has_the_umask_modes(runs, tmp_path):
     assert modes["model.safetensors"] == 0o644 and modes["checkpoints/step-1/model.safetensors"] == 0o644
     assert {mode for path, mode in modes.items() if (out / path).is_dir()} == {0o755}
     assert {mode for path, mode in modes.items() if (out / path).is_file()} == {0o644}
+
+
+def test_the_studies_share_a_results_folder_and_nothing_else_writes_into_it(tmp_path):
+    from tispipe.artifacts.outputs import check_outputs
+    from tispipe.configs import ContrastStudyConfig, TrainConfig, WeightStudyConfig
+    from tispipe.errors import TispipeError
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text("# an experiment's results\n")  # `tispipe experiment --results docs` wrote here
+    check_outputs("weight-study", WeightStudyConfig(out=str(tmp_path / "ws"), results=str(docs)))
+    (docs / "weights.md").write_text("# a weight study's table\n")
+    check_outputs("contrast-study", ContrastStudyConfig(out=str(tmp_path / "cs"), results=str(docs)))
+    with pytest.raises(TispipeError, match="holds a `tispipe experiment` run"):  # a study's results are not another run's --out
+        check_outputs("train", TrainConfig(shards=str(tmp_path / "w"), model=str(tmp_path / "m"), out=str(docs)))
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("# an eval report\n")
+    with pytest.raises(TispipeError, match="holds a `tispipe eval` run"):
+        check_outputs("weight-study", WeightStudyConfig(out=str(tmp_path / "ws"), results=str(report)))

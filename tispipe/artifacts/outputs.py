@@ -10,6 +10,9 @@ Each command's outputs (`--out`, `--html`, `--results`) are compared with its in
   only what it made itself (`--overwrite` and `--resume` only ever apply to a run of the same command);
 - is an existing file that the command did not write (`inspect --html` replaces only its own pages).
 
+The studies' `--results` folders are the exception: experiment, contrast-study and weight-study write files of
+their own names there, so one data set's docs folder (docs/real-paradetox) holds the results of each.
+
 A run folder is recognised by the files its command writes (`run_kind`): a marker file only that command
 writes (estimate-state.json, train_info.json, ...), else the keys of the config.yaml (or checkpoint) it
 recorded, else a model's config.json with weights. `tispipe.cli` calls `check_outputs` for every command
@@ -161,6 +164,8 @@ def _check_own_folder(command: str, option: str, path: Path, value: str, field: 
     kind = run_kind(path)
     if kind == command:
         return  # the stage's own rules (--resume, --overwrite) apply
+    if field == "results" and command in STUDIES and kind in STUDIES:
+        return  # the studies' results have names of their own (results.*, weights.*, contrast-study.*): one data set's docs folder holds them all
     if kind is not None:
         raise TispipeError(f"{option} {value} holds {_describe(kind)}, not a `tispipe {command}` run; refusing to write into it",
                            hint=f"choose another {option}: a command replaces only what it wrote itself")
