@@ -143,7 +143,7 @@ def show_top_tokens(rows: Iterator[dict[str, Any]], share: float, tokenizer, con
 
     rows = list(rows)
     tops = {side: top_tokens(side, rows, share) for side in ("chosen", "rejected")}
-    console.print(f"[bold]The {share:.0%} of each side's tokens with the highest weights[/bold]", highlight=False)
+    console.print(f"[bold]The {share * 100:g}% of each side's tokens with the highest weights[/bold]", highlight=False)
     table = Table()
     table.add_column("")
     for side in tops:

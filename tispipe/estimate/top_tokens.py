@@ -1,4 +1,4 @@
-"""`tispipe inspect --top SHARE`: which tokens a run weights most, and how many of them carry the side's label.
+"""`tispipe inspect --top-tokens SHARE`: which tokens a run weights most, and how many of them carry the side's label.
 
 An AUC (tispipe.artifacts.weight_quality) says how well the weights rank labelled tokens; this says what the
 highest weights land on instead. Per side, the SHARE of its tokens with the highest w_t are counted by label
