@@ -148,6 +148,20 @@ def test_rank_transform_and_k(data_file, base_dir, workdir):
         np.testing.assert_allclose(row["chosen_weights"], 2.0 * np.exp(np.clip(r, -0.1, 0.1)), rtol=1e-6)
 
 
+def test_the_manifest_counts_the_weights_at_the_clamp_and_the_run_warns_when_most_are(data_file, base_dir, workdir, capsys):
+    out = workdir / "narrow-clamp"
+    run(config(data_file, base_dir, out, method="prompt", lower=-1e-4, upper=1e-4, limit=4))
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = read_rows(out)
+    for side in ("chosen", "rejected"):
+        w = np.concatenate([np.asarray(row[f"{side}_weights"], dtype=np.float64) for row in rows])
+        stats = manifest["weights"][side]
+        assert (stats["at_min"], stats["at_max"]) == (np.mean(w == w.min()), np.mean(w == w.max()))
+        assert stats["at_min"] + stats["at_max"] > 0.9  # a window of 2e-4 nats holds almost no r_t
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Warning:" in err and "have a weight at a clamp bound (r_t outside [-0.0001, 0.0001]" in err
+
+
 def test_token_labels_mark_the_spans(runs, base_dir):
     from transformers import AutoTokenizer
 

@@ -50,6 +50,18 @@ def test_moments_merged_chunk_by_chunk_are_the_whole_arrays():
     assert (moments.low, moments.high) == (float(exact.min()), float(exact.max()))
 
 
+def test_moments_count_the_values_at_the_min_and_max_across_chunks():
+    # clamped weights: many values share each bound; a later chunk lowers the min past earlier ties
+    rng = np.random.default_rng(1)
+    values = np.clip(rng.normal(size=5_000), -0.5, 1.5).astype(np.float32)
+    values[4_990:] = -0.75  # the true min, only in the last chunk
+    moments = Moments()
+    for chunk in np.array_split(values, 23):
+        moments.add(chunk)
+    assert (moments.at_low, moments.at_high) == (10, int((values == values.max()).sum()))
+    assert moments.at_high > 300
+
+
 def test_auc_is_the_exact_rank_statistic_when_no_two_distinct_values_share_a_bin():
     rng = random.Random(0)
     for _ in range(50):

@@ -143,11 +143,13 @@ def read_statistics(folder: str | Path, entries: list[dict[str, Any]], columns: 
 
 
 def summary(moments: Moments, histogram: ClassHistogram) -> dict[str, Any]:
-    """count, mean, std, min and max (exact) and QUANTILES (to one histogram bin) of one column."""
+    """count, mean, std, min and max (exact), the shares of values equal to the min and to the max (exact: where a
+    clamp binds, many tokens share its bound's weight) and QUANTILES (to one histogram bin) of one column."""
     if moments.count == 0:
         return {"count": 0}
     return {
         "count": moments.count, "mean": moments.mean, "std": moments.std(), "min": moments.low, "max": moments.high,
+        "at_min": moments.at_low / moments.count, "at_max": moments.at_high / moments.count,
         "quantiles": {str(q): histogram.quantile(q) for q in QUANTILES},
     }
 

@@ -55,6 +55,8 @@ class Moments:
     m2: float = 0.0  # sum of squared deviations from the mean
     low: float = float("inf")
     high: float = float("-inf")
+    at_low: int = 0  # how many values equal `low` (a clamp's bound gives many the same value)
+    at_high: int = 0
 
     def add(self, values: np.ndarray) -> None:
         if values.size == 0:
@@ -68,7 +70,11 @@ class Moments:
         self.m2 += m2 + delta * delta * self.count * n / total
         self.mean += delta * n / total
         self.count = total
-        self.low, self.high = min(self.low, float(v.min())), max(self.high, float(v.max()))
+        low, high = float(v.min()), float(v.max())
+        at_low, at_high = int((v == low).sum()), int((v == high).sum())
+        self.at_low = at_low if low < self.low else self.at_low + at_low * (low == self.low)
+        self.at_high = at_high if high > self.high else self.at_high + at_high * (high == self.high)
+        self.low, self.high = min(self.low, low), max(self.high, high)
 
     def std(self) -> float:
         return (self.m2 / self.count) ** 0.5 if self.count else float("nan")

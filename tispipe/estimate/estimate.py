@@ -43,6 +43,7 @@ from tispipe.errors import TispipeError
 from tispipe.estimate.output import RUN_LOG, TOKENIZER_DIR, already_done, check_scorers, claim_out, recorded_shards
 from tispipe.estimate.pairs import all_pairs, shard_chunks, survey
 from tispipe.estimate.score import Scorer, write_shards
+from tispipe.estimate.weight_checks import weight_warnings
 from tispipe.modeling import distributed
 
 
@@ -297,6 +298,9 @@ def print_summary(manifest: dict[str, Any], timings: dict[str, Any] | None, cons
         table.add_row(f"weight {name}", *(f"{manifest['weights'][s].get(name, float('nan')):.4f}" for s in ("chosen", "rejected")))
     for q in ("0.05", "0.5", "0.95"):
         table.add_row(f"weight q{q}", *(f"{manifest['weights'][s]['quantiles'][q]:.4f}" for s in ("chosen", "rejected")))
+    if all("at_min" in manifest["weights"][s] for s in ("chosen", "rejected")):
+        table.add_row("share at weight min / max", *(f"{manifest['weights'][s]['at_min']:.0%} / {manifest['weights'][s]['at_max']:.0%}"
+                                                      for s in ("chosen", "rejected")))
     if manifest.get("auc"):
         a = manifest["auc"]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -311,3 +315,7 @@ def print_summary(manifest: dict[str, Any], timings: dict[str, Any] | None, cons
         table.add_row("tokens/s", "-" if rate is None else f"{rate:,.0f}", "")
         table.add_row("total", f"{timings['total_seconds']:.1f} s", "")
     console.print(table)
+    from tispipe.console import log_console
+
+    for warning in weight_warnings(manifest):
+        log_console().print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
