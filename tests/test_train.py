@@ -177,6 +177,25 @@ def test_dpo_lowers_the_loss_on_a_fixed_batch(tiny, tmp_path):
     assert read_metrics(out)[-1]["rewards/margins"] > 0
 
 
+def test_training_on_saturated_stored_weights_warns_and_only_where_they_are_used(tiny, tmp_path, capsys):
+    import shutil
+
+    model_dir, shards_dir = tiny
+    copy = tmp_path / "shards"
+    shutil.copytree(shards_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for side in ("chosen", "rejected"):
+        manifest["weights"][side].update(count=100, at_min=0.3, at_max=0.6)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    saturated = (model_dir, copy)
+    shown = lambda: " ".join(capsys.readouterr().err.split())  # noqa: E731
+    train.run(config(saturated, tmp_path / "tisdpo", max_steps=1))
+    assert "Warning: the shards' weights: 90% of the chosen tokens and 90% of the rejected tokens have a weight at a clamp bound" in shown()
+    train.run(config(saturated, tmp_path / "dpo", max_steps=1, loss="dpo"))  # dpo reads no weights
+    train.run(config(saturated, tmp_path / "rederived", max_steps=1, transform="top"))  # not the stored weights
+    assert "clamp bound" not in shown()
+
+
 def test_rederived_weights_use_the_new_settings(tiny, tmp_path):
     train.run(config(tiny, tmp_path / "stored", max_steps=1))
     train.run(config(tiny, tmp_path / "k2", max_steps=1, k=2.0))

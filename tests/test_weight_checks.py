@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tispipe.estimate.weight_checks import weight_warnings
+from tispipe.artifacts.weight_checks import weight_warnings
 
 
 def manifest(transform="exp", method="dpo", at=(0.0, 0.0), stds=(1.0, 1.0)):

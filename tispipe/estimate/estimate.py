@@ -37,13 +37,13 @@ import torch
 from tispipe.artifacts import figures, weight_quality
 from tispipe.artifacts.atomic import cleaned_up_on_failure, output_lock
 from tispipe.artifacts.shards import shard_entry, shard_name, shard_sizes, write_manifest
+from tispipe.artifacts.weight_checks import weight_warnings
 from tispipe.config_files import write_config
 from tispipe.configs import ESTIMATION_METHODS, EstimateConfig, check_bounds, check_options, check_weight_options
 from tispipe.errors import TispipeError
 from tispipe.estimate.output import RUN_LOG, TOKENIZER_DIR, already_done, check_scorers, claim_out, recorded_shards
 from tispipe.estimate.pairs import all_pairs, shard_chunks, survey
 from tispipe.estimate.score import Scorer, write_shards
-from tispipe.estimate.weight_checks import weight_warnings
 from tispipe.modeling import distributed
 
 

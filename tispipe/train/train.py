@@ -49,6 +49,7 @@ from tispipe.artifacts.checkpoint import (
 from tispipe.artifacts.metrics_log import keep_metrics_until, read_metrics, step_line
 from tispipe.artifacts.shards import file_sha256, read_manifest, stream_rows, verify_shards
 from tispipe.artifacts.trackers import Tracker, check_report_to
+from tispipe.artifacts.weight_checks import weight_warnings
 from tispipe.config_files import config_dict, write_config
 from tispipe.configs import TrainConfig, check_bounds, check_options
 from tispipe.console import log_console
@@ -131,6 +132,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         return finished
     if checkpoint is None:
         check_reference(cfg, manifest, console)
+        if LOSSES[cfg.loss].weighted and plan.kind == "stored":
+            for warning in weight_warnings(manifest):
+                console.print(f"[yellow]Warning:[/yellow] the shards' weights: {warning}", highlight=False)
     with loading_models(replaced, checkpoint):
         policy, ref = load_models(cfg, checkpoint, device, compute_dtype)
     model = distributed.wrap_policy(policy, cfg.fsdp, device)  # the policy itself in a single process

@@ -2,11 +2,11 @@
 
 Eq. 19, w_t = k * exp(mu * clamp(r_t, L, U)), carries a token's importance in where r_t falls inside the
 clamp window [L, U]. Two failures of the contrastive pair make the weights carry little of it, and both
-were seen on a real model (docs/real-model.md):
+were seen on a real model (docs/weights.md gives the figures):
 
 - **saturated**: pi+ and pi- are so far apart that r_t mostly falls outside the window, so most tokens of
   a side share one of its two bound weights and their order inside each group is lost (a dpo contrast
-  trained to a loss of 0.03 put over half its rejected tokens at the bound);
+  trained to a loss of 0.03 put 92% of its rejected tokens at the bound);
 - **flat**: pi+ and pi- hardly differ, so r_t spreads a few hundredths of a nat and every weight is
   about k: TIS-DPO then trains as DPO does (the contrastive prompts on SmolLM2 gave r a std of 0.06).
 
