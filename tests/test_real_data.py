@@ -76,3 +76,42 @@ def test_paradetox_test_split_loads_with_harmful_token_labels(converted, tiny_to
         assert -1 in pair.rejected_labels and set(pair.rejected_labels) <= {-1, 0}
         assert set(pair.chosen_labels) <= {0, 1}
         assert pair.extra["reference_toxic"] == pair.rejected and pair.extra["reference"] == pair.chosen
+
+
+# ---------------------------------------------------------------- paradetox, normalized
+
+
+def test_normalize_rejoins_what_the_comments_split_and_lowers_the_case():
+    from tispipe.data.paradetox_normalized import normalize
+
+    assert normalize("i 'm not gonna sell it , you don 't know ( or care ) !") == "i'm not gonna sell it, you don't know (or care)!"
+    assert normalize("I'm not gonna sell it, you don't know (or care)!") == "i'm not gonna sell it, you don't know (or care)!"
+    assert normalize("y 'all cost $ 5 .") == "y'all cost $5."
+
+
+def test_normalized_paradetox_keeps_ids_and_splits_rediffs_spans_and_counts_drops(tmp_path):
+    from tispipe.data.paradetox_normalized import build
+
+    def row(index, column, toxic, rewrite, references):
+        return real_data.paradetox_pair(index, column, toxic, rewrite, references)
+
+    rows = {
+        "train": [row(1, 1, "you are an idiot .", "You are wrong.", ["You are wrong.", "you are wrong ."]),
+                  row(1, 2, "you are an idiot .", "you are wrong .", ["You are wrong.", "you are wrong ."])],  # the same once normalized
+        "validation": [row(2, 1, "this is crap .", "This is bad.", ["This is bad."])],
+        "test": [row(3, 1, "shut up , moron", "Shut up,", ["Shut up,"])],
+    }
+    data = tmp_path / "data"
+    for split, split_rows in rows.items():
+        real_data.write_jsonl(data / f"{split}.jsonl", split_rows)
+    lines = build(data, tmp_path / "out")
+    assert lines[0] == "train           1 of 2 pairs; dropped, duplicate rewrite of the same comment: 1"
+    (first,) = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert first["pair_id"] == "paradetox-1-neutral1" and first["prompt"].endswith("\nyou are an idiot.")
+    assert (first["rejected"], first["chosen"], first["references"]) == ("you are an idiot.", "you are wrong.", ["you are wrong."])
+    assert first["rejected_spans"] == [[8, 16, -1]] and first["rejected"][8:16] == "an idiot"
+    assert first["chosen_spans"] == [[8, 13, 1]] and first["chosen"][8:13] == "wrong"
+    assert [r["pair_id"] for r in read_jsonl(tmp_path / "out" / "test.jsonl")] == ["paradetox-3-neutral1"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    build(data, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
