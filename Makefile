@@ -130,7 +130,7 @@ real-weights: $(SMOLLM2)/model.safetensors data/real/paradetox/train.jsonl
 	$(TISPIPE) weight-study --data $(REAL_DATA) --base $(SMOLLM2) --out $(RUNS)/real-weights/paradetox --results docs/real-paradetox $(REAL_STUDY_ARGS)
 
 # The same sft contrast on ParaDetox with both sides lower-cased and detokenized (tispipe/data/paradetox_normalized.py):
-# how well its weights find the toxic words once case and spacing no longer tell the sides apart
+# how well its weights find the toxic words when case and spacing do not tell the sides apart
 # (docs/real-paradetox-normalized/weights.md).
 REAL_NORMALIZED_DATA ?= $(RUNS)/real-normalized/paradetox
 REAL_NORMALIZED_STUDY_ARGS ?= --estimators sft --lora-r 16 --contrast-preset lora --limit 1024 --eval-limit 200 --jobs 1 --threads 0

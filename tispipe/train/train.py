@@ -131,10 +131,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         console.print(f"{out} already holds the finished run ({finished['steps']} steps); nothing to do")
         return finished
     if checkpoint is None:
-        check_reference(cfg, manifest, console)
-        if LOSSES[cfg.loss].weighted and plan.kind == "stored":
-            for warning in weight_warnings(manifest):
-                console.print(f"[yellow]Warning:[/yellow] the shards' weights: {warning}", highlight=False)
+        check_inputs(cfg, manifest, plan, console)
     with loading_models(replaced, checkpoint):
         policy, ref = load_models(cfg, checkpoint, device, compute_dtype)
     model = distributed.wrap_policy(policy, cfg.fsdp, device)  # the policy itself in a single process
@@ -358,8 +355,12 @@ def check_tokenizer(tokenizer, manifest: dict[str, Any], cfg: TrainConfig) -> No
         )
 
 
-def check_reference(cfg: TrainConfig, manifest: dict[str, Any], console) -> None:
-    """Say so when the cached reference log-probs are not those of the model the user may think is the reference."""
+def check_inputs(cfg: TrainConfig, manifest: dict[str, Any], plan: WeightPlan, console) -> None:
+    """Before a fresh run's first step: say so when the stored weights carry little of r (tispipe.artifacts.weight_checks)
+    or the cached reference log-probs are not those of the model the user may think is the reference."""
+    if LOSSES[cfg.loss].weighted and plan.kind == "stored":
+        for warning in weight_warnings(manifest):
+            console.print(f"[yellow]Warning:[/yellow] the shards' weights: {warning}", highlight=False)
     base_name = (manifest.get("settings") or {}).get("model") or "the estimate run's base model"
     if needs_ref(cfg):
         return
