@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from tispipe.data.real_data import PARADETOX_PROMPT, SPLITS, diff_spans, paradetox_reason, write_jsonl
+from tispipe.data.real_data import SPLITS, paradetox_pair, paradetox_reason, write_jsonl
 
 CONTRACTION = re.compile(r"(\w) '(?=\w)")  # "don 't", "i 'm", "y 'all"
 BEFORE_PUNCTUATION = re.compile(r"\s+(?=[.,!?;:%)\]}])")
@@ -49,19 +49,9 @@ def normalized_rows(rows: list[dict], dropped: Counter) -> list[dict]:
         if reason:
             dropped[reason] += 1
             continue
-        rejected_spans, chosen_spans = diff_spans(toxic, rewrite)
-        out.append({
-            **row,
-            "prompt": PARADETOX_PROMPT.format(toxic=toxic),
-            "chosen": rewrite,
-            "rejected": toxic,
-            "chosen_spans": chosen_spans,
-            "rejected_spans": rejected_spans,
-            "reference": rewrite,
-            "references": list(dict.fromkeys(normalize(r) for r in row["references"])),
-            "reference_toxic": toxic,
-            "source": f"{row['source']}, normalized",
-        })
+        references = list(dict.fromkeys(normalize(r) for r in row["references"]))
+        pair = paradetox_pair(0, 0, toxic, rewrite, references)  # the prompt, the spans diffed again; the row's id and source
+        out.append({**pair, "pair_id": row["pair_id"], "source": f"{row['source']}, normalized"})
     return out
 
 
