@@ -88,7 +88,7 @@ $(RUNS)/eval-reward-model/report.json: $(RUNS)/reward-model/model.safetensors $(
 # ---------------------------------------------------------------- the real track
 # SmolLM2-135M-Instruct converted once from the wheel's GGUF, ParaDetox pairs (toxic comment -> human polite rewrite)
 # built from data/real/sources, estimate -> train (LoRA) -> eval with an outside judge (alt-profanity-check).
-# The estimate settings and each method's lr were chosen on the validation split (docs/real-paradetox/results.md).
+# Each method's lr was chosen on the validation split with these 256-pair weights (docs/real-model.md: the real track).
 SMOLLM2 ?= $(RUNS)/smollm2
 REAL ?= $(RUNS)/real
 REAL_DATA ?= data/real/paradetox
