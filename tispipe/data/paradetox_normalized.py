@@ -50,7 +50,7 @@ def normalized_rows(rows: list[dict], dropped: Counter) -> list[dict]:
             dropped[reason] += 1
             continue
         references = list(dict.fromkeys(normalize(r) for r in row["references"]))
-        pair = paradetox_pair(0, 0, toxic, rewrite, references)  # the prompt, the spans diffed again; the row's id and source
+        pair = paradetox_pair(0, 0, toxic, rewrite, references)  # its pair_id and source (from 0, 0) give way to the row's
         out.append({**pair, "pair_id": row["pair_id"], "source": f"{row['source']}, normalized"})
     return out
 
